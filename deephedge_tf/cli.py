@@ -1,0 +1,90 @@
+"""Command line: ``deephedge <command> ...``.
+
+Commands:
+  run CONFIG --out DIR [--set k=v ...]   the main job on a config: simulate the market, price the
+                                         derivative and the hedging instruments, report (training
+                                         joins this job when the hedging model lands)
+  config show CONFIG [--set k=v ...]     print the resolved config (every value, defaults included)
+  config doc [--write FILE]              print (or write) the reference of every config key
+
+Exit status: 0 on success, 2 on a usage, config or data error (the message names the field), 1 on an
+unexpected error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _add_config_args(p):
+    p.add_argument("config", help="YAML config file (see docs/configuration.md)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set market.heston.rho=-0.5 (repeatable)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deephedge", description="Deep hedging with TensorFlow/Keras.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the main job on a config and write a report")
+    _add_config_args(run)
+    run.add_argument("--out", required=True, help="output directory (created)")
+
+    cfg = sub.add_parser("config", help="inspect configs")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
+    show = cfg_sub.add_parser("show", help="print the resolved config")
+    _add_config_args(show)
+    doc = cfg_sub.add_parser("doc", help="reference of every config key")
+    doc.add_argument("--write", metavar="FILE", help="replace the reference table inside FILE")
+    return parser
+
+
+DOC_BEGIN = "<!-- BEGIN GENERATED CONFIG REFERENCE -->\n"
+DOC_END = "<!-- END GENERATED CONFIG REFERENCE -->\n"
+
+
+def write_reference(path: Path, table: str) -> None:
+    """Replaces the generated table between the markers in ``path`` (atomically)."""
+    text = path.read_text()
+    if DOC_BEGIN not in text or DOC_END not in text:
+        raise SystemExit(f"{path}: missing the markers {DOC_BEGIN.strip()} / {DOC_END.strip()}")
+    head, rest = text.split(DOC_BEGIN, 1)
+    _, tail = rest.split(DOC_END, 1)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(head + DOC_BEGIN + table + DOC_END + tail)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
+    args = _parser().parse_args(argv)
+    from deephedge_tf.config import config_reference, dump_config, load_config
+    from deephedge_tf.errors import DeepHedgeError
+
+    try:
+        if args.command == "config":
+            if args.config_command == "doc":
+                if args.write:
+                    write_reference(Path(args.write), config_reference())
+                else:
+                    print(config_reference(), end="")
+                return 0
+            print(dump_config(load_config(args.config, args.overrides)), end="")
+            return 0
+        if args.command == "run":
+            from deephedge_tf.run import run_job
+
+            cfg = load_config(args.config, args.overrides)
+            run_job(cfg, Path(args.out))
+            return 0
+    except DeepHedgeError as e:
+        print(f"deephedge: error: {e}", file=sys.stderr)
+        return 2
+    raise AssertionError("unreachable: argparse requires a command")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

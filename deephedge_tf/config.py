@@ -1,0 +1,297 @@
+"""Typed, validated run configuration (YAML).
+
+One place for every user-settable number, with its default, units and allowed range: the dataclasses
+below.  ``deephedge config doc`` prints them as a table (also in docs/configuration.md).
+
+Units, once for all:
+  * time: ``time.dt`` and every ``maturity`` are in **years**; grid-option maturities
+    (``hedges.floating_grid.maturities``) and reset periods are in **steps** of ``time.dt``;
+  * volatilities and drifts are annualised; variances are annualised variances (vol squared);
+  * strikes and moneyness are **relative** to the current spot (derivative strikes to ``market.s0``);
+  * transaction costs are **proportional rates**: trading ``q`` units of an instrument of price ``P``
+    costs ``cost * |q| * P``.
+
+Loading::
+
+    cfg = load_config("configs/quickstart.yaml", overrides=["market.heston.rho=-0.5"])
+
+Any unknown key, wrong type or out-of-range value raises :class:`ConfigError` naming the key path.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Literal, Optional, Sequence, Tuple
+
+import yaml
+
+from deephedge_tf.config_schema import build, describe_markdown, param, section, set_by_path, to_dict
+from deephedge_tf.errors import ConfigError
+
+# Relative tolerance when checking that a maturity (years) is a whole number of steps.
+_STEP_TOL = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeConfig:
+    steps: int = param(30, "number of time steps T (the hedging horizon is steps * dt)", units="steps", ge=1)
+    dt: float = param(1 / 365, "length of one time step", units="years", gt=0.0, le=1.0)
+
+    @property
+    def horizon(self) -> float:
+        return self.steps * self.dt
+
+
+@dataclasses.dataclass(frozen=True)
+class HestonConfig:
+    v0: float = param(0.04, "initial variance", units="annualised variance", ge=0.0)
+    kappa: float = param(1.0, "mean-reversion speed of the variance", units="1/year", ge=0.0)
+    theta: float = param(0.04, "long-run variance", units="annualised variance", ge=0.0)
+    xi: float = param(2.0, "volatility of variance (vol-of-vol)", units="1/sqrt(year)", gt=0.0)
+    rho: float = param(-0.7, "correlation of spot and variance Brownian motions", ge=-1.0, le=1.0)
+    mu: float = param(0.0, "drift of the spot (0: the pricing measure)", units="1/year")
+    scheme: Literal["qe", "exact"] = param(
+        "qe", "'qe': Andersen's quadratic-exponential scheme; 'exact': Broadie-Kaya style "
+        "(exact variance, trapezoid integrated variance)")
+
+
+@dataclasses.dataclass(frozen=True)
+class GBMConfig:
+    mu: float = param(0.0, "drift of the spot (0: the pricing measure)", units="1/year")
+    sigma: float = param(0.2, "volatility", units="1/sqrt(year)", ge=0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoricalConfig:
+    file: str = param("data/sp500.csv", "CSV price series (columns date, close), relative to the "
+                      "working directory or absolute")
+    method: Literal["bootstrap", "rolling"] = param(
+        "bootstrap", "'bootstrap': block bootstrap of daily log returns; 'rolling': every window of "
+        "the series")
+    block_length: int = param(20, "block length of the bootstrap", units="days", ge=1)
+    stride: int = param(1, "days between the starts of rolling windows", units="days", ge=1)
+    vol_window: int = param(20, "trailing window of the realised-volatility feature", units="days", ge=2)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    antithetic: bool = param(False, "antithetic pairs of paths (simulators)")
+    sobol: bool = param(False, "quasi-random (Sobol) normals instead of pseudo-random (simulators)")
+
+    def check(self, key):
+        if self.antithetic and self.sobol:
+            raise ConfigError(f"{key}.sobol", self.sobol, "false when antithetic is true (choose one)")
+
+
+@dataclasses.dataclass(frozen=True)
+class MarketConfig:
+    model: Literal["heston", "gbm", "historical"] = param("heston", "market model")
+    s0: float = param(1.0, "initial spot (simulators; historical paths are normalised to it)", gt=0.0)
+    heston: HestonConfig = section(HestonConfig, "Heston parameters (used when model = heston)")
+    gbm: GBMConfig = section(GBMConfig, "GBM parameters (used when model = gbm)")
+    historical: HistoricalConfig = section(HistoricalConfig, "historical data (model = historical)")
+    sampling: SamplingConfig = section(SamplingConfig, "variance reduction for simulated paths")
+
+    def check(self, key):
+        if self.model == "heston" and self.heston.scheme == "exact" and (
+                self.sampling.antithetic or self.sampling.sobol):
+            raise ConfigError(f"{key}.heston.scheme", "exact",
+                              "'qe' when sampling.antithetic or sampling.sobol is on")
+        if self.model == "historical" and (self.sampling.antithetic or self.sampling.sobol):
+            raise ConfigError(f"{key}.sampling", to_dict(self.sampling),
+                              "antithetic and sobol off for historical data")
+
+
+@dataclasses.dataclass(frozen=True)
+class CliquetConfig:
+    reset_every: int = param(20, "steps between reset dates", units="steps", ge=1)
+    local_cap: float = param(0.015, "cap on each period's return", gt=0.0)
+    local_floor: Optional[float] = param(None, "floor on each period's return (null: none)")
+    global_floor: float = param(0.0, "floor on the sum of capped returns")
+
+    def check(self, key):
+        if self.local_floor is not None and self.local_floor >= self.local_cap:
+            raise ConfigError(f"{key}.local_floor", self.local_floor, f"< local_cap ({self.local_cap})")
+
+
+@dataclasses.dataclass(frozen=True)
+class DerivativeConfig:
+    kind: Literal["european", "call_spread", "lookback", "cliquet", "variance_swap"] = param(
+        "european", "the liability hedged (we are short one unit)")
+    is_call: bool = param(True, "call (true) or put (false); european only")
+    strike: float = param(1.0, "strike relative to market.s0 (lower strike of a call spread)", gt=0.0)
+    strike_high: float = param(1.1, "upper strike of a call spread, relative to market.s0", gt=0.0)
+    maturity: Optional[float] = param(
+        None, "maturity; a whole number of steps, at most the horizon (null: the horizon)",
+        units="years", gt=0.0)
+    variance_strike: float = param(0.04, "variance swap strike", units="annualised variance", ge=0.0)
+    cliquet: CliquetConfig = section(CliquetConfig, "cliquet terms (kind = cliquet)")
+
+    def check(self, key):
+        if self.kind == "call_spread" and not self.strike_high > self.strike:
+            raise ConfigError(f"{key}.strike_high", self.strike_high, f"> strike ({self.strike})")
+
+
+@dataclasses.dataclass(frozen=True)
+class SpotHedgeConfig:
+    enabled: bool = param(True, "trade the underlying")
+    cost: float = param(1e-4, "proportional transaction cost rate", units="fraction of traded notional",
+                        ge=0.0, lt=1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class FloatingGridConfig:
+    moneyness: Tuple[float, ...] = param(
+        (), "strike / spot at trade time of each grid option; >= 1 call, < 1 put (ATM is a call)",
+        gt=0.0)
+    maturities: Tuple[int, ...] = param(
+        (), "time to maturity of each grid option (same length as moneyness)", units="steps", ge=1)
+    cost: float = param(1e-2, "proportional transaction cost rate on the option premium",
+                        units="fraction of traded premium", ge=0.0, lt=1.0)
+
+    def check(self, key):
+        if len(self.moneyness) != len(self.maturities):
+            raise ConfigError(f"{key}.maturities", list(self.maturities),
+                              f"a list as long as moneyness ({len(self.moneyness)} entries)")
+
+
+@dataclasses.dataclass(frozen=True)
+class FixedGridConfig:
+    strikes: Tuple[float, ...] = param((), "strikes relative to market.s0 of fixed options "
+                                       "(calls at or above s0, puts below)", gt=0.0)
+    maturity: Optional[float] = param(None, "common maturity of the fixed options (null: the horizon)",
+                                      units="years", gt=0.0)
+    cost: float = param(1e-2, "proportional transaction cost rate on the option price",
+                        units="fraction of traded premium", ge=0.0, lt=1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class VarianceSwapHedgeConfig:
+    enabled: bool = param(False, "trade the variance swap S2 (Heston only; Buehler et al.)")
+    cost: float = param(0.0, "proportional transaction cost rate", units="fraction of traded notional",
+                        ge=0.0, lt=1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class HedgesConfig:
+    spot: SpotHedgeConfig = section(SpotHedgeConfig, "the underlying")
+    floating_grid: FloatingGridConfig = section(
+        FloatingGridConfig, "options with fixed moneyness and time to maturity at every step")
+    fixed_grid: FixedGridConfig = section(FixedGridConfig, "the same option contracts at every step")
+    variance_swap: VarianceSwapHedgeConfig = section(VarianceSwapHedgeConfig, "variance swap")
+
+
+@dataclasses.dataclass(frozen=True)
+class SimulationConfig:
+    paths: int = param(16384, "number of paths simulated by `deephedge run`", ge=1)
+    premium_table_nodes: int = param(
+        257, "variance nodes of each floating-grid premium table (Heston)", ge=8)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    seed: int = param(0, "seed of every random stream (paths, initialisation)", ge=0)
+    dtype: Literal["float32", "float64"] = param("float32", "floating-point precision of paths and model")
+    time: TimeConfig = section(TimeConfig, "time grid")
+    market: MarketConfig = section(MarketConfig, "market model")
+    derivative: DerivativeConfig = section(DerivativeConfig, "the liability to hedge")
+    hedges: HedgesConfig = section(HedgesConfig, "hedging instruments")
+    simulation: SimulationConfig = section(SimulationConfig, "simulation sizes")
+
+    def check(self, key):
+        steps = self.time.steps
+        d = self.derivative
+        whole_steps("derivative.maturity", d.maturity, self.time)
+        whole_steps("hedges.fixed_grid.maturity", self.hedges.fixed_grid.maturity, self.time)
+        if d.kind == "cliquet":
+            n = self.derivative_steps
+            if n % d.cliquet.reset_every:
+                raise ConfigError("derivative.cliquet.reset_every", d.cliquet.reset_every,
+                                  f"a divisor of the derivative's {n} steps")
+        fg = self.hedges.floating_grid
+        for i, m in enumerate(fg.maturities):
+            if m > steps:
+                raise ConfigError(f"hedges.floating_grid.maturities[{i}]", m,
+                                  f"<= time.steps ({steps}): a longer option is never available")
+        if self.hedges.variance_swap.enabled and self.market.model != "heston":
+            raise ConfigError("hedges.variance_swap.enabled", True, "false unless market.model is heston")
+        if self.market.sampling.sobol and self.market.model != "historical" and steps * 2 > 21201:
+            raise ConfigError("market.sampling.sobol", True, f"false for more than 10600 steps ({steps})")
+        if not (self.hedges.spot.enabled or fg.moneyness or self.hedges.fixed_grid.strikes
+                or self.hedges.variance_swap.enabled):
+            raise ConfigError("hedges", to_dict(self.hedges), "at least one hedging instrument")
+
+    @property
+    def derivative_steps(self) -> int:
+        """Maturity of the derivative in steps (the horizon when derivative.maturity is null)."""
+        return steps_of(self.derivative.maturity, self.time)
+
+
+def steps_of(maturity: Optional[float], time: TimeConfig) -> int:
+    """A maturity in years as a number of steps (None: the horizon)."""
+    if maturity is None:
+        return time.steps
+    return int(round(maturity / time.dt))
+
+
+def whole_steps(key: str, maturity: Optional[float], time: TimeConfig) -> None:
+    """Raises unless ``maturity`` (years) is a whole number of steps within the horizon."""
+    if maturity is None:
+        return
+    n = maturity / time.dt
+    if abs(n - round(n)) > _STEP_TOL * max(1.0, n) or round(n) < 1:
+        raise ConfigError(key, maturity, f"a whole number of steps of time.dt = {time.dt:.10g} years "
+                          f"(e.g. {max(1, round(n)) * time.dt:.10g})")
+    if round(n) > time.steps:
+        raise ConfigError(key, maturity, f"<= the horizon time.steps * time.dt = {time.horizon:.10g} years")
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+def parse_override(text: str) -> tuple[str, object]:
+    """``"a.b=value"`` -> ``("a.b", value)`` with the value parsed as YAML (``0.5``, ``true``, ``[1, 2]``)."""
+    if "=" not in text:
+        raise ConfigError(text, None, "an override of the form key.path=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(key.strip(), raw, f"a YAML value ({e.__class__.__name__})") from None
+    return key.strip(), value
+
+
+def from_dict(data: Optional[dict], overrides: Sequence[str] = ()) -> Config:
+    """Builds a validated Config from a plain dict plus ``key=value`` overrides."""
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError("<root>", data, "a mapping of config sections")
+    data = copy.deepcopy(data or {})
+    for text in overrides:
+        key, value = parse_override(text)
+        set_by_path(data, key, value)
+    return build(Config, data)
+
+
+def load_config(path, overrides: Sequence[str] = ()) -> Config:
+    """Reads a YAML config file and validates it (see module doc)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("<file>", str(path), "an existing YAML config file")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError("<file>", str(path), f"valid YAML; parser said: {e}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError("<root>", data, f"a mapping of config sections in {path}")
+    return from_dict(data, overrides)
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config (every value, defaults included) as YAML."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def config_reference() -> str:
+    """Markdown reference of every config key (defaults, units, allowed values)."""
+    return describe_markdown(Config)

@@ -1,0 +1,1 @@
+"""Derivatives (payoffs on paths) and hedging instruments."""

@@ -1,0 +1,1 @@
+"""Markets: simulators and historical data; all return MarketPaths."""

@@ -1,0 +1,1 @@
+"""Pricers: Black-Scholes and Heston (Fourier), float64 capable."""
