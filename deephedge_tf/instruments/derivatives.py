@@ -15,6 +15,8 @@ from typing import Optional
 
 import tensorflow as tf
 
+from deephedge_tf.dtypes import to_float
+
 from deephedge_tf.market.paths import MarketPaths
 
 
@@ -35,7 +37,7 @@ class EuropeanOption:
 
     def payoff(self, paths: MarketPaths) -> tf.Tensor:
         s = paths.spot[_maturity(self.maturity_steps, paths)]
-        k = tf.cast(self.strike, s.dtype)
+        k = to_float(self.strike, s.dtype)
         return tf.nn.relu(s - k) if self.is_call else tf.nn.relu(k - s)
 
 
@@ -49,7 +51,7 @@ class CallSpread:
 
     def payoff(self, paths: MarketPaths) -> tf.Tensor:
         s = paths.spot[_maturity(self.maturity_steps, paths)]
-        lo, hi = tf.cast(self.strike_low, s.dtype), tf.cast(self.strike_high, s.dtype)
+        lo, hi = to_float(self.strike_low, s.dtype), to_float(self.strike_high, s.dtype)
         return tf.nn.relu(s - lo) - tf.nn.relu(s - hi)
 
 
@@ -63,7 +65,7 @@ class LookbackCall:
     def payoff(self, paths: MarketPaths) -> tf.Tensor:
         n = _maturity(self.maturity_steps, paths)
         running_max = tf.reduce_max(paths.spot[: n + 1], axis=0)
-        return tf.nn.relu(running_max - tf.cast(self.strike, running_max.dtype))
+        return tf.nn.relu(running_max - to_float(self.strike, running_max.dtype))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,10 +89,10 @@ class Cliquet:
             raise ValueError(f"cliquet: reset_every = {self.reset_every} does not divide {n} steps")
         resets = paths.spot[0: n + 1: self.reset_every]  # [m + 1, B]
         r = resets[1:] / resets[:-1] - 1.0
-        r = tf.minimum(r, tf.cast(self.local_cap, r.dtype))
+        r = tf.minimum(r, to_float(self.local_cap, r.dtype))
         if self.local_floor is not None:
-            r = tf.maximum(r, tf.cast(self.local_floor, r.dtype))
-        return tf.maximum(tf.reduce_sum(r, axis=0), tf.cast(self.global_floor, r.dtype))
+            r = tf.maximum(r, to_float(self.local_floor, r.dtype))
+        return tf.maximum(tf.reduce_sum(r, axis=0), to_float(self.global_floor, r.dtype))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +110,7 @@ class VarianceSwap:
         n = _maturity(self.maturity_steps, paths)
         lr = paths.log_returns[:n]
         realised = tf.reduce_sum(lr * lr, axis=0) / (n * paths.dt)
-        return realised - tf.cast(self.variance_strike, realised.dtype)
+        return realised - to_float(self.variance_strike, realised.dtype)
 
 
 def derivative_from_config(cfg):

@@ -35,6 +35,8 @@ from typing import Callable, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from deephedge_tf.dtypes import to_float
+
 from deephedge_tf.market.paths import MarketPaths
 from deephedge_tf.pricing.black_scholes import bs_price
 
@@ -67,7 +69,7 @@ class HedgeTensors:
 
 
 def _costs_like(x: tf.Tensor, cost: float) -> tf.Tensor:
-    return tf.fill(tf.shape(x), tf.cast(cost, x.dtype))
+    return tf.fill(tf.shape(x), to_float(cost, x.dtype))
 
 
 def _at_expiry(spot: tf.Tensor, lag: int) -> tf.Tensor:
@@ -201,7 +203,7 @@ class FixedGrid:
         if not 1 <= self.expiry_step <= steps:
             raise ValueError(f"FixedGrid: expiry_step {self.expiry_step} outside 1..{steps}")
         k = _decision_steps(steps, dt)[..., None]  # [T, 1, 1]
-        tau = tf.maximum(self.expiry_step - k, 0.0) * tf.cast(paths.dt, dt)
+        tau = tf.maximum(self.expiry_step - k, 0.0) * to_float(paths.dt, dt)
         strikes = tf.constant(self.strikes, dt)
         is_call = tf.constant(self.is_call)
         prices = tf.cast(self.pricer(s[:-1, :, None], strikes, tau, paths.variance[:-1, :, None], is_call), dt)

@@ -21,6 +21,8 @@ from typing import Mapping, Optional
 
 import tensorflow as tf
 
+from deephedge_tf.dtypes import to_float
+
 
 @dataclasses.dataclass(frozen=True)
 class MarketPaths:
@@ -60,7 +62,7 @@ class MarketPaths:
     @property
     def times(self) -> tf.Tensor:
         """``[T + 1]`` grid times in years."""
-        return tf.range(self.num_steps + 1, dtype=self.dtype) * tf.cast(self.dt, self.dtype)
+        return tf.range(self.num_steps + 1, dtype=self.dtype) * to_float(self.dt, self.dtype)
 
     @property
     def log_returns(self) -> tf.Tensor:

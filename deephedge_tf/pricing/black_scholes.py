@@ -126,7 +126,7 @@ def bs_implied_vol(price, spot, strike, tau, is_call=True, dtype=None, max_vol=1
     call_price = tf.where(is_call_b, price, price + spot - strike)
     call_price = tf.broadcast_to(call_price, shape)
     lo = tf.zeros(shape, dt)
-    hi = tf.fill(shape, tf.cast(max_vol, dt))
+    hi = tf.fill(shape, to_float(max_vol, dt))
     for _ in range(iterations):
         mid = 0.5 * (lo + hi)
         above = bs_price(spot, strike, tau, mid, True, dtype=dt) > call_price
@@ -134,6 +134,6 @@ def bs_implied_vol(price, spot, strike, tau, is_call=True, dtype=None, max_vol=1
         lo = tf.where(above, lo, mid)
     vol = 0.5 * (lo + hi)
     lower = tf.maximum(spot - strike, 0.0)
-    upper = bs_price(spot, strike, tau, tf.cast(max_vol, dt), True, dtype=dt)
+    upper = bs_price(spot, strike, tau, to_float(max_vol, dt), True, dtype=dt)
     valid = (call_price >= lower) & (call_price <= upper) & (tau > 0)
     return tf.where(valid, vol, tf.constant(math.nan, dt))
