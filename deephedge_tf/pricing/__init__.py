@@ -1,1 +1,24 @@
-"""Pricers: Black-Scholes and Heston (Fourier), float64 capable."""
+"""Pricers at zero interest rate, vectorised in TensorFlow, float64 capable.
+
+* Black-Scholes: :func:`bs_price`, :func:`bs_delta`, :func:`bs_gamma`, :func:`bs_vega`,
+  :func:`bs_theta`, :func:`bs_implied_vol`.
+* Heston European options by a Fourier method: :func:`heston_price` (numpy out) and
+  :func:`heston_price_tf` (tensor out, usable in tf.function).
+* Floating-grid premium tables: :class:`HestonPremiumTable`.
+"""
+
+from deephedge_tf.pricing.black_scholes import bs_delta, bs_gamma, bs_implied_vol, bs_price, bs_theta, bs_vega
+from deephedge_tf.pricing.heston import heston_price, heston_price_tf
+from deephedge_tf.pricing.tables import HestonPremiumTable
+
+__all__ = [
+    "HestonPremiumTable",
+    "bs_delta",
+    "bs_gamma",
+    "bs_implied_vol",
+    "bs_price",
+    "bs_theta",
+    "bs_vega",
+    "heston_price",
+    "heston_price_tf",
+]

@@ -1,0 +1,79 @@
+"""The command line and the main job (`deephedge run`) on small configs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deephedge_tf.cli import main
+from deephedge_tf.config import from_dict
+from deephedge_tf.run import run_job
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_config_show_applies_overrides(capsys):
+    assert main(["config", "show", str(REPO / "configs/quickstart.yaml"), "--set", "market.heston.rho=-0.5"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["market"]["heston"]["rho"] == -0.5
+    assert shown["time"]["steps"] == 30
+
+
+def test_config_error_exits_2_and_names_the_key(capsys, tmp_path):
+    code = main(["run", str(REPO / "configs/quickstart.yaml"), "--out", str(tmp_path / "o"),
+                 "--set", "market.heston.xi=-1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "market.heston.xi" in err and "> 0.0" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()  # nothing written for a bad config
+
+
+def test_config_doc_write_replaces_only_the_table(tmp_path):
+    doc = tmp_path / "c.md"
+    doc.write_text("intro\n<!-- BEGIN GENERATED CONFIG REFERENCE -->\nold\n<!-- END GENERATED CONFIG REFERENCE -->\n"
+                   "outro\n")
+    assert main(["config", "doc", "--write", str(doc)]) == 0
+    text = doc.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
+    assert "`market.heston.rho`" in text
+
+
+def test_run_job_gbm_matches_black_scholes(tmp_path):
+    cfg = from_dict({"market": {"model": "gbm", "gbm": {"sigma": 0.2}}, "time": {"steps": 10, "dt": 0.01},
+                     "simulation": {"paths": 20000}, "dtype": "float64",
+                     "hedges": {"floating_grid": {"moneyness": [1.0], "maturities": [5]}}})
+    report = run_job(cfg, tmp_path, echo=lambda *_: None)
+    on_disk = json.loads((tmp_path / "report.json").read_text())
+    assert on_disk["price"]["reference_method"] == "Black-Scholes"
+    assert abs(report["price"]["z_score"]) < 3
+    assert [r["name"] for r in on_disk["instruments"]] == ["spot", "C1x5"]
+    assert all(abs(r["t_stat"]) < 3 for r in on_disk["instruments"])
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["market"]["model"] == "gbm"
+
+
+def test_run_job_heston_quickstart_small(tmp_path):
+    cfg = from_dict(yaml.safe_load((REPO / "configs/quickstart.yaml").read_text()),
+                    ["simulation.paths=8192", "dtype=float64"])
+    report = run_job(cfg, tmp_path, echo=lambda *_: None)
+    assert report["price"]["reference_method"] == "Heston Fourier"
+    assert abs(report["price"]["z_score"]) < 3
+    assert report["premium_table"]["max_abs_error_premium_over_spot"] < 1e-5
+    assert len(report["instruments"]) == 5
+
+
+def test_run_job_on_historical_bootstrap(tmp_path):
+    cfg = from_dict(yaml.safe_load((REPO / "configs/sp500_historical.yaml").read_text()),
+                    ["simulation.paths=1024"])
+    report = run_job(cfg, tmp_path, echo=lambda *_: None)
+    assert report["price"]["reference"] is None
+    assert report["simulation"]["paths"] == 1024
+
+
+def test_console_script_runs_in_a_fresh_process(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "deephedge_tf.cli", "config", "show",
+                          str(REPO / "configs/bs_call_ntb.yaml")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert yaml.safe_load(out.stdout)["market"]["model"] == "gbm"
