@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/bench_market.py --write BENCHMARKS.md
 
 # Re-pin the full environment from the current venv (after changing setup.cfg pins).
 lock: $(STAMP)

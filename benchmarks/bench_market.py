@@ -20,15 +20,14 @@ import platform
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
-from deephedge_tf.market.gbm import simulate_gbm  # noqa: E402
-from deephedge_tf.market.heston import simulate_heston  # noqa: E402
-from deephedge_tf.pricing.heston import heston_price_tf  # noqa: E402
-from deephedge_tf.pricing.tables import HestonPremiumTable  # noqa: E402
+from deephedge_tf.market.gbm import simulate_gbm
+from deephedge_tf.market.heston import simulate_heston
+from deephedge_tf.pricing.heston import heston_price_tf
+from deephedge_tf.pricing.tables import HestonPremiumTable
 
 HESTON = dict(v0=0.0625, kappa=8.0, theta=0.0625, xi=1.0, rho=-0.7)
 # The DH-KFAC floating grid (maturities in trading days, moneyness per maturity).

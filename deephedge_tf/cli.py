@@ -59,7 +59,6 @@ def write_reference(path: Path, table: str) -> None:
 
 
 def main(argv=None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
     args = _parser().parse_args(argv)
     from deephedge_tf.config import config_reference, dump_config, load_config
     from deephedge_tf.errors import DeepHedgeError
