@@ -1,0 +1,32 @@
+"""Evaluation of hedging strategies: risk metrics, significance tests and plots.
+
+* Risk measures of per-path terminal PnL (loss numbers, positive = loss):
+  :func:`value_at_risk`, :func:`expected_shortfall`, :func:`entropic_risk`.
+* Summaries: :func:`strategy_metrics` (one strategy, a dict) and :func:`metrics_table`
+  (several strategies, a pandas DataFrame).
+* Comparing two strategies' mean PnL: :func:`paired_t_test` (same paths) and
+  :func:`welch_t_test` (independent paths).
+* PNG plots: :func:`plot_pnl_histograms`, :func:`plot_hedges_over_time`,
+  :func:`plot_learning_curves` (matplotlib Agg, no pyplot state touched).
+
+Nothing here imports TensorFlow; tensors are accepted wherever ``np.asarray`` converts them.
+"""
+
+from deephedge_tf.evaluation.metrics import (
+    DEFAULT_LEVELS, entropic_risk, expected_shortfall, metrics_table, paired_t_test,
+    strategy_metrics, value_at_risk, welch_t_test)
+from deephedge_tf.evaluation.plots import plot_hedges_over_time, plot_learning_curves, plot_pnl_histograms
+
+__all__ = [
+    "DEFAULT_LEVELS",
+    "entropic_risk",
+    "expected_shortfall",
+    "metrics_table",
+    "paired_t_test",
+    "plot_hedges_over_time",
+    "plot_learning_curves",
+    "plot_pnl_histograms",
+    "strategy_metrics",
+    "value_at_risk",
+    "welch_t_test",
+]

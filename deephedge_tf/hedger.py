@@ -1,0 +1,201 @@
+"""The hedging model: a keras.Model that unrolls a policy over time and books its trades.
+
+    hedger = Hedger(policy, objective)
+    hedger.compile(optimizer=keras.optimizers.Adam(1e-3))
+    hedger.fit(train_dataset, validation_data=valid_dataset, epochs=..., callbacks=[...])
+    out = hedger(batch)     # {"pnl": [B], "costs": [B], "gains": [B], "turnover": [B], "actions": [T, B, N]}
+
+Batches are the dicts of :func:`deephedge_tf.features.make_batch` (batch-major at the Keras
+boundary, time-major inside the model).  The time loop is a
+Python loop unrolled inside the traced step (T is static): simple, fast per step, and it leaves every
+per-step tensor reachable from the tape (which the curvature optimizer needs).  Compile time grows
+with T; see BENCHMARKS.md.
+
+PnL of a path (we are short the liability and trade ``u_k`` units of each instrument at ``t_k``):
+
+    PnL = -Z + sum_k sum_n u_k^n R_k^n - C,      C = sum_k sum_n c_k^n |u_k^n| P_k^n
+
+with returns R, premiums P and cost rates c from the instruments (deephedge_tf.instruments.hedges).
+
+Training never applies a non-finite update: a step whose loss or gradients are not all finite is
+skipped (no variable changes, the optimizer's iteration count included) and counted in the
+``skipped_steps`` metric.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from deephedge_tf.features import time_major
+
+OUTPUT_KEYS = ("pnl", "costs", "gains", "turnover", "actions")
+
+
+@keras.saving.register_keras_serializable(package="deephedge_tf")
+class MarketStep(keras.layers.Layer):
+    """Books one decision time's trades: gains ``sum_n u^n R^n`` and costs ``sum_n c^n |u^n| P^n``.
+
+    Inputs ``[B, N]`` each; returns ``(gains [B], costs [B], traded notional [B])``.
+    """
+
+    def call(self, action, returns, premiums, cost_rates):
+        notional = tf.abs(action) * premiums
+        return (tf.reduce_sum(action * returns, axis=-1), tf.reduce_sum(cost_rates * notional, axis=-1),
+                tf.reduce_sum(notional, axis=-1))
+
+
+def _first_batch(x):
+    """The first batch of a PyDataset, a tf.data.Dataset or an in-memory dict of arrays."""
+    if isinstance(x, keras.utils.PyDataset):
+        return x[0]
+    if isinstance(x, tf.data.Dataset):
+        return next(iter(x))
+    if isinstance(x, dict):
+        return x
+    raise TypeError(f"Hedger.fit: unsupported data {type(x).__name__}; pass a PyDataset "
+                    "(deephedge_tf.data.PathBatches), a tf.data.Dataset or a dict of batch-major arrays")
+
+
+def _step_obs(obs: dict, k: int) -> dict:
+    return {key: value[k] for key, value in obs.items()}
+
+
+@keras.saving.register_keras_serializable(package="deephedge_tf")
+class Hedger(keras.Model):
+    """Unrolls ``policy`` over the batch's time steps and scores the PnL with ``objective``.
+
+    Args:
+      policy: a :class:`deephedge_tf.policies.base.Policy`.
+      objective: a :class:`deephedge_tf.objectives.Objective` layer: ``objective(pnl, costs)`` is the
+        training loss (its own trainable weights, e.g. an OCE intercept, train with the policy).
+    """
+
+    def __init__(self, policy, objective, **kwargs):
+        super().__init__(**kwargs)
+        self.policy = policy
+        self.objective = objective
+        # Keras layers cast floating inputs to their compute dtype: the booking layer must compute in
+        # the model's dtype (float64 runs stay float64), and so must the policy and objective.
+        self.market_step = MarketStep(name="market_step", dtype=self.dtype_policy)
+        for part in (policy, objective):
+            if part.compute_dtype != self.compute_dtype:
+                raise ValueError(f"Hedger: {part.name} computes in {part.compute_dtype} but the hedger in "
+                                 f"{self.compute_dtype}; create all three with the same dtype=")
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.pnl_mean = keras.metrics.Mean(name="pnl_mean")
+        self.cost_mean = keras.metrics.Mean(name="cost_mean")
+        self.skipped = keras.metrics.Sum(name="skipped_steps")
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.pnl_mean, self.cost_mean, self.skipped]
+
+    # -- forward ---------------------------------------------------------------------------
+    def unroll(self, batch, training=None):
+        """Runs the policy over time on a batch-major batch; returns the outputs dict (actions
+        time-major ``[T, B, N]``, see module docstring)."""
+        batch = time_major(batch)
+        obs = batch["obs"]
+        mask = batch["mask"]
+        steps = int(mask.shape[0])
+        batch_size = tf.shape(mask)[1]
+        dtype = mask.dtype
+        holdings = tf.zeros_like(mask[0])
+        prev_action = tf.zeros_like(mask[0])
+        state = self.policy.initial_state(batch_size, dtype)
+        gains = costs = turnover = tf.zeros([batch_size], dtype)
+        actions = []
+        for k in range(steps):  # static unroll: T is known when the step is traced
+            step_obs = _step_obs(obs, k)
+            step_obs["mask"] = mask[k]
+            step_obs["holdings"] = holdings
+            action, state = self.policy(step_obs, prev_action, state, training=training)
+            g, c, n = self.market_step(action, batch["returns"][k], batch["premiums"][k], batch["cost_rates"][k])
+            gains, costs, turnover = gains + g, costs + c, turnover + n
+            holdings = holdings + action
+            prev_action = action
+            actions.append(action)
+        pnl = gains - costs - batch["payoff"]
+        return {"pnl": pnl, "costs": costs, "gains": gains, "turnover": turnover,
+                "actions": tf.stack(actions, axis=0)}
+
+    def call(self, batch, training=None):
+        return self.unroll(batch, training=training)
+
+    # -- building --------------------------------------------------------------------------
+    def build(self, input_shape=None):
+        # Sub-layers build themselves on their first call (their input sizes are only known per
+        # step); nothing to create here.  Defined so Keras does not try to trace a symbolic call.
+        self.built = True
+
+    def build_from_batch(self, batch) -> None:
+        """Creates every weight (policy, objective, optimizer state) with one eager call on two paths.
+
+        ``fit`` does this itself on its first batch: Keras would otherwise build the optimizer
+        before the policy's weights exist.
+        """
+        small = tf.nest.map_structure(lambda x: tf.convert_to_tensor(x)[:2], batch)
+        self._loss(self.unroll(small))
+        if getattr(self, "optimizer", None) is not None and not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def fit(self, x=None, *args, **kwargs):
+        if not self.policy.built:
+            self.build_from_batch(_first_batch(x))
+        return super().fit(x, *args, **kwargs)
+
+    # -- training --------------------------------------------------------------------------
+    def _loss(self, out):
+        loss = self.objective(out["pnl"], out["costs"])
+        if self.losses:
+            loss = loss + tf.add_n(self.losses)
+        return loss
+
+    def _update_metrics(self, loss, out):
+        self.loss_tracker.update_state(loss)
+        self.pnl_mean.update_state(tf.reduce_mean(out["pnl"]))
+        self.cost_mean.update_state(tf.reduce_mean(out["costs"]))
+        return {m.name: m.result() for m in self.metrics}
+
+    def train_step(self, data):
+        batch = data[0] if isinstance(data, tuple) else data
+        variables = self.trainable_variables
+        with tf.GradientTape() as tape:
+            out = self.unroll(batch, training=True)
+            loss = self._loss(out)
+        grads = tape.gradient(loss, variables)
+        finite = tf.reduce_all(tf.math.is_finite(loss))
+        for g in grads:
+            if g is not None:
+                finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(g)))
+
+        def apply():
+            self.optimizer.apply(grads, variables)
+            return tf.constant(0.0, tf.float32)
+
+        skipped = tf.cond(finite, apply, lambda: tf.constant(1.0, tf.float32))
+        self.skipped.update_state(skipped)
+        return self._update_metrics(loss, out)
+
+    def test_step(self, data):
+        batch = data[0] if isinstance(data, tuple) else data
+        out = self.unroll(batch, training=False)
+        return self._update_metrics(self._loss(out), out)
+
+    def predict_step(self, data):
+        batch = data[0] if isinstance(data, tuple) else data
+        return self.unroll(batch, training=False)
+
+    # -- serialisation ---------------------------------------------------------------------
+    def get_config(self):
+        return {**super().get_config(),
+                "policy": keras.saving.serialize_keras_object(self.policy),
+                "objective": keras.saving.serialize_keras_object(self.objective)}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        policy = keras.saving.deserialize_keras_object(config.pop("policy"))
+        objective = keras.saving.deserialize_keras_object(config.pop("objective"))
+        return cls(policy, objective, **config)

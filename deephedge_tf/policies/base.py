@@ -1,0 +1,78 @@
+"""The policy interface: one decision step at a time.
+
+A policy is a Keras layer that, at each decision time ``t_k``, maps what the hedger can observe to
+the trades ``u_k`` (units of each of the ``N`` hedging instruments bought at ``t_k``):
+
+    action, new_state = policy(obs, prev_action, state, training=...)
+
+``obs`` is a dict of per-step tensors (``B`` paths), built by the hedger from MarketPaths and the
+derivative:
+
+==============  ==========  ====================================================================
+key             shape       meaning
+==============  ==========  ====================================================================
+``features``    ``[B, F]``  network inputs (scaled observables; see ``deephedge_tf.features``)
+``mask``        ``[B, N]``  1 where an instrument can be traded at ``t_k``, else 0
+``holdings``    ``[B, N]``  units held before trading at ``t_k``: ``sum_{j<k} u_j``
+``spot``        ``[B]``     spot price ``S_k``
+``variance``    ``[B]``     observed variance ``v_k``
+``tau``         ``[B]``     time to the derivative's maturity, years (>= 0)
+``bs_delta``    ``[B]``     Black-Scholes delta of the liability at vol ``sqrt(v_k)`` (0 if undefined)
+``bs_gamma``    ``[B]``     Black-Scholes gamma of the liability (0 if undefined)
+==============  ==========  ====================================================================
+
+``prev_action`` is ``u_{k-1}`` (``[B, N]``, zeros at ``t_0``) and ``state`` a tuple of ``[B, ...]``
+tensors from :meth:`Policy.initial_state` (empty for stateless policies).  The returned action is
+multiplied by ``mask``: an unavailable instrument is never traded.
+
+Policies that think in positions (MLP of Buehler et al., band networks, delta baselines) produce a
+target position ``delta_k`` and trade ``u_k = delta_k - holdings``; the recurrent policy of the
+DH-KFAC paper produces trades directly.  Column 0 is the spot when it is hedged (the builders put it
+first); baselines that hedge the spot only require it (:attr:`Policy.needs_spot`).
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+OBS_KEYS = ("features", "mask", "holdings", "spot", "variance", "tau", "bs_delta", "bs_gamma")
+
+
+class Policy(keras.layers.Layer):
+    """Base class of all policies (see module docstring for the call contract)."""
+
+    #: True for policies that trade the spot in column 0 only (baselines, band networks).
+    needs_spot = False
+    #: True for policies that produce target positions (trade = target - holdings).
+    outputs_positions = False
+
+    def __init__(self, num_instruments: int, **kwargs):
+        super().__init__(**kwargs)
+        if int(num_instruments) < 1:
+            raise ValueError(f"{type(self).__name__}: num_instruments must be >= 1; got {num_instruments}")
+        self.num_instruments = int(num_instruments)
+
+    def initial_state(self, batch_size, dtype=tf.float32) -> tuple:
+        """Recurrent state at ``t_0``: a tuple of ``[B, ...]`` tensors (empty when stateless)."""
+        return ()
+
+    def step(self, obs: dict, prev_action, state: tuple, training=None):
+        """Subclasses: ``(raw action [B, N], new state)``; the mask is applied by :meth:`call`."""
+        raise NotImplementedError
+
+    def call(self, obs, prev_action, state=(), training=None):
+        action, new_state = self.step(obs, prev_action, tuple(state), training=training)
+        return action * tf.cast(obs["mask"], action.dtype), new_state
+
+    def get_config(self):
+        return {**super().get_config(), "num_instruments": self.num_instruments}
+
+
+def spot_only_trade(target_spot, obs, num_instruments: int):
+    """Trades that move the spot position (column 0) to ``target_spot`` ``[B]`` and leave the rest."""
+    trade = target_spot - obs["holdings"][:, 0]
+    if num_instruments == 1:
+        return trade[:, None]
+    zeros = tf.zeros_like(obs["holdings"][:, 1:])
+    return tf.concat([trade[:, None], zeros], axis=1)

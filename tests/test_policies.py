@@ -1,0 +1,321 @@
+"""Tests of deephedge_tf.policies: shapes, masking, formulas, serialisation, curvature capture."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from deephedge_tf.errors import DeepHedgeError
+from deephedge_tf.policies import (
+    OBS_KEYS,
+    POLICY_KINDS,
+    BlackScholesDeltaPolicy,
+    DeltaAnchoredBandPolicy,
+    MLPPolicy,
+    NoHedgePolicy,
+    NoTransactionBandPolicy,
+    RecurrentPolicy,
+    WhalleyWilmottPolicy,
+    make_policy,
+)
+
+B, F, N = 5, 3, 3
+SMALL = {  # keep networks tiny: the suite must stay fast on 2 shared cores
+    "recurrent": {"num_blocks": 2, "width": 8},
+    "mlp": {"width": 8},
+    "no_transaction_band": {"width": 8},
+    "delta_band": {"width": 8},
+    "no_hedge": {},
+    "bs_delta": {},
+    "whalley_wilmott": {},
+}
+
+
+def make_obs(dtype="float64", seed=0, batch=B, n=N, mask=None, holdings=None, **overrides):
+    """A synthetic observation dict with the keys and shapes of policies/base.py."""
+    rng = np.random.default_rng(seed)
+    obs = {
+        "features": rng.normal(size=(batch, F)),
+        "mask": np.ones((batch, n)) if mask is None else np.asarray(mask, float),
+        "holdings": rng.normal(scale=0.5, size=(batch, n)) if holdings is None else np.asarray(holdings, float),
+        "spot": rng.uniform(0.8, 1.2, size=batch),
+        "variance": np.full(batch, 0.04),
+        "tau": np.full(batch, 0.1),
+        "bs_delta": rng.uniform(0.0, 1.0, size=batch),
+        "bs_gamma": rng.uniform(0.0, 3.0, size=batch),
+    }
+    obs.update({k: np.asarray(v, float) for k, v in overrides.items()})
+    assert set(obs) == set(OBS_KEYS)
+    return {k: tf.constant(v, dtype) for k, v in obs.items()}
+
+
+def run(policy, obs, prev_action=None, state=None):
+    batch, n = obs["mask"].shape
+    dtype = obs["features"].dtype
+    prev_action = tf.zeros((batch, n), dtype) if prev_action is None else prev_action
+    state = policy.initial_state(batch, dtype) if state is None else state
+    return policy(obs, prev_action, state)
+
+
+def set_output_layer(policy, bias):
+    """Zero the last Dense's kernel and set its bias: the network then outputs ``bias`` on every path."""
+    out = policy.net[-1]
+    out.kernel.assign(tf.zeros_like(out.kernel))
+    out.bias.assign(tf.constant(bias, out.bias.dtype))
+
+
+# ----------------------------------------------------------------------------- all policies
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kind", list(POLICY_KINDS))
+def test_shapes_dtype_and_autograph_off(kind, dtype):
+    policy = make_policy(kind, N, dtype=dtype, **SMALL[kind])
+    obs = make_obs(dtype)
+    action, state = run(policy, obs)
+    assert action.shape == (B, N) and action.dtype == tf.as_dtype(dtype)
+    assert len(state) == len(policy.initial_state(B, dtype))
+    for s in state:
+        assert s.dtype == tf.as_dtype(dtype)
+    # Keras traces train_step with autograph off: the policy must trace as it is.
+    fn = tf.function(lambda o, p, s: policy(o, p, s), autograph=False)
+    traced, _ = fn(obs, tf.zeros((B, N), dtype), policy.initial_state(B, dtype))
+    np.testing.assert_allclose(traced.numpy(), action.numpy(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", list(POLICY_KINDS))
+def test_masked_columns_are_exactly_zero(kind):
+    mask = np.ones((B, N))
+    mask[:, 2] = 0.0
+    mask[1, 0] = 0.0
+    policy = make_policy(kind, N, **SMALL[kind])
+    action, _ = run(policy, make_obs(mask=mask))
+    assert np.all(action.numpy()[mask == 0] == 0.0)
+
+
+@pytest.mark.parametrize("kind", list(POLICY_KINDS))
+def test_serialisation_roundtrip_gives_identical_actions(kind):
+    params = {**SMALL[kind], "whalley_wilmott": {"risk_aversion": 2.5, "cost": 3e-3}}.get(kind, SMALL[kind])
+    policy = make_policy(kind, N, **params)
+    obs = make_obs(seed=3)
+    prev = tf.constant(np.random.default_rng(4).normal(size=(B, N)))
+    expected, expected_state = run(policy, obs, prev)
+    cfg = keras.saving.serialize_keras_object(policy)
+    assert cfg["registered_name"] == f"deephedge_tf>{type(policy).__name__}"
+    clone = keras.saving.deserialize_keras_object(cfg)
+    assert type(clone) is type(policy) and clone.get_config() == policy.get_config()
+    run(clone, obs, prev)  # build
+    clone.set_weights(policy.get_weights())
+    action, state = run(clone, obs, prev)
+    np.testing.assert_array_equal(action.numpy(), expected.numpy())
+    for s, e in zip(state, expected_state):
+        np.testing.assert_array_equal(s.numpy(), e.numpy())
+
+
+def test_flags():
+    assert not RecurrentPolicy.needs_spot and not RecurrentPolicy.outputs_positions
+    assert MLPPolicy.outputs_positions and not MLPPolicy.needs_spot
+    for cls in (NoTransactionBandPolicy, DeltaAnchoredBandPolicy, BlackScholesDeltaPolicy, WhalleyWilmottPolicy):
+        assert cls.needs_spot and cls.outputs_positions
+    for kind in ("no_hedge", "bs_delta", "whalley_wilmott"):
+        policy = make_policy(kind, N)
+        run(policy, make_obs())
+        assert policy.trainable_weights == []
+
+
+# ----------------------------------------------------------------------------- make_policy
+
+
+def test_make_policy_kinds_and_errors():
+    assert isinstance(make_policy("delta_band", 1), DeltaAnchoredBandPolicy)
+    with pytest.raises(ValueError, match="allowed: recurrent, mlp, no_transaction_band"):
+        make_policy("lstm", 2)
+    with pytest.raises(ValueError, match="unknown parameter 'widht'.*allowed: num_blocks, width, head_scale"):
+        make_policy("recurrent", 2, widht=8)
+    with pytest.raises(ValueError, match="unknown parameter 'width'.*allowed: risk_aversion, cost"):
+        make_policy("whalley_wilmott", 1, width=8)
+    with pytest.raises(ValueError, match="num_blocks must be >= 1"):
+        make_policy("recurrent", 2, num_blocks=0)
+    with pytest.raises(ValueError, match="activation must be one of relu"):
+        make_policy("mlp", 2, activation="swishy")
+    with pytest.raises(ValueError, match="anchor must be one of none, bs_delta"):
+        make_policy("no_transaction_band", 1, anchor="delta")
+    with pytest.raises(ValueError, match="risk_aversion must be > 0"):
+        make_policy("whalley_wilmott", 1, risk_aversion=0.0)
+    with pytest.raises(ValueError, match="num_instruments must be >= 1"):
+        make_policy("mlp", 0)
+    with pytest.raises(DeepHedgeError, match="width"):
+        make_policy("mlp", 2, width="wide")
+
+
+# ----------------------------------------------------------------------------- recurrent
+
+
+def test_recurrent_head_init_gives_small_actions():
+    keras.utils.set_random_seed(0)
+    policy = RecurrentPolicy(N, dtype="float64")  # default size: 4 blocks of width 32
+    action, _ = run(policy, make_obs(batch=64))
+    size = np.abs(action.numpy())
+    assert np.all(size < 2e-2) and 1e-4 < size.mean() < 1e-2
+    np.testing.assert_array_equal(policy.head.bias.numpy(), 0.0)
+
+
+def test_recurrent_state_threading():
+    policy = RecurrentPolicy(N, num_blocks=2, width=6, head_scale=1.0, dtype="float64")
+    state0 = policy.initial_state(B, tf.float64)
+    assert len(state0) == 4 and all(s.shape == (B, 6) and np.all(s.numpy() == 0) for s in state0)
+    prev, state, actions = tf.zeros((B, N), tf.float64), state0, []
+    for t in range(3):
+        prev, state = run(policy, make_obs(seed=t), prev, state)
+        actions.append(prev)
+    assert not np.allclose(state[0].numpy(), 0.0)
+    # Same observations from a zero state give a different action: the state carries memory.
+    again, _ = run(policy, make_obs(seed=2), actions[1], state0)
+    assert np.max(np.abs(again.numpy() - actions[2].numpy())) > 1e-8
+    # The previous action is an input (action recurrence).
+    other, _ = run(policy, make_obs(seed=2), actions[1] + 1.0, state)
+    assert np.max(np.abs(other.numpy() - run(policy, make_obs(seed=2), actions[1], state)[0].numpy())) > 1e-8
+
+
+def test_recurrent_capture_matches_weight_gradients():
+    """sum_t [a_t, 1]^T dL/dprobe_t equals the [kernel(s); bias] gradient of every linear map."""
+    keras.utils.set_random_seed(1)
+    n, batch, steps = 2, 4, 3
+    policy = RecurrentPolicy(n, num_blocks=2, width=4, head_scale=0.5, dtype="float64")
+    mask = np.ones((batch, n))
+    mask[0, 1] = 0.0
+    obs_seq = [make_obs(seed=10 + t, batch=batch, n=n, mask=mask) for t in range(steps)]
+    run(policy, obs_seq[0])  # build
+    maps = policy.linear_maps()
+    assert [m[0] for m in maps] == ["feature_in", "action_in", "block0/lstm", "block1/lstm", "head"]
+    weights = [v for _, ws, _, _ in maps for v in ws]
+    assert len(weights) + len(policy.unmapped_variables()) == len(policy.trainable_variables)
+    target = tf.constant(np.random.default_rng(7).normal(size=(steps, batch, n)))
+
+    probes = [{name: tf.zeros((batch, d_out), tf.float64) for name, _, _, d_out in maps} for _ in range(steps)]
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(probes)
+        prev, state = tf.zeros((batch, n), tf.float64), policy.initial_state(batch, tf.float64)
+        loss, inputs = 0.0, []
+        for t in range(steps):  # Python-unrolled, as the hedger does
+            plain, _ = policy(obs_seq[t], prev, state)
+            prev, state, captured = policy.step_with_capture(obs_seq[t], prev, state, probes[t])
+            np.testing.assert_array_equal(prev.numpy(), plain.numpy())  # zero probes change nothing
+            inputs.append(captured)
+            loss += tf.reduce_sum(tf.square(1e3 * prev - target[t])) + tf.reduce_sum(prev) * 1e2
+    grads = tape.gradient(loss, weights)
+    probe_grads = tape.gradient(loss, probes)
+
+    k = 0
+    for name, ws, d_in, d_out in maps:
+        expected = np.concatenate([g.numpy().reshape(-1, d_out) for g in grads[k : k + len(ws)]], axis=0)
+        k += len(ws)
+        got = np.zeros((d_in + 1, d_out))
+        for t in range(steps):
+            a = inputs[t][name].numpy()
+            assert a.shape == (batch, d_in)
+            a_ext = np.concatenate([a, np.ones((batch, 1))], axis=1)
+            got += a_ext.T @ probe_grads[t][name].numpy()
+        assert np.abs(expected).max() > 1e-6, name  # a vacuous match would prove nothing
+        np.testing.assert_allclose(got, expected, atol=1e-10, rtol=0, err_msg=name)
+
+
+# ----------------------------------------------------------------------------- MLP
+
+
+def test_mlp_formula():
+    policy = MLPPolicy(N, num_layers=1, width=4, activation="tanh", dtype="float64")
+    obs = make_obs(seed=5)
+    action, state = run(policy, obs)
+    assert state == ()
+    (w0, b0), (w1, b1) = [(layer.kernel.numpy(), layer.bias.numpy()) for layer in policy.net]
+    x = np.concatenate([obs["features"].numpy(), obs["holdings"].numpy()], axis=1)
+    target = np.tanh(x @ w0 + b0) @ w1 + b1
+    np.testing.assert_allclose(action.numpy(), target - obs["holdings"].numpy(), rtol=1e-13, atol=1e-14)
+
+
+# ----------------------------------------------------------------------------- bands
+
+
+def _band_obs(prev_spot, n=2, **kw):
+    holdings = np.zeros((len(prev_spot), n))
+    holdings[:, 0] = prev_spot
+    holdings[:, 1:] = 0.7  # non-spot holdings are never traded
+    return make_obs(batch=len(prev_spot), n=n, holdings=holdings, **kw)
+
+
+def _check_clamp(action, prev_spot, lower, upper):
+    a = action.numpy()
+    np.testing.assert_array_equal(a[:, 1:], 0.0)
+    expected = np.clip(prev_spot, lower, upper) - prev_spot
+    np.testing.assert_allclose(a[:, 0], expected, rtol=0, atol=1e-14)
+
+
+def test_no_transaction_band_clamps_into_network_band():
+    prev_spot = np.array([0.1, 0.3, 0.45, 0.6, 0.9])
+    policy = NoTransactionBandPolicy(2, width=4, dtype="float64")
+    run(policy, _band_obs(prev_spot))
+    set_output_layer(policy, [0.6, 0.2])  # edges in the wrong order: the band is still [0.2, 0.6]
+    action, _ = run(policy, _band_obs(prev_spot))
+    _check_clamp(action, prev_spot, 0.2, 0.6)
+    a = action.numpy()[:, 0]
+    assert a[1] == a[2] == 0.0 and a[0] == pytest.approx(0.1) and a[4] == pytest.approx(-0.3)
+
+
+def test_no_transaction_band_anchored_on_bs_delta():
+    prev_spot = np.array([0.0, 0.5, 0.52, 0.55, 1.0])
+    delta = np.full(5, 0.5)
+    policy = NoTransactionBandPolicy(2, width=4, anchor="bs_delta", dtype="float64")
+    run(policy, _band_obs(prev_spot, bs_delta=delta))
+    set_output_layer(policy, [0.1, -0.5])  # widths leaky_relu: 0.1 below, -0.005 above
+    action, _ = run(policy, _band_obs(prev_spot, bs_delta=delta))
+    _check_clamp(action, prev_spot, 0.4, 0.495)
+
+
+def test_delta_anchored_band():
+    prev_spot = np.array([0.0, 0.3, 0.5, 0.7, 1.0])
+    delta = np.array([0.5, 0.5, 0.5, 0.5, 0.2])
+    policy = DeltaAnchoredBandPolicy(2, width=4, dtype="float64")
+    run(policy, _band_obs(prev_spot, bs_delta=delta))
+    set_output_layer(policy, [0.0])  # f = softplus(0) = log 2
+    action, _ = run(policy, _band_obs(prev_spot, bs_delta=delta))
+    _check_clamp(action, prev_spot, delta - np.log(2.0), delta + np.log(2.0))
+    set_output_layer(policy, [-8.0])  # f = softplus(-8) ~ 3.4e-4: nearly the delta hedge
+    action, _ = run(policy, _band_obs(prev_spot, bs_delta=delta))
+    f = np.log1p(np.exp(-8.0))
+    _check_clamp(action, prev_spot, delta - f, delta + f)
+    assert np.all(np.abs(action.numpy()[:, 0]) > 0.1)
+
+
+# ----------------------------------------------------------------------------- baselines
+
+
+def test_no_hedge_is_zero():
+    action, _ = run(NoHedgePolicy(N), make_obs())
+    np.testing.assert_array_equal(action.numpy(), 0.0)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_bs_delta_trades_to_delta(n):
+    obs = make_obs(n=n, seed=8)
+    action, _ = run(BlackScholesDeltaPolicy(n, dtype="float64"), obs)
+    np.testing.assert_allclose(action.numpy()[:, 0], obs["bs_delta"].numpy() - obs["holdings"].numpy()[:, 0], rtol=1e-15)
+    np.testing.assert_array_equal(action.numpy()[:, 1:], 0.0)
+
+
+def test_whalley_wilmott_band():
+    lam, c = 2.0, 4e-3
+    spot = np.array([1.0, 1.1, 0.9, 1.0, 1.0])
+    gamma = np.array([2.0, 1.5, 3.0, 0.0, 5.0])
+    delta = np.array([0.5, 0.7, 0.2, 0.4, 0.5])
+    h = (3.0 * c * spot * gamma**2 / (2.0 * lam)) ** (1.0 / 3.0)
+    assert h[0] == pytest.approx((3 * 4e-3 * 4 / 4) ** (1 / 3))  # 0.2289...
+    prev_spot = np.array([0.5, 0.0, 0.3, 0.5, 1.5])  # inside, below, inside, outside zero-width, above
+    policy = WhalleyWilmottPolicy(2, risk_aversion=lam, cost=c, dtype="float64")
+    obs = _band_obs(prev_spot, spot=spot, bs_gamma=gamma, bs_delta=delta)
+    np.testing.assert_allclose(policy.half_width(obs).numpy(), h, rtol=1e-14)
+    action, _ = run(policy, obs)
+    _check_clamp(action, prev_spot, delta - h, delta + h)
+    a = action.numpy()[:, 0]
+    assert a[0] == 0.0 and a[2] == 0.0  # inside the band: no trade
+    assert a[3] == pytest.approx(-0.1)  # zero gamma: trade to delta
