@@ -18,7 +18,7 @@ $(STAMP): setup.cfg pyproject.toml requirements.lock
 	touch $(STAMP)
 
 train: $(STAMP)
-	$(VENV)/bin/deephedge run $(CONFIG) --out $(OUT)
+	$(VENV)/bin/deephedge train $(CONFIG) --out $(OUT)
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -1,9 +1,10 @@
 """Command line: ``deephedge <command> ...``.
 
 Commands:
-  run CONFIG --out DIR [--set k=v ...]   the main job on a config: simulate the market, price the
-                                         derivative and the hedging instruments, report (training
-                                         joins this job when the hedging model lands)
+  train CONFIG --out DIR [--set k=v ...]     the main job: train the configured policy, evaluate it
+                                             against baselines out of sample, write DIR
+  simulate CONFIG --out DIR [--set k=v ...]  simulate the market, price the derivative (Monte Carlo
+                                             vs reference) and check the hedging instruments
   config show CONFIG [--set k=v ...]     print the resolved config (every value, defaults included)
   config doc [--write FILE]              print (or write) the reference of every config key
 
@@ -29,9 +30,14 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deephedge", description="Deep hedging with TensorFlow/Keras.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run the main job on a config and write a report")
-    _add_config_args(run)
-    run.add_argument("--out", required=True, help="output directory (created)")
+    train = sub.add_parser("train", help="train, evaluate and report (the main job)")
+    _add_config_args(train)
+    train.add_argument("--out", required=True, help="output directory (created)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sim = sub.add_parser("simulate", help="market and pricing report")
+    _add_config_args(sim)
+    sim.add_argument("--out", required=True, help="output directory (created)")
 
     cfg = sub.add_parser("config", help="inspect configs")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
@@ -73,11 +79,16 @@ def main(argv=None) -> int:
                 return 0
             print(dump_config(load_config(args.config, args.overrides)), end="")
             return 0
-        if args.command == "run":
+        cfg = load_config(args.config, args.overrides)
+        if args.command == "simulate":
             from deephedge_tf.run import run_job
 
-            cfg = load_config(args.config, args.overrides)
             run_job(cfg, Path(args.out))
+            return 0
+        if args.command == "train":
+            from deephedge_tf.run import train_job
+
+            train_job(cfg, Path(args.out), verbose=0 if args.quiet else "auto")
             return 0
     except DeepHedgeError as e:
         print(f"deephedge: error: {e}", file=sys.stderr)

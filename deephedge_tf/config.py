@@ -191,6 +191,71 @@ class SimulationConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PolicyConfig:
+    kind: Literal["recurrent", "mlp", "no_transaction_band", "delta_band", "no_hedge", "bs_delta",
+                  "whalley_wilmott"] = param("recurrent", "hedging policy")
+    num_blocks: int = param(4, "residual RMSNorm + LSTM blocks (recurrent)", ge=1)
+    width: int = param(32, "hidden width (recurrent, mlp, band networks)", ge=1)
+    head_scale: float = param(1e-3, "scale of the last layer's He-initialised weights (recurrent)", gt=0.0)
+    num_layers: int = param(2, "hidden layers (mlp, band networks)", ge=1)
+    activation: Literal["relu", "tanh", "gelu", "silu", "elu"] = param("relu", "hidden activation (mlp)")
+    risk_aversion: float = param(1.0, "risk aversion of the Whalley-Wilmott band", gt=0.0)
+
+    def params(self, spot_cost: float) -> dict:
+        """Keyword parameters of :func:`deephedge_tf.policies.make_policy` for this kind."""
+        by_kind = {
+            "recurrent": dict(num_blocks=self.num_blocks, width=self.width, head_scale=self.head_scale),
+            "mlp": dict(num_layers=self.num_layers, width=self.width, activation=self.activation),
+            "no_transaction_band": dict(num_layers=self.num_layers, width=self.width),
+            "delta_band": dict(num_layers=self.num_layers, width=self.width),
+            "whalley_wilmott": dict(risk_aversion=self.risk_aversion, cost=spot_cost),
+        }
+        return by_kind.get(self.kind, {})
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+    kind: Literal["mean_variance", "expected_shortfall", "entropic", "exponential_utility"] = param(
+        "mean_variance", "training objective: gamma Var[PnL] + E[costs], or an OCE risk measure of PnL")
+    gamma: float = param(1.0, "variance weight (mean_variance)", ge=0.0)
+    alpha: float = param(0.5, "expected-shortfall level: the worst (1 - alpha) of outcomes", gt=0.0, lt=1.0)
+    a: float = param(1.0, "risk aversion (entropic, exponential_utility)", gt=0.0)
+
+    def params(self) -> dict:
+        return {"mean_variance": dict(gamma=self.gamma), "expected_shortfall": dict(alpha=self.alpha),
+                "entropic": dict(a=self.a), "exponential_utility": dict(a=self.a)}[self.kind]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    optimizer: Literal["adam"] = param("adam", "optimizer")
+    learning_rate: float = param(1e-3, "peak learning rate", gt=0.0)
+    warmup_steps: int = param(0, "linear learning-rate warm-up", units="steps", ge=0)
+    decay_rate: float = param(1.0, "exponential decay factor per decay_steps after warm-up (1: none)",
+                              gt=0.0, le=1.0)
+    decay_steps: int = param(1000, "steps over which the learning rate decays by decay_rate", units="steps",
+                             ge=1)
+    clipnorm: Optional[float] = param(None, "clip each gradient to this norm (null: no clipping)", gt=0.0)
+    batch_size: int = param(2048, "paths per training step", ge=1)
+    batches_per_epoch: int = param(10, "training steps per epoch", ge=1)
+    epochs: int = param(20, "epochs", ge=1)
+    fresh_paths: bool = param(True, "new paths every epoch (false: a fixed set of "
+                              "batch_size * batches_per_epoch paths)")
+    validation_paths: int = param(8192, "paths of the validation set (seed + 1)", ge=1)
+    early_stopping_patience: Optional[int] = param(None, "stop after this many epochs without a better "
+                                                   "validation loss (null: never)", ge=1)
+    target_loss: Optional[float] = param(None, "stop when the validation loss reaches this value "
+                                         "(null: never)")
+    jit_compile: Optional[bool] = param(None, "XLA-compile the train step (null: auto = on GPU, off on CPU)")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationConfig:
+    paths: int = param(32768, "out-of-sample paths for the metrics table (seed + 2)", ge=2)
+    plots: bool = param(True, "write PNG plots")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     seed: int = param(0, "seed of every random stream (paths, initialisation)", ge=0)
     dtype: Literal["float32", "float64"] = param("float32", "floating-point precision of paths and model")
@@ -199,6 +264,10 @@ class Config:
     derivative: DerivativeConfig = section(DerivativeConfig, "the liability to hedge")
     hedges: HedgesConfig = section(HedgesConfig, "hedging instruments")
     simulation: SimulationConfig = section(SimulationConfig, "simulation sizes")
+    policy: PolicyConfig = section(PolicyConfig, "hedging policy")
+    objective: ObjectiveConfig = section(ObjectiveConfig, "training objective")
+    training: TrainingConfig = section(TrainingConfig, "training")
+    evaluation: EvaluationConfig = section(EvaluationConfig, "out-of-sample evaluation")
 
     def check(self, key):
         steps = self.time.steps
@@ -219,6 +288,14 @@ class Config:
             raise ConfigError("hedges.variance_swap.enabled", True, "false unless market.model is heston")
         if self.market.sampling.sobol and self.market.model != "historical" and steps * 2 > 21201:
             raise ConfigError("market.sampling.sobol", True, f"false for more than 10600 steps ({steps})")
+        needs_spot = ("no_transaction_band", "delta_band", "bs_delta", "whalley_wilmott")
+        if self.policy.kind in needs_spot and not self.hedges.spot.enabled:
+            raise ConfigError("policy.kind", self.policy.kind, "a policy that does not need the spot, or "
+                              "hedges.spot.enabled = true")
+        if self.policy.kind in ("delta_band", "bs_delta", "whalley_wilmott") and d.kind not in (
+                "european", "call_spread"):
+            raise ConfigError("policy.kind", self.policy.kind, "a policy without a Black-Scholes delta for "
+                              f"derivative.kind = {d.kind} (delta needs european or call_spread)")
         if not (self.hedges.spot.enabled or fg.moneyness or self.hedges.fixed_grid.strikes
                 or self.hedges.variance_swap.enabled):
             raise ConfigError("hedges", to_dict(self.hedges), "at least one hedging instrument")

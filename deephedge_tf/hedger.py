@@ -137,6 +137,7 @@ class Hedger(keras.Model):
         """
         small = tf.nest.map_structure(lambda x: tf.convert_to_tensor(x)[:2], batch)
         self._loss(self.unroll(small))
+        self.build()
         if getattr(self, "optimizer", None) is not None and not self.optimizer.built:
             self.optimizer.build(self.trainable_variables)
 

@@ -175,3 +175,132 @@ def format_report(r: dict) -> str:
         lines.append(f"premium table ({t['nodes']} variance nodes): max |interpolated - direct| premium/spot = "
                      f"{t['max_abs_error_premium_over_spot']:.2e}")
     return "\n".join(lines)
+
+
+# -- training job ---------------------------------------------------------------------------------
+
+BASELINES = ("no_hedge", "bs_delta")
+STRATEGY_LABELS = {"no_hedge": "unhedged", "bs_delta": "bs_delta"}
+
+
+def evaluate_strategies(cfg: Config, hedger, parts, num_paths: int | None = None, chunk: int = 8192) -> dict:
+    """Out-of-sample outputs (pnl, costs, turnover, actions of a few paths) of the trained hedger and
+    of the baselines that apply, on the same evaluation paths (seed + 2)."""
+    from deephedge_tf.features import make_batch
+    from deephedge_tf.training import EVALUATION_SEED_OFFSET, make_hedger
+
+    n = num_paths or cfg.evaluation.paths
+    models = {"hedged": hedger}
+    for kind in BASELINES:
+        if kind == "bs_delta" and (cfg.derivative.kind not in ("european", "call_spread")
+                                   or not cfg.hedges.spot.enabled):
+            continue
+        models[STRATEGY_LABELS[kind]] = make_hedger(cfg, parts, policy_kind=kind, compile=False)
+    outputs = {name: {"pnl": [], "costs": [], "turnover": []} for name in models}
+    seed = cfg.seed + EVALUATION_SEED_OFFSET
+    for start in range(0, n, chunk):
+        size = min(chunk, n - start)
+        batch = make_batch(parts.market.simulate(size, start=start, seed=seed), parts.derivative, parts.instruments)
+        for name, model in models.items():
+            out = model(batch, training=False)
+            for key in ("pnl", "costs", "turnover"):
+                outputs[name][key].append(out[key].numpy())
+            if start == 0:
+                outputs[name]["actions"] = out["actions"].numpy()[:, :16]
+    for o in outputs.values():
+        for key in ("pnl", "costs", "turnover"):
+            o[key] = np.concatenate(o[key])
+    return outputs
+
+
+def objective_value(objective, pnl, costs) -> float:
+    """The training objective evaluated on a sample (the loss form: includes E[costs] for mean-variance)."""
+    import tensorflow as tf
+
+    return float(objective(tf.constant(pnl), tf.constant(costs)))
+
+
+def train_job(cfg: Config, out: Path, echo=print, verbose="auto") -> dict:
+    """Trains the configured policy, evaluates it against baselines, writes the run directory:
+    config.yaml, report.json, metrics.csv, history.csv, plots/*.png, checkpoints/."""
+    import keras
+
+    from deephedge_tf.evaluation import metrics_table, plot_hedges_over_time, plot_learning_curves, \
+        plot_pnl_histograms
+    from deephedge_tf.training import build_parts, fit_hedger, make_hedger
+
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out / "config.yaml", dump_config(cfg))
+    parts = build_parts(cfg)
+    hedger = make_hedger(cfg, parts)
+    ckpt = out / "checkpoints"
+    callbacks = [keras.callbacks.CSVLogger(str(out / "history.csv")),
+                 keras.callbacks.BackupAndRestore(str(ckpt / "backup"))]
+    t0 = time.perf_counter()
+    history = fit_hedger(cfg, hedger, parts, callbacks=callbacks, verbose=verbose)
+    wall = time.perf_counter() - t0
+    hedger.save_weights(str(ckpt / "final.weights.h5"))
+
+    outputs = evaluate_strategies(cfg, hedger, parts)
+    table = metrics_table({k: {kk: v[kk] for kk in ("pnl", "costs", "turnover")} for k, v in outputs.items()})
+    objective = hedger.objective
+    table.insert(0, "objective", [objective_value(objective, o["pnl"], o["costs"]) for o in outputs.values()])
+    tmp = out / "metrics.csv.tmp"
+    table.to_csv(tmp)
+    os.replace(tmp, out / "metrics.csv")
+
+    derivative = parts.derivative
+    ref, method = reference_price(cfg, derivative)
+    hedged = outputs["hedged"]
+    import tensorflow as tf
+
+    report = {
+        "objective": objective.description,
+        "strategies": {name: {"objective": float(table.loc[name, "objective"]),
+                              "pnl_mean": float(table.loc[name, "pnl_mean"]),
+                              "pnl_std": float(table.loc[name, "pnl_std"]),
+                              "es_95": float(table.loc[name, "es_95"]),
+                              "entropic": float(table.loc[name, "entropic"]),
+                              "cost_mean": float(table.loc[name, "cost_mean"])} for name in outputs},
+        "train": {"steps": int(hedger.optimizer.iterations.numpy()), "epochs": len(history.history["loss"]),
+                  "wall_s": wall, "final_loss": float(history.history["loss"][-1]),
+                  "final_val_loss": float(history.history["val_loss"][-1]),
+                  "skipped_steps": float(sum(history.history.get("skipped_steps", [0.0])))},
+        "price": {"indifference": float(objective.risk(tf.constant(hedged["pnl"]))),
+                  "indifference_definition": "risk of the hedged short liability (hedging no liability "
+                                             "has risk 0): the premium that makes the position acceptable",
+                  "reference": ref, "reference_method": method},
+        "evaluation_paths": int(hedged["pnl"].size),
+    }
+    _write_atomic(out / "report.json", json.dumps(report, indent=2))
+    if cfg.evaluation.plots:
+        plots = out / "plots"
+        plot_pnl_histograms({k: v["pnl"] for k, v in outputs.items()}, plots / "pnl_histograms.png")
+        names = _instrument_names(parts)
+        plot_hedges_over_time(np.cumsum(hedged["actions"], axis=0), plots / "positions.png",
+                              instrument_names=names)
+        plot_learning_curves(history.history, plots / "learning_curves.png")
+    with pd_options():
+        echo(table.to_string(float_format=lambda x: f"{x:.5g}"))
+    echo(f"trained {report['train']['steps']} steps in {wall:.1f} s; indifference price "
+         f"{report['price']['indifference']:.5g}" + (f" (model price {ref:.5g})" if ref is not None else ""))
+    echo(f"wrote {out}")
+    return report
+
+
+def _instrument_names(parts) -> list:
+    paths = parts.market.simulate(1)
+    return [n for i in parts.instruments for n in i.tensors(paths).names]
+
+
+class pd_options:
+    """Wide pandas printing for the metrics table."""
+
+    def __enter__(self):
+        import pandas as pd
+
+        self._ctx = pd.option_context("display.width", 200, "display.max_columns", 50)
+        self._ctx.__enter__()
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)

@@ -23,7 +23,7 @@ def test_config_show_applies_overrides(capsys):
 
 
 def test_config_error_exits_2_and_names_the_key(capsys, tmp_path):
-    code = main(["run", str(REPO / "configs/quickstart.yaml"), "--out", str(tmp_path / "o"),
+    code = main(["simulate", str(REPO / "configs/quickstart.yaml"), "--out", str(tmp_path / "o"),
                  "--set", "market.heston.xi=-1"])
     err = capsys.readouterr().err
     assert code == 2

@@ -161,14 +161,15 @@ def test_recurrent_head_init_gives_small_actions():
 
 
 def test_recurrent_state_threading():
-    policy = RecurrentPolicy(N, num_blocks=2, width=6, head_scale=1.0, dtype="float64")
+    # head_scale 1 would let prev_action -> head -> symexp feed back explosively within 3 steps.
+    policy = RecurrentPolicy(N, num_blocks=2, width=6, head_scale=0.1, dtype="float64")
     state0 = policy.initial_state(B, tf.float64)
     assert len(state0) == 4 and all(s.shape == (B, 6) and np.all(s.numpy() == 0) for s in state0)
     prev, state, actions = tf.zeros((B, N), tf.float64), state0, []
     for t in range(3):
         prev, state = run(policy, make_obs(seed=t), prev, state)
         actions.append(prev)
-    assert not np.allclose(state[0].numpy(), 0.0)
+    assert not np.allclose(state[0].numpy(), 0.0) and np.all(np.isfinite(prev.numpy()))
     # Same observations from a zero state give a different action: the state carries memory.
     again, _ = run(policy, make_obs(seed=2), actions[1], state0)
     assert np.max(np.abs(again.numpy() - actions[2].numpy())) > 1e-8
@@ -202,7 +203,7 @@ def test_recurrent_capture_matches_weight_gradients():
             prev, state, captured = policy.step_with_capture(obs_seq[t], prev, state, probes[t])
             np.testing.assert_array_equal(prev.numpy(), plain.numpy())  # zero probes change nothing
             inputs.append(captured)
-            loss += tf.reduce_sum(tf.square(1e3 * prev - target[t])) + tf.reduce_sum(prev) * 1e2
+            loss += tf.reduce_sum(tf.square(prev - target[t])) + 0.1 * tf.reduce_sum(prev)
     grads = tape.gradient(loss, weights)
     probe_grads = tape.gradient(loss, probes)
 
@@ -216,7 +217,7 @@ def test_recurrent_capture_matches_weight_gradients():
             assert a.shape == (batch, d_in)
             a_ext = np.concatenate([a, np.ones((batch, 1))], axis=1)
             got += a_ext.T @ probe_grads[t][name].numpy()
-        assert np.abs(expected).max() > 1e-6, name  # a vacuous match would prove nothing
+        assert np.abs(expected).max() > 1e-3, name  # a vacuous match would prove nothing
         np.testing.assert_allclose(got, expected, atol=1e-10, rtol=0, err_msg=name)
 
 
@@ -284,7 +285,7 @@ def test_delta_anchored_band():
     action, _ = run(policy, _band_obs(prev_spot, bs_delta=delta))
     f = np.log1p(np.exp(-8.0))
     _check_clamp(action, prev_spot, delta - f, delta + f)
-    assert np.all(np.abs(action.numpy()[:, 0]) > 0.1)
+    assert np.all(np.abs(action.numpy()[[0, 1, 3, 4], 0]) > 0.1) and action.numpy()[2, 0] == 0.0
 
 
 # ----------------------------------------------------------------------------- baselines

@@ -20,6 +20,8 @@ band edges is exact, instead of through the network inputs.
   paper leaves ``f`` unconstrained (a negative ``f`` makes ``min(max(l, d), u)`` return the upper edge,
   i.e. an inverted band); we use ``f = softplus(o) >= 0`` so the band is a band, and one symmetric
   half-width as eq. 16 writes it (its appendix D mentions two outputs ``f_1, f_2``; not followed).
+  Eq. 16 feeds the network ``x_{t_{i+1}}`` next to ``delta_bs_{t_i}``; we read it as the information
+  available at the decision time (this step's features): anything later would be look-ahead.
 
 ``delta_bs`` is ``obs["bs_delta"]``, the Black-Scholes delta of the liability; we are short the
 liability, so the delta hedge holds ``+delta_bs`` units of spot.

@@ -9,6 +9,9 @@ One decision step (``B`` paths, ``F`` features, ``N`` instruments, ``W = width``
 
 The head has a zero bias and a He-normal kernel scaled by ``head_scale``, so the untrained policy
 trades ~``head_scale`` units: training starts near "no hedge" instead of at random positions.
+The small scale also matters for stability: ``prev_action`` reaches the head linearly through the
+residual stream, so with an O(1) head the loop ``u -> action_in -> head -> symexp -> u`` can grow
+exponentially over a few steps.
 
 For curvature optimizers (KFAC-type), :meth:`RecurrentPolicy.step_with_capture` adds a caller-given
 probe to every linear map's pre-activation and returns each map's input, and

@@ -1,0 +1,145 @@
+"""Training a hedger from a config: optimizer, datasets, callbacks.
+
+    parts = build_parts(cfg)                 # market, derivative, instruments
+    hedger = make_hedger(cfg, parts)         # Hedger(policy, objective), compiled
+    history = fit_hedger(cfg, hedger, parts, callbacks=[...])
+
+Seeds: training paths use ``cfg.seed``, validation paths ``cfg.seed + 1``, evaluation paths
+``cfg.seed + 2`` (independent streams of the same market).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import keras
+import tensorflow as tf
+
+from deephedge_tf.builders import build_hedges, build_market
+from deephedge_tf.config import Config
+from deephedge_tf.data import PathBatches
+from deephedge_tf.hedger import Hedger
+from deephedge_tf.instruments.derivatives import derivative_from_config
+from deephedge_tf.objectives import make_objective
+from deephedge_tf.policies import make_policy
+
+VALIDATION_SEED_OFFSET = 1
+EVALUATION_SEED_OFFSET = 2
+
+
+@dataclasses.dataclass
+class RunParts:
+    """The market, liability and hedging instruments of a config (built once, shared by datasets)."""
+
+    market: object
+    derivative: object
+    instruments: list
+
+
+def build_parts(cfg: Config) -> RunParts:
+    return RunParts(build_market(cfg), derivative_from_config(cfg), build_hedges(cfg))
+
+
+def instrument_count(parts: RunParts) -> int:
+    """Number of hedging instruments N (columns of actions), from a one-path batch."""
+    paths = parts.market.simulate(1)
+    return sum(int(i.tensors(paths).returns.shape[-1]) for i in parts.instruments)
+
+
+@keras.saving.register_keras_serializable(package="deephedge_tf")
+class WarmupExponentialDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from 0 to ``peak`` over ``warmup_steps``, then ``peak * rate ** (s / decay_steps)``."""
+
+    def __init__(self, peak: float, warmup_steps: int = 0, decay_rate: float = 1.0, decay_steps: int = 1000):
+        self.peak, self.warmup_steps = float(peak), int(warmup_steps)
+        self.decay_rate, self.decay_steps = float(decay_rate), int(decay_steps)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warm = float(max(self.warmup_steps, 1))
+        ramp = tf.minimum((step + 1.0) / warm, 1.0) if self.warmup_steps else 1.0
+        after = tf.maximum(step - self.warmup_steps, 0.0)
+        return self.peak * ramp * tf.pow(self.decay_rate, after / self.decay_steps)
+
+    def get_config(self):
+        return dict(peak=self.peak, warmup_steps=self.warmup_steps, decay_rate=self.decay_rate,
+                    decay_steps=self.decay_steps)
+
+
+def make_optimizer(cfg: Config):
+    t = cfg.training
+    lr = WarmupExponentialDecay(t.learning_rate, t.warmup_steps, t.decay_rate, t.decay_steps)
+    kwargs = {} if t.clipnorm is None else {"clipnorm": t.clipnorm}
+    if t.optimizer == "adam":
+        return keras.optimizers.Adam(learning_rate=lr, **kwargs)
+    raise AssertionError(f"unhandled optimizer {t.optimizer!r}")  # config validation forbids it
+
+
+def make_policy_from_config(cfg: Config, num_instruments: int, kind: str | None = None, name=None):
+    kind = kind or cfg.policy.kind
+    params = cfg.policy.params(cfg.hedges.spot.cost) if kind == cfg.policy.kind else (
+        dict(cost=cfg.hedges.spot.cost, risk_aversion=cfg.policy.risk_aversion) if kind == "whalley_wilmott"
+        else {})
+    return make_policy(kind, num_instruments, dtype=cfg.dtype, name=name or kind, **params)
+
+
+def make_hedger(cfg: Config, parts: RunParts, policy_kind: str | None = None, compile: bool = True) -> Hedger:
+    """A Hedger for ``cfg`` (``policy_kind`` overrides ``cfg.policy.kind``, e.g. for baselines)."""
+    n = instrument_count(parts)
+    policy = make_policy_from_config(cfg, n, policy_kind)
+    objective = make_objective(cfg.objective.kind, dtype=cfg.dtype, **cfg.objective.params())
+    hedger = Hedger(policy, objective, dtype=cfg.dtype)
+    if compile:
+        jit = "auto" if cfg.training.jit_compile is None else cfg.training.jit_compile
+        hedger.compile(optimizer=make_optimizer(cfg), jit_compile=jit)
+    return hedger
+
+
+def datasets(cfg: Config, parts: RunParts):
+    """(training PathBatches, validation PathBatches)."""
+    t = cfg.training
+    train = PathBatches(parts.market, parts.derivative, parts.instruments, t.batch_size, t.batches_per_epoch,
+                        fresh=t.fresh_paths, seed=cfg.seed)
+    n_valid_batches = max(1, math.ceil(t.validation_paths / t.batch_size))
+    valid = PathBatches(parts.market, parts.derivative, parts.instruments,
+                        min(t.batch_size, t.validation_paths), n_valid_batches, fresh=False,
+                        seed=cfg.seed + VALIDATION_SEED_OFFSET)
+    return train, valid
+
+
+class TargetLossStopping(keras.callbacks.Callback):
+    """Stops training once ``monitor`` (default ``val_loss``) is at or below ``target``.
+
+    After training, ``reached_at_step`` is the number of optimizer steps taken when the target was
+    first reached (None if never): the quantity the optimizer benchmarks compare.
+    """
+
+    def __init__(self, target: float, monitor: str = "val_loss"):
+        super().__init__()
+        self.target, self.monitor = float(target), monitor
+        self.reached_at_step = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is not None and value <= self.target and self.reached_at_step is None:
+            self.reached_at_step = int(self.model.optimizer.iterations.numpy())
+            self.model.stop_training = True
+
+
+def standard_callbacks(cfg: Config) -> list:
+    t = cfg.training
+    out = [keras.callbacks.TerminateOnNaN()]
+    if t.early_stopping_patience is not None:
+        out.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=t.early_stopping_patience,
+                                                 restore_best_weights=True))
+    if t.target_loss is not None:
+        out.append(TargetLossStopping(t.target_loss))
+    return out
+
+
+def fit_hedger(cfg: Config, hedger: Hedger, parts: RunParts, callbacks=(), verbose="auto"):
+    """``hedger.fit`` on the config's datasets; returns the Keras History."""
+    train, valid = datasets(cfg, parts)
+    return hedger.fit(train, validation_data=valid, epochs=cfg.training.epochs,
+                      callbacks=standard_callbacks(cfg) + list(callbacks), verbose=verbose)
