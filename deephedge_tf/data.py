@@ -60,3 +60,19 @@ class PathBatches(keras.utils.PyDataset):
 
     def on_epoch_end(self):
         self.epoch += 1
+
+
+class SyncEpoch(keras.callbacks.Callback):
+    """Keeps a fresh-path dataset's epoch equal to Keras' epoch.
+
+    A run resumed by ``BackupAndRestore`` restarts at epoch ``e > 0`` with a new dataset object: this
+    makes it draw the paths the interrupted run would have drawn, so the resumed run ends at the same
+    weights as an uninterrupted one.
+    """
+
+    def __init__(self, dataset: PathBatches):
+        super().__init__()
+        self.dataset = dataset
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.dataset.epoch = int(epoch)

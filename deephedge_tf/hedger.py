@@ -142,6 +142,10 @@ class Hedger(keras.Model):
             self.optimizer.build(self.trainable_variables)
 
     def fit(self, x=None, *args, **kwargs):
+        # Keras shuffles the order of a dataset's batches by default, from an unseeded generator: a
+        # resumed run would then see the batches in another order.  Batches of fresh paths need no
+        # shuffling, so the default here is off.
+        kwargs.setdefault("shuffle", False)
         if not self.policy.built:
             self.build_from_batch(_first_batch(x))
         return super().fit(x, *args, **kwargs)

@@ -180,6 +180,8 @@ def format_report(r: dict) -> str:
 # -- training job ---------------------------------------------------------------------------------
 
 BASELINES = ("no_hedge", "bs_delta")
+# Columns printed by `deephedge train`; metrics.csv has them all.
+SUMMARY_COLUMNS = ("objective", "pnl_mean", "pnl_std", "es_95", "es_99", "entropic", "cost_mean", "turnover_mean")
 STRATEGY_LABELS = {"no_hedge": "unhedged", "bs_delta": "bs_delta"}
 
 
@@ -281,7 +283,8 @@ def train_job(cfg: Config, out: Path, echo=print, verbose="auto") -> dict:
                               instrument_names=names)
         plot_learning_curves(history.history, plots / "learning_curves.png")
     with pd_options():
-        echo(table.to_string(float_format=lambda x: f"{x:.5g}"))
+        echo(table[list(SUMMARY_COLUMNS)].to_string(float_format=lambda x: f"{x:.5g}"))
+    echo(f"(every column: {out / 'metrics.csv'})")
     echo(f"trained {report['train']['steps']} steps in {wall:.1f} s; indifference price "
          f"{report['price']['indifference']:.5g}" + (f" (model price {ref:.5g})" if ref is not None else ""))
     echo(f"wrote {out}")

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from deephedge_tf.builders import build_hedges, build_market
 from deephedge_tf.config import Config
-from deephedge_tf.data import PathBatches
+from deephedge_tf.data import PathBatches, SyncEpoch
 from deephedge_tf.hedger import Hedger
 from deephedge_tf.instruments.derivatives import derivative_from_config
 from deephedge_tf.objectives import make_objective
@@ -85,7 +85,12 @@ def make_policy_from_config(cfg: Config, num_instruments: int, kind: str | None 
 
 
 def make_hedger(cfg: Config, parts: RunParts, policy_kind: str | None = None, compile: bool = True) -> Hedger:
-    """A Hedger for ``cfg`` (``policy_kind`` overrides ``cfg.policy.kind``, e.g. for baselines)."""
+    """A Hedger for ``cfg`` (``policy_kind`` overrides ``cfg.policy.kind``, e.g. for baselines).
+
+    Weight initialisation is seeded from ``cfg.seed`` (Keras' global seed), so the same config gives
+    the same initial weights in every process.
+    """
+    keras.utils.set_random_seed(cfg.seed)
     n = instrument_count(parts)
     policy = make_policy_from_config(cfg, n, policy_kind)
     objective = make_objective(cfg.objective.kind, dtype=cfg.dtype, **cfg.objective.params())
@@ -142,4 +147,4 @@ def fit_hedger(cfg: Config, hedger: Hedger, parts: RunParts, callbacks=(), verbo
     """``hedger.fit`` on the config's datasets; returns the Keras History."""
     train, valid = datasets(cfg, parts)
     return hedger.fit(train, validation_data=valid, epochs=cfg.training.epochs,
-                      callbacks=standard_callbacks(cfg) + list(callbacks), verbose=verbose)
+                      callbacks=[SyncEpoch(train)] + standard_callbacks(cfg) + list(callbacks), verbose=verbose)

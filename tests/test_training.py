@@ -1,0 +1,114 @@
+"""Training from a config: resume after a kill, XLA on CPU, callbacks, the train job's outputs."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from deephedge_tf.config import from_dict
+from deephedge_tf.data import PathBatches
+from deephedge_tf.features import make_batch
+from deephedge_tf.run import train_job
+from deephedge_tf.training import TargetLossStopping, build_parts, fit_hedger, make_hedger
+
+
+def tiny_cfg(*extra):
+    return from_dict({}, ["market.model=gbm", "time.steps=8", "policy.num_blocks=1", "policy.width=8",
+                          "objective.gamma=100.0", "training.batch_size=256", "training.batches_per_epoch=3",
+                          "training.epochs=4", "training.validation_paths=256", "training.learning_rate=0.01",
+                          "evaluation.paths=512", *extra])
+
+
+class KillAfterEpoch(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def weights(hedger):
+    return [v.numpy() for v in hedger.trainable_variables]
+
+
+def test_killed_and_resumed_run_ends_at_the_same_weights(tmp_path):
+    cfg = tiny_cfg()
+    parts = build_parts(cfg)
+    straight = make_hedger(cfg, parts)
+    fit_hedger(cfg, straight, parts, callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path / "a"))], verbose=0)
+
+    first = make_hedger(cfg, parts)
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "b"))
+    with pytest.raises(KeyboardInterrupt):
+        fit_hedger(cfg, first, parts, callbacks=[backup, KillAfterEpoch(1)], verbose=0)
+    resumed = make_hedger(cfg, parts)  # a fresh process would rebuild everything from the config
+    fit_hedger(cfg, resumed, parts, callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path / "b"))], verbose=0)
+
+    assert int(resumed.optimizer.iterations.numpy()) == int(straight.optimizer.iterations.numpy()) == 12
+    for a, b in zip(weights(straight), weights(resumed)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    # and the interrupted run had really moved away from the final weights
+    assert any(not np.allclose(a, b) for a, b in zip(weights(first), weights(straight)))
+
+
+def test_xla_train_step_matches_plain_tf_function():
+    """The GPU path (jit_compile=True) compiled and run on the CPU: same loss and update."""
+    cfg = tiny_cfg("training.learning_rate=0.001")
+    parts = build_parts(cfg)
+    batch = make_batch(parts.market.simulate(256), parts.derivative, parts.instruments)
+    results = []
+    for jit in (False, True):
+        hedger = make_hedger(cfg, parts, compile=False)
+        hedger.compile(optimizer=keras.optimizers.SGD(0.01), jit_compile=jit)
+        hedger.build_from_batch(batch)
+        step = tf.function(hedger.train_step, jit_compile=jit)
+        logs = step(batch)
+        results.append((float(logs["loss"]), weights(hedger)))
+    (loss_a, w_a), (loss_b, w_b) = results
+    assert loss_a == pytest.approx(loss_b, rel=1e-5)
+    for a, b in zip(w_a, w_b):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_callbacks_early_stopping_and_target(tmp_path):
+    cfg = tiny_cfg("training.early_stopping_patience=1", "training.epochs=3")
+    parts = build_parts(cfg)
+    hedger = make_hedger(cfg, parts)
+    target = TargetLossStopping(target=1e9)  # reached at once
+    history = fit_hedger(cfg, hedger, parts, verbose=0,
+                         callbacks=[target, keras.callbacks.TensorBoard(str(tmp_path / "tb"))])
+    assert target.reached_at_step == 3 and len(history.history["loss"]) == 1
+    assert any((tmp_path / "tb").rglob("events.out.tfevents*"))
+
+
+def test_fixed_training_set_repeats_paths():
+    cfg = tiny_cfg("training.fresh_paths=false")
+    parts = build_parts(cfg)
+    ds = PathBatches(parts.market, parts.derivative, parts.instruments, 64, 2, fresh=False)
+    a = ds[1]["payoff"].numpy()
+    ds.on_epoch_end()
+    np.testing.assert_array_equal(a, ds[1]["payoff"].numpy())
+    fresh = PathBatches(parts.market, parts.derivative, parts.instruments, 64, 2, fresh=True)
+    b = fresh[1]["payoff"].numpy()
+    fresh.on_epoch_end()
+    assert not np.array_equal(b, fresh[1]["payoff"].numpy())
+
+
+def test_train_job_writes_the_run_directory(tmp_path):
+    cfg = tiny_cfg("hedges.floating_grid.moneyness=[1.0]", "hedges.floating_grid.maturities=[4]")
+    report = train_job(cfg, tmp_path, echo=lambda *_: None, verbose=0)
+    for name in ("config.yaml", "report.json", "metrics.csv", "history.csv", "plots/pnl_histograms.png",
+                 "plots/positions.png", "plots/learning_curves.png", "checkpoints/final.weights.h5"):
+        assert (tmp_path / name).is_file(), name
+    on_disk = json.loads((tmp_path / "report.json").read_text())
+    assert set(on_disk["strategies"]) == {"hedged", "unhedged", "bs_delta"}
+    for s in on_disk["strategies"].values():
+        assert {"pnl_mean", "pnl_std", "es_95", "entropic", "cost_mean", "objective"} <= set(s)
+    assert on_disk["train"]["steps"] == 12 and on_disk["train"]["wall_s"] > 0
+    assert np.isfinite(on_disk["train"]["final_loss"])
+    assert on_disk["price"]["reference_method"] == "Black-Scholes"
+    assert report["strategies"]["hedged"]["objective"] < report["strategies"]["unhedged"]["objective"]
