@@ -3,6 +3,7 @@
 Commands:
   train CONFIG --out DIR [--set k=v ...]     the main job: train the configured policy, evaluate it
                                              against baselines out of sample, write DIR
+  evaluate RUN_DIR [--paths N]               re-evaluate a trained run (metrics, report, plots)
   simulate CONFIG --out DIR [--set k=v ...]  simulate the market, price the derivative (Monte Carlo
                                              vs reference) and check the hedging instruments
   config show CONFIG [--set k=v ...]     print the resolved config (every value, defaults included)
@@ -34,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_args(train)
     train.add_argument("--out", required=True, help="output directory (created)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    ev = sub.add_parser("evaluate", help="re-evaluate a trained run directory")
+    ev.add_argument("run_dir", help="directory written by `deephedge train`")
+    ev.add_argument("--paths", type=int, help="evaluation paths (default: the run's evaluation.paths)")
 
     sim = sub.add_parser("simulate", help="market and pricing report")
     _add_config_args(sim)
@@ -67,7 +72,7 @@ def write_reference(path: Path, table: str) -> None:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     from deephedge_tf.config import config_reference, dump_config, load_config
-    from deephedge_tf.errors import DeepHedgeError
+    from deephedge_tf.errors import ConfigError, DeepHedgeError
 
     try:
         if args.command == "config":
@@ -78,6 +83,13 @@ def main(argv=None) -> int:
                     print(config_reference(), end="")
                 return 0
             print(dump_config(load_config(args.config, args.overrides)), end="")
+            return 0
+        if args.command == "evaluate":
+            from deephedge_tf.run import evaluate_job
+
+            if args.paths is not None and args.paths < 2:
+                raise ConfigError("--paths", args.paths, "an integer >= 2")
+            evaluate_job(Path(args.run_dir), args.paths)
             return 0
         cfg = load_config(args.config, args.overrides)
         if args.command == "simulate":

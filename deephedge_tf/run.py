@@ -12,6 +12,7 @@ Outputs in ``--out DIR`` (each written atomically): ``config.yaml`` (resolved co
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -181,6 +182,7 @@ def format_report(r: dict) -> str:
 
 BASELINES = ("no_hedge", "bs_delta")
 # Columns printed by `deephedge train`; metrics.csv has them all.
+REPORT_KEYS = ("objective", "pnl_mean", "pnl_std", "es_95", "entropic", "cost_mean")
 SUMMARY_COLUMNS = ("objective", "pnl_mean", "pnl_std", "es_95", "es_99", "entropic", "cost_mean", "turnover_mean")
 STRATEGY_LABELS = {"no_hedge": "unhedged", "bs_delta": "bs_delta"}
 
@@ -227,8 +229,7 @@ def train_job(cfg: Config, out: Path, echo=print, verbose="auto") -> dict:
     config.yaml, report.json, metrics.csv, history.csv, plots/*.png, checkpoints/."""
     import keras
 
-    from deephedge_tf.evaluation import metrics_table, plot_hedges_over_time, plot_learning_curves, \
-        plot_pnl_histograms
+    from deephedge_tf.evaluation import plot_learning_curves
     from deephedge_tf.training import build_parts, fit_hedger, make_hedger
 
     out.mkdir(parents=True, exist_ok=True)
@@ -241,7 +242,56 @@ def train_job(cfg: Config, out: Path, echo=print, verbose="auto") -> dict:
     t0 = time.perf_counter()
     history = fit_hedger(cfg, hedger, parts, callbacks=callbacks, verbose=verbose)
     wall = time.perf_counter() - t0
-    hedger.save_weights(str(ckpt / "final.weights.h5"))
+    hedger.save_weights(str(ckpt / WEIGHTS_FILE))
+    train = {"steps": int(hedger.optimizer.iterations.numpy()), "epochs": len(history.history["loss"]),
+             "wall_s": wall, "final_loss": float(history.history["loss"][-1]),
+             "final_val_loss": float(history.history["val_loss"][-1]),
+             "skipped_steps": float(sum(history.history.get("skipped_steps", [0.0])))}
+    if cfg.evaluation.plots:
+        plot_learning_curves(history.history, out / "plots" / "learning_curves.png")
+    report = evaluate_run(cfg, hedger, parts, out, train, echo)
+    echo(f"trained {train['steps']} steps in {wall:.1f} s")
+    return report
+
+
+WEIGHTS_FILE = "final.weights.h5"
+
+
+def load_trained_hedger(run_dir: Path):
+    """(config, parts, hedger with the run's final weights) of a run directory written by train."""
+    from deephedge_tf.config import load_config
+    from deephedge_tf.errors import DataError
+    from deephedge_tf.features import make_batch
+    from deephedge_tf.training import build_parts, make_hedger
+
+    weights = run_dir / "checkpoints" / WEIGHTS_FILE
+    if not (run_dir / "config.yaml").is_file() or not weights.is_file():
+        raise DataError(f"{run_dir}: not a finished training run (needs config.yaml and "
+                        f"checkpoints/{WEIGHTS_FILE}; run `deephedge train` first)")
+    cfg = load_config(run_dir / "config.yaml")
+    parts = build_parts(cfg)
+    hedger = make_hedger(cfg, parts, compile=False)
+    hedger.build_from_batch(make_batch(parts.market.simulate(2), parts.derivative, parts.instruments))
+    hedger.load_weights(str(weights))
+    return cfg, parts, hedger
+
+
+def evaluate_job(run_dir: Path, num_paths: int | None = None, echo=print) -> dict:
+    """Re-evaluates a trained run (e.g. on more paths): rewrites metrics.csv, report.json, plots."""
+    cfg, parts, hedger = load_trained_hedger(run_dir)
+    if num_paths is not None:
+        cfg = dataclasses.replace(cfg, evaluation=dataclasses.replace(cfg.evaluation, paths=num_paths))
+    previous = run_dir / "report.json"
+    train = json.loads(previous.read_text()).get("train") if previous.is_file() else None
+    return evaluate_run(cfg, hedger, parts, run_dir, train, echo)
+
+
+def evaluate_run(cfg: Config, hedger, parts, out: Path, train: dict | None, echo=print) -> dict:
+    """Out-of-sample metrics of the hedger and baselines -> metrics.csv, report.json, plots."""
+    import pandas as pd
+    import tensorflow as tf
+
+    from deephedge_tf.evaluation import metrics_table, plot_hedges_over_time, plot_pnl_histograms
 
     outputs = evaluate_strategies(cfg, hedger, parts)
     table = metrics_table({k: {kk: v[kk] for kk in ("pnl", "costs", "turnover")} for k, v in outputs.items()})
@@ -251,23 +301,12 @@ def train_job(cfg: Config, out: Path, echo=print, verbose="auto") -> dict:
     table.to_csv(tmp)
     os.replace(tmp, out / "metrics.csv")
 
-    derivative = parts.derivative
-    ref, method = reference_price(cfg, derivative)
+    ref, method = reference_price(cfg, parts.derivative)
     hedged = outputs["hedged"]
-    import tensorflow as tf
-
     report = {
         "objective": objective.description,
-        "strategies": {name: {"objective": float(table.loc[name, "objective"]),
-                              "pnl_mean": float(table.loc[name, "pnl_mean"]),
-                              "pnl_std": float(table.loc[name, "pnl_std"]),
-                              "es_95": float(table.loc[name, "es_95"]),
-                              "entropic": float(table.loc[name, "entropic"]),
-                              "cost_mean": float(table.loc[name, "cost_mean"])} for name in outputs},
-        "train": {"steps": int(hedger.optimizer.iterations.numpy()), "epochs": len(history.history["loss"]),
-                  "wall_s": wall, "final_loss": float(history.history["loss"][-1]),
-                  "final_val_loss": float(history.history["val_loss"][-1]),
-                  "skipped_steps": float(sum(history.history.get("skipped_steps", [0.0])))},
+        "strategies": {name: {key: float(table.loc[name, key]) for key in REPORT_KEYS} for name in outputs},
+        "train": train,
         "price": {"indifference": float(objective.risk(tf.constant(hedged["pnl"]))),
                   "indifference_definition": "risk of the hedged short liability (hedging no liability "
                                              "has risk 0): the premium that makes the position acceptable",
@@ -278,15 +317,13 @@ def train_job(cfg: Config, out: Path, echo=print, verbose="auto") -> dict:
     if cfg.evaluation.plots:
         plots = out / "plots"
         plot_pnl_histograms({k: v["pnl"] for k, v in outputs.items()}, plots / "pnl_histograms.png")
-        names = _instrument_names(parts)
         plot_hedges_over_time(np.cumsum(hedged["actions"], axis=0), plots / "positions.png",
-                              instrument_names=names)
-        plot_learning_curves(history.history, plots / "learning_curves.png")
-    with pd_options():
+                              instrument_names=_instrument_names(parts))
+    with pd.option_context("display.width", 200, "display.max_columns", 50):
         echo(table[list(SUMMARY_COLUMNS)].to_string(float_format=lambda x: f"{x:.5g}"))
     echo(f"(every column: {out / 'metrics.csv'})")
-    echo(f"trained {report['train']['steps']} steps in {wall:.1f} s; indifference price "
-         f"{report['price']['indifference']:.5g}" + (f" (model price {ref:.5g})" if ref is not None else ""))
+    echo(f"indifference price {report['price']['indifference']:.5g}"
+         + (f" (model price {ref:.5g}, {method})" if ref is not None else ""))
     echo(f"wrote {out}")
     return report
 
@@ -294,16 +331,3 @@ def train_job(cfg: Config, out: Path, echo=print, verbose="auto") -> dict:
 def _instrument_names(parts) -> list:
     paths = parts.market.simulate(1)
     return [n for i in parts.instruments for n in i.tensors(paths).names]
-
-
-class pd_options:
-    """Wide pandas printing for the metrics table."""
-
-    def __enter__(self):
-        import pandas as pd
-
-        self._ctx = pd.option_context("display.width", 200, "display.max_columns", 50)
-        self._ctx.__enter__()
-
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)

@@ -112,3 +112,20 @@ def test_train_job_writes_the_run_directory(tmp_path):
     assert np.isfinite(on_disk["train"]["final_loss"])
     assert on_disk["price"]["reference_method"] == "Black-Scholes"
     assert report["strategies"]["hedged"]["objective"] < report["strategies"]["unhedged"]["objective"]
+
+    # deephedge evaluate: reloads the final weights and reproduces the same numbers on the same paths
+    from deephedge_tf.cli import main
+
+    assert main(["evaluate", str(tmp_path)]) == 0
+    again = json.loads((tmp_path / "report.json").read_text())
+    assert again["train"] == on_disk["train"]
+    for name, s in on_disk["strategies"].items():
+        for key, value in s.items():
+            assert again["strategies"][name][key] == pytest.approx(value, rel=1e-6, abs=1e-9), (name, key)
+
+
+def test_evaluate_rejects_a_directory_without_a_run(tmp_path, capsys):
+    from deephedge_tf.cli import main
+
+    assert main(["evaluate", str(tmp_path)]) == 2
+    assert "not a finished training run" in capsys.readouterr().err

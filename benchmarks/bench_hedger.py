@@ -1,0 +1,80 @@
+"""Compile time and step time of the hedger's train step (Python-unrolled time loop).
+
+The hedger unrolls the policy over T in Python inside the traced train step: per-step speed is good
+and every per-step tensor stays visible to the tape, but tracing/compilation time grows with T.  This
+measures, for several T, the first call (trace + graph optimisation + one step) and the steady-state
+time per step, with the DH-KFAC paper's policy (4 residual RMSNorm + LSTM blocks of width 32).
+
+Usage (repo root, project venv):
+    .venv/bin/python benchmarks/bench_hedger.py [--steps 30 120 240] [--batch 1024] [--write BENCHMARKS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+import keras
+import tensorflow as tf
+
+from deephedge_tf.config import from_dict
+from deephedge_tf.features import make_batch
+from deephedge_tf.training import build_parts, make_hedger
+
+
+def measure(steps: int, batch: int, repeats: int, jit: bool) -> tuple[float, float]:
+    cfg = from_dict({}, ["market.model=gbm", f"time.steps={steps}", "time.dt=0.004",
+                         "objective.gamma=1000.0", "policy.num_blocks=4", "policy.width=32"])
+    parts = build_parts(cfg)
+    data = make_batch(parts.market.simulate(batch), parts.derivative, parts.instruments)
+    hedger = make_hedger(cfg, parts, compile=False)
+    hedger.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit)
+    hedger.build_from_batch(data)
+    step = tf.function(hedger.train_step, jit_compile=jit)
+    t0 = time.perf_counter()
+    float(step(data)["loss"])
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        float(step(data)["loss"])
+        times.append(time.perf_counter() - t0)
+    return first, min(times)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, nargs="+", default=[30, 120, 240])
+    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--jit", action="store_true", help="also measure jit_compile=True (slow on CPU)")
+    ap.add_argument("--write", metavar="FILE")
+    args = ap.parse_args(argv)
+    rows = []
+    for t in args.steps:
+        for jit in ((False, True) if args.jit else (False,)):
+            first, per_step = measure(t, args.batch, args.repeats, jit)
+            rows.append((t, jit, first, per_step))
+            print(f"T={t} jit={jit}: first call {first:.1f} s, step {per_step * 1e3:.0f} ms", flush=True)
+    cmd = "python benchmarks/bench_hedger.py " + " ".join(
+        ["--steps", *map(str, args.steps), "--batch", str(args.batch)] + (["--jit"] if args.jit else []))
+    lines = [f"### Hedger train step: compile and step time ({time.strftime('%Y-%m-%d')})", "",
+             f"Command: `{cmd}`  ",
+             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, TensorFlow {tf.__version__}; "
+             f"recurrent policy 4 x 32, spot hedge, B = {args.batch}, Adam; step time best of {args.repeats}.", "",
+             "| T | XLA | first call (trace + compile + 1 step) | step | first / step |",
+             "|---:|---|---:|---:|---:|"]
+    lines += [f"| {t} | {'on' if j else 'off'} | {f:.1f} s | {s * 1e3:.0f} ms | {f / s:.0f} |" for t, j, f, s in rows]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.write:
+        with open(args.write, "a") as fh:
+            fh.write("\n" + text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
