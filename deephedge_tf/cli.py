@@ -93,9 +93,9 @@ def main(argv=None) -> int:
             return 0
         cfg = load_config(args.config, args.overrides)
         if args.command == "simulate":
-            from deephedge_tf.run import run_job
+            from deephedge_tf.run import simulate_job
 
-            run_job(cfg, Path(args.out))
+            simulate_job(cfg, Path(args.out))
             return 0
         if args.command == "train":
             from deephedge_tf.run import train_job

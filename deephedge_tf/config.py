@@ -185,7 +185,7 @@ class HedgesConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SimulationConfig:
-    paths: int = param(16384, "number of paths simulated by `deephedge run`", ge=1)
+    paths: int = param(16384, "number of paths simulated by `deephedge simulate`", ge=1)
     premium_table_nodes: int = param(
         257, "variance nodes of each floating-grid premium table (Heston)", ge=8)
 

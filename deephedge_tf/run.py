@@ -1,13 +1,14 @@
-"""The main job behind ``deephedge run`` (and ``make train``).
+"""The jobs behind the command line.
 
-Stages today: simulate the configured market, price the derivative by Monte Carlo next to its
-closed-form or Fourier reference where one exists, and tabulate the hedging instruments (premium,
-mean return per unit with its standard error: under the pricing model every instrument's return is a
-martingale increment, so the t-statistics should be small).  Training and evaluation of a hedging
-policy join this job with the hedging model.
+* :func:`train_job` (``deephedge train``, ``make train``): train the configured policy, evaluate it
+  out of sample against baselines, write the run directory.
+* :func:`evaluate_job` (``deephedge evaluate``): re-evaluate a finished run from its final weights.
+* :func:`simulate_job` (``deephedge simulate``): simulate the market, price the derivative by Monte Carlo
+  next to its closed-form or Fourier reference where one exists, and tabulate the hedging instruments
+  (premium, mean return per unit with its standard error: under the pricing model every return is a
+  martingale increment, so the t-statistics should be small).
 
-Outputs in ``--out DIR`` (each written atomically): ``config.yaml`` (resolved config) and
-``report.json``.
+Every file is written atomically (temporary name, then rename): nothing is half-written.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def premium_table_check(cfg: Config) -> dict | None:
                 variance_checked=[float(v[0]), float(v[-1])], nodes=cfg.simulation.premium_table_nodes)
 
 
-def run_job(cfg: Config, out: Path, echo=print) -> dict:
+def simulate_job(cfg: Config, out: Path, echo=print) -> dict:
     """Runs the job, writes ``out/config.yaml`` and ``out/report.json``; returns the report."""
     out.mkdir(parents=True, exist_ok=True)
     _write_atomic(out / "config.yaml", dump_config(cfg))

@@ -10,7 +10,7 @@ import yaml
 
 from deephedge_tf.cli import main
 from deephedge_tf.config import from_dict
-from deephedge_tf.run import run_job
+from deephedge_tf.run import simulate_job
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,7 @@ def test_run_job_gbm_matches_black_scholes(tmp_path):
     cfg = from_dict({"market": {"model": "gbm", "gbm": {"sigma": 0.2}}, "time": {"steps": 10, "dt": 0.01},
                      "simulation": {"paths": 20000}, "dtype": "float64",
                      "hedges": {"floating_grid": {"moneyness": [1.0], "maturities": [5]}}})
-    report = run_job(cfg, tmp_path, echo=lambda *_: None)
+    report = simulate_job(cfg, tmp_path, echo=lambda *_: None)
     on_disk = json.loads((tmp_path / "report.json").read_text())
     assert on_disk["price"]["reference_method"] == "Black-Scholes"
     assert abs(report["price"]["z_score"]) < 3
@@ -57,7 +57,7 @@ def test_run_job_gbm_matches_black_scholes(tmp_path):
 def test_run_job_heston_quickstart_small(tmp_path):
     cfg = from_dict(yaml.safe_load((REPO / "configs/quickstart.yaml").read_text()),
                     ["simulation.paths=8192", "dtype=float64"])
-    report = run_job(cfg, tmp_path, echo=lambda *_: None)
+    report = simulate_job(cfg, tmp_path, echo=lambda *_: None)
     assert report["price"]["reference_method"] == "Heston Fourier"
     assert abs(report["price"]["z_score"]) < 3
     assert report["premium_table"]["max_abs_error_premium_over_spot"] < 1e-5
@@ -67,7 +67,7 @@ def test_run_job_heston_quickstart_small(tmp_path):
 def test_run_job_on_historical_bootstrap(tmp_path):
     cfg = from_dict(yaml.safe_load((REPO / "configs/sp500_historical.yaml").read_text()),
                     ["simulation.paths=1024"])
-    report = run_job(cfg, tmp_path, echo=lambda *_: None)
+    report = simulate_job(cfg, tmp_path, echo=lambda *_: None)
     assert report["price"]["reference"] is None
     assert report["simulation"]["paths"] == 1024
 

@@ -194,11 +194,11 @@ def test_export_writes_atomically_and_refuses_to_overwrite(setup, tmp_path, monk
         export_hedger(hedger, batch, target)
     stamp = (target / "saved_model.pb").stat().st_mtime_ns
 
-    def broken_write_out(self, filepath, **kwargs):
-        (pathlib.Path(filepath) / "saved_model.pb").write_text("half")
+    def broken_save(obj, export_dir, **kwargs):
+        (pathlib.Path(export_dir) / "saved_model.pb").write_text("half")
         raise OSError("disk full")
 
-    monkeypatch.setattr(keras.export.ExportArchive, "write_out", broken_write_out)
+    monkeypatch.setattr(tf.saved_model, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
         export_hedger(hedger, batch, target, overwrite=True)
     with pytest.raises(OSError, match="disk full"):
