@@ -4,6 +4,7 @@ Commands:
   train CONFIG --out DIR [--set k=v ...]     the main job: train the configured policy, evaluate it
                                              against baselines out of sample, write DIR
   evaluate RUN_DIR [--paths N]               re-evaluate a trained run (metrics, report, plots)
+  export RUN_DIR --out PATH                  SavedModel of a trained run's policy
   simulate CONFIG --out DIR [--set k=v ...]  simulate the market, price the derivative (Monte Carlo
                                              vs reference) and check the hedging instruments
   config show CONFIG [--set k=v ...]     print the resolved config (every value, defaults included)
@@ -39,6 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="re-evaluate a trained run directory")
     ev.add_argument("run_dir", help="directory written by `deephedge train`")
     ev.add_argument("--paths", type=int, help="evaluation paths (default: the run's evaluation.paths)")
+
+    ex = sub.add_parser("export", help="SavedModel of a trained run's policy")
+    ex.add_argument("run_dir", help="directory written by `deephedge train`")
+    ex.add_argument("--out", required=True, help="SavedModel directory to write (replaced if present)")
 
     sim = sub.add_parser("simulate", help="market and pricing report")
     _add_config_args(sim)
@@ -90,6 +95,11 @@ def main(argv=None) -> int:
             if args.paths is not None and args.paths < 2:
                 raise ConfigError("--paths", args.paths, "an integer >= 2")
             evaluate_job(Path(args.run_dir), args.paths)
+            return 0
+        if args.command == "export":
+            from deephedge_tf.run import export_job
+
+            export_job(Path(args.run_dir), Path(args.out))
             return 0
         cfg = load_config(args.config, args.overrides)
         if args.command == "simulate":

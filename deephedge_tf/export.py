@@ -14,8 +14,7 @@ Elsewhere (no ``deephedge_tf`` import needed)::
                                    bs_delta=..., bs_gamma=..., prev_action=..., **state)
     action = out["action"]                                  # [B, N]; next state: out["new_state_i"]
 
-Endpoints (``D`` = the model's float dtype; every input is a named TensorSpec, so TF's signature
-checking rejects a wrong shape, dtype or a missing input with an error naming it):
+Endpoints (``D`` = the model's float dtype; every input is a named TensorSpec):
 
 ================  ====================================================  ===============================
 endpoint          inputs                                                outputs
@@ -40,6 +39,15 @@ threaded.  A caller of ``one_step`` does the same bookkeeping: at ``t_0`` pass z
 ``state_i = new_state_i``.  Stateless policies have no ``state_i`` inputs or outputs (and
 ``initial_state`` returns only ``num_states = 0``).
 
+Input checking.  A missing or unknown input is a TypeError naming it.  Shapes are checked inside
+the graph (the signature functions themselves do not check them): a wrong ``T``, ``F``, ``N``, state
+width or rank, or inputs with different ``B``, raise InvalidArgumentError naming the input and the
+expected shape.  Dtypes: ``m.signatures[...]`` rejects a tensor of the wrong dtype with an
+InvalidArgumentError that gives the input's position, not its name (inputs are ordered by name),
+and silently casts NumPy arrays to ``D``; the restored functions (``m.whole_path(...)``,
+``m.one_step(...)``) reject both wrong shapes and wrong dtypes with a TypeError naming the input.
+``m.one_step`` takes the ``state_i`` positionally after ``prev_action``; the signature by name.
+
 Metadata is also written as ``assets.extra/deephedge_metadata.json`` next to the model, for readers
 without TensorFlow.  The export is atomic: it is written into a temporary directory next to ``path``
 and renamed into place, so ``path`` never holds a half-written model.
@@ -57,7 +65,7 @@ import keras
 import tensorflow as tf
 
 from deephedge_tf.errors import DeepHedgeError
-from deephedge_tf.policies.base import Policy
+from deephedge_tf.policies.base import Policy, policy_rollout, policy_step
 
 #: Per-step observation keys a caller supplies (``holdings`` is derived in ``whole_path``).
 PATH_INPUTS = ("features", "mask", "spot", "variance", "tau", "bs_delta", "bs_gamma")
@@ -68,40 +76,6 @@ FORMAT_VERSION = 1
 
 
 # -- the decision loop, shared by the exported endpoints ------------------------------------------
-
-def policy_step(policy, obs, holdings, prev_action, state, training=None):
-    """One decision: ``(action [B, N] (masked), new state tuple)``.
-
-    ``obs``: per-step dict as in :mod:`deephedge_tf.policies.base` without ``holdings``
-    (features ``[B, F]``, mask ``[B, N]``, the scalar observations ``[B]``); ``holdings``,
-    ``prev_action``: ``[B, N]``; ``state``: tuple of ``[B, ...]``.
-    """
-    step_obs = dict(obs)
-    step_obs["holdings"] = holdings
-    return policy(step_obs, prev_action, tuple(state), training=training)
-
-
-def policy_rollout(policy, obs, mask, training=None):
-    """The policy part of :meth:`Hedger.unroll`: actions ``[T, B, N]`` (time-major, masked).
-
-    ``obs``: dict of time-major observations (features ``[T, B, F]``, the others ``[T, B]``);
-    ``mask``: ``[T, B, N]``, whose dtype is the state's and holdings' dtype, as in the hedger.
-    T must be static (the loop is unrolled in Python).
-    """
-    steps = int(mask.shape[0])
-    holdings = tf.zeros_like(mask[0])
-    prev_action = tf.zeros_like(mask[0])
-    state = policy.initial_state(tf.shape(mask)[1], mask.dtype)
-    actions = []
-    for k in range(steps):
-        step_obs = {key: value[k] for key, value in obs.items()}
-        step_obs["mask"] = mask[k]
-        action, state = policy_step(policy, step_obs, holdings, prev_action, state, training=training)
-        holdings = holdings + action
-        prev_action = action
-        actions.append(action)
-    return tf.stack(actions, axis=0)
-
 
 # -- signatures ------------------------------------------------------------------------------------
 
@@ -127,14 +101,21 @@ def _state_specs(policy, dtype):
     return [tf.TensorSpec([None, *s.shape[1:]], s.dtype, name=f"state_{i}") for i, s in enumerate(example)]
 
 
-def _ensure_built(policy, num_features, num_instruments, dtype):
-    """Builds an unbuilt policy (ExportArchive.track needs its weights) with one eager zero-input call."""
-    if policy.built:
-        return
+def _probe(policy, num_features, num_instruments, dtype):
+    """One eager call on a zero observation of the export's shapes.
+
+    Builds an unbuilt policy (ExportArchive.track needs its weights; baselines build on their first
+    call) and turns a shape mismatch with a built policy (e.g. trained on another ``F``) into a clear
+    error here instead of a failure deep inside tracing.
+    """
     zeros_n = tf.zeros([1, num_instruments], dtype)
     obs = {"features": tf.zeros([1, num_features], dtype), "mask": tf.ones([1, num_instruments], dtype)}
     obs.update({k: tf.ones([1], dtype) for k in SCALAR_OBS})
-    policy_step(policy, obs, zeros_n, zeros_n, policy.initial_state(1, dtype), training=False)
+    try:
+        policy_step(policy, obs, zeros_n, zeros_n, policy.initial_state(1, dtype), training=False)
+    except (ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
+        raise DeepHedgeError(f"export: {type(policy).__name__} does not accept num_features={num_features}, "
+                             f"num_instruments={num_instruments}, dtype={dtype.name}: {e}") from e
 
 
 def _metadata(policy, num_steps, num_features, num_instruments, dtype, feature_names, instrument_names,
@@ -172,12 +153,12 @@ def export_policy(policy, path, *, num_steps: int, num_features: int, num_instru
 
     Args:
       policy: the policy or a Hedger.  An unbuilt policy (e.g. a baseline never called) is built
-        with one zero-input call.
+        by one zero-input call, which also checks that it accepts ``F`` features and ``N`` instruments.
       path: target directory; must not exist unless ``overwrite``.
       num_steps: ``T`` of the ``whole_path`` endpoint.
       num_features: ``F``, the feature columns (``len(deephedge_tf.features.feature_names(derivative))``).
       num_instruments: ``N`` (default: ``policy.num_instruments``; must agree with it).
-      dtype: float dtype of every input (default: the policy's compute dtype).
+      dtype: float dtype of every input; must be the policy's compute dtype (the default).
       feature_names, instrument_names: optional names (``F`` and ``N`` entries) stored as metadata.
       overwrite: replace an existing ``path`` (the old model stays in place until the new one is
         complete).
@@ -195,15 +176,16 @@ def export_policy(policy, path, *, num_steps: int, num_features: int, num_instru
     if num_steps < 1 or num_features < 1:
         raise DeepHedgeError(f"export: num_steps and num_features must be >= 1; got {num_steps}, {num_features}")
     dtype = tf.as_dtype(dtype or policy.compute_dtype)
-    if not dtype.is_floating:
-        raise DeepHedgeError(f"export: dtype must be a float dtype; got {dtype.name}")
+    if dtype != tf.as_dtype(policy.compute_dtype):
+        # Holdings and state accumulate the policy's actions: inputs must share its dtype.
+        raise DeepHedgeError(f"export: dtype={dtype.name} but the policy computes in {policy.compute_dtype}")
     feature_names = _names(feature_names, num_features, "feature_names")
     instrument_names = _names(instrument_names, num_instruments, "instrument_names")
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"export: {path} exists; pass overwrite=True to replace it")
 
-    _ensure_built(policy, num_features, num_instruments, dtype)
+    _probe(policy, num_features, num_instruments, dtype)
     state_specs = _state_specs(policy, dtype)
     meta = _metadata(policy, num_steps, num_features, num_instruments, dtype, feature_names,
                      instrument_names, state_specs)
@@ -252,7 +234,7 @@ def _checked(endpoint, inputs, specs):
         else:
             tf.debugging.assert_equal(
                 tf.shape(x)[0], batch,
-                message=f"{endpoint}: input '{spec.name}' must have as many rows (paths B) as '{first}'")
+                message=f"{endpoint}: input {spec.name} must have as many rows (paths B) as {first}")
         out[spec.name] = x
     return out
 

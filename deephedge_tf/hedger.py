@@ -28,15 +28,17 @@ import keras
 import tensorflow as tf
 
 from deephedge_tf.features import time_major
+from deephedge_tf.policies.base import policy_rollout
 
 OUTPUT_KEYS = ("pnl", "costs", "gains", "turnover", "actions")
 
 
 @keras.saving.register_keras_serializable(package="deephedge_tf")
 class MarketStep(keras.layers.Layer):
-    """Books one decision time's trades: gains ``sum_n u^n R^n`` and costs ``sum_n c^n |u^n| P^n``.
+    """Books trades: gains ``sum_n u^n R^n``, costs ``sum_n c^n |u^n| P^n`` and traded notional.
 
-    Inputs ``[B, N]`` each; returns ``(gains [B], costs [B], traded notional [B])``.
+    Inputs ``[..., N]`` each (one decision time ``[B, N]``, or all of them ``[T, B, N]``); returns
+    ``(gains, costs, notional)``, each ``[...]``.
     """
 
     def call(self, action, returns, premiums, cost_rates):
@@ -55,10 +57,6 @@ def _first_batch(x):
         return x
     raise TypeError(f"Hedger.fit: unsupported data {type(x).__name__}; pass a PyDataset "
                     "(deephedge_tf.data.PathBatches), a tf.data.Dataset or a dict of batch-major arrays")
-
-
-def _step_obs(obs: dict, k: int) -> dict:
-    return {key: value[k] for key, value in obs.items()}
 
 
 @keras.saving.register_keras_serializable(package="deephedge_tf")
@@ -96,29 +94,11 @@ class Hedger(keras.Model):
         """Runs the policy over time on a batch-major batch; returns the outputs dict (actions
         time-major ``[T, B, N]``, see module docstring)."""
         batch = time_major(batch)
-        obs = batch["obs"]
-        mask = batch["mask"]
-        steps = int(mask.shape[0])
-        batch_size = tf.shape(mask)[1]
-        dtype = mask.dtype
-        holdings = tf.zeros_like(mask[0])
-        prev_action = tf.zeros_like(mask[0])
-        state = self.policy.initial_state(batch_size, dtype)
-        gains = costs = turnover = tf.zeros([batch_size], dtype)
-        actions = []
-        for k in range(steps):  # static unroll: T is known when the step is traced
-            step_obs = _step_obs(obs, k)
-            step_obs["mask"] = mask[k]
-            step_obs["holdings"] = holdings
-            action, state = self.policy(step_obs, prev_action, state, training=training)
-            g, c, n = self.market_step(action, batch["returns"][k], batch["premiums"][k], batch["cost_rates"][k])
-            gains, costs, turnover = gains + g, costs + c, turnover + n
-            holdings = holdings + action
-            prev_action = action
-            actions.append(action)
+        actions = policy_rollout(self.policy, batch["obs"], batch["mask"], training=training)
+        gains, costs, turnover = (tf.reduce_sum(x, axis=0) for x in self.market_step(
+            actions, batch["returns"], batch["premiums"], batch["cost_rates"]))
         pnl = gains - costs - batch["payoff"]
-        return {"pnl": pnl, "costs": costs, "gains": gains, "turnover": turnover,
-                "actions": tf.stack(actions, axis=0)}
+        return {"pnl": pnl, "costs": costs, "gains": gains, "turnover": turnover, "actions": actions}
 
     def call(self, batch, training=None):
         return self.unroll(batch, training=training)

@@ -3,6 +3,8 @@
 * :func:`train_job` (``deephedge train``, ``make train``): train the configured policy, evaluate it
   out of sample against baselines, write the run directory.
 * :func:`evaluate_job` (``deephedge evaluate``): re-evaluate a finished run from its final weights.
+* :func:`export_job` (``deephedge export``): the SavedModel of a finished run (whole-path and
+  one-step serving signatures; see :mod:`deephedge_tf.export`).
 * :func:`simulate_job` (``deephedge simulate``): simulate the market, price the derivative by Monte Carlo
   next to its closed-form or Fourier reference where one exists, and tabulate the hedging instruments
   (premium, mean return per unit with its standard error: under the pricing model every return is a
@@ -227,7 +229,7 @@ def objective_value(objective, pnl, costs) -> float:
 
 def train_job(cfg: Config, out: Path, echo=print, verbose="auto") -> dict:
     """Trains the configured policy, evaluates it against baselines, writes the run directory:
-    config.yaml, report.json, metrics.csv, history.csv, plots/*.png, checkpoints/."""
+    config.yaml, report.json, metrics.csv, history.csv, plots/*.png, saved_model/, checkpoints/."""
     import keras
 
     from deephedge_tf.evaluation import plot_learning_curves
@@ -250,6 +252,7 @@ def train_job(cfg: Config, out: Path, echo=print, verbose="auto") -> dict:
              "skipped_steps": float(sum(history.history.get("skipped_steps", [0.0])))}
     if cfg.evaluation.plots:
         plot_learning_curves(history.history, out / "plots" / "learning_curves.png")
+    export_run(cfg, hedger, parts, out / "saved_model")
     report = evaluate_run(cfg, hedger, parts, out, train, echo)
     echo(f"trained {train['steps']} steps in {wall:.1f} s")
     return report
@@ -275,6 +278,24 @@ def load_trained_hedger(run_dir: Path):
     hedger.build_from_batch(make_batch(parts.market.simulate(2), parts.derivative, parts.instruments))
     hedger.load_weights(str(weights))
     return cfg, parts, hedger
+
+
+def export_run(cfg: Config, hedger, parts, path: Path) -> Path:
+    """SavedModel of the trained policy (whole-path and one-step signatures) for risk systems."""
+    from deephedge_tf.export import export_hedger
+    from deephedge_tf.features import feature_names, make_batch
+
+    example = make_batch(parts.market.simulate(2), parts.derivative, parts.instruments)
+    return export_hedger(hedger, example, path, feature_names=list(feature_names(parts.derivative)),
+                         instrument_names=_instrument_names(parts), overwrite=True)
+
+
+def export_job(run_dir: Path, path: Path, echo=print) -> Path:
+    """``deephedge export``: the SavedModel of a finished run, written to ``path``."""
+    cfg, parts, hedger = load_trained_hedger(run_dir)
+    written = export_run(cfg, hedger, parts, path)
+    echo(f"wrote {written}")
+    return written
 
 
 def evaluate_job(run_dir: Path, num_paths: int | None = None, echo=print) -> dict:

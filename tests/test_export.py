@@ -152,8 +152,9 @@ def test_wrong_inputs_are_clear_errors(exported):
 
     # Wrong T: the signature would run a wrong-length path; the in-graph check names input and shape
     # (whichever input's check runs first: they run in parallel).
-    wrong_t = r"Shape of tensor (features|mask|spot|variance|tau|bs_delta|bs_gamma) \[5,11(,4|,2)?\] is not compatible"
-    with pytest.raises(tf.errors.InvalidArgumentError, match=wrong_t + r" with expected shape \[\?,10(,4|,2)?\]"):
+    names = "|".join(PATH_INPUTS)
+    wrong_t = rf"Shape of tensor ({names}) \[5,11(,4|,2)?\] is not compatible with expected shape \[\?,10(,4|,2)?\]"
+    with pytest.raises(tf.errors.InvalidArgumentError, match=wrong_t):
         sig(**_path_inputs(steps=11))
     with pytest.raises(TypeError, match=r"shape=\(5, 11, 4\).*shape=\(None, 10, 4\).*name='features'"):
         fn(**_path_inputs(steps=11))
@@ -172,14 +173,19 @@ def test_wrong_inputs_are_clear_errors(exported):
     # Batch sizes that disagree would broadcast silently.
     x = _path_inputs()
     x["tau"] = tf.zeros([1, STEPS])
-    with pytest.raises(tf.errors.InvalidArgumentError, match="input 'tau' must have as many rows"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="whole_path: input tau must have as many rows"):
         sig(**x)
 
     step = {k: v[:, 0] for k, v in _path_inputs().items()}
     state = m.signatures["initial_state"](batch_size=tf.constant(5))
     state.pop("num_states")
     zeros = tf.zeros([5, 2])
-    assert m.signatures["one_step"](holdings=zeros, prev_action=zeros, **step, **state)["action"].shape == (5, 2)
+    by_name = m.signatures["one_step"](holdings=zeros, prev_action=zeros, **step, **state)
+    assert by_name["action"].shape == (5, 2) and by_name["new_state_1"].shape == (5, 8)
+    # The restored function takes the state positionally after prev_action.
+    positional = m.one_step(step["features"], step["mask"], zeros, step["spot"], step["variance"], step["tau"],
+                            step["bs_delta"], step["bs_gamma"], zeros, state["state_0"], state["state_1"])
+    np.testing.assert_array_equal(positional["action"].numpy(), by_name["action"].numpy())
     state["state_1"] = tf.zeros([5, 9])
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"state_1 \[5,9\].*\[\?,8\]"):
         m.signatures["one_step"](holdings=zeros, prev_action=zeros, **step, **state)
@@ -223,6 +229,12 @@ def test_bad_export_arguments(setup, tmp_path):
     as64 = tf.nest.map_structure(lambda x: tf.cast(x, tf.float64), batch)
     with pytest.raises(DeepHedgeError, match="the batch is float64 but the policy computes in float32"):
         export_hedger(hedger, as64, tmp_path / "c")
+    with pytest.raises(DeepHedgeError, match="dtype=float64 but the policy computes in float32"):
+        export_policy(hedger, tmp_path / "e", num_steps=STEPS, num_features=4, dtype="float64")
+    mlp = make_hedger(cfg, parts, policy_kind="mlp", compile=False)
+    mlp(batch)  # built for F = 4
+    with pytest.raises(DeepHedgeError, match="MLPPolicy does not accept num_features=5"):
+        export_policy(mlp, tmp_path / "f", num_steps=STEPS, num_features=5)
     with pytest.raises(DeepHedgeError, match="expected a Policy or a Hedger"):
         export_policy(object(), tmp_path / "d", num_steps=STEPS, num_features=4)
     assert not any(tmp_path.iterdir())

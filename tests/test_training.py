@@ -102,7 +102,8 @@ def test_train_job_writes_the_run_directory(tmp_path):
     cfg = tiny_cfg("hedges.floating_grid.moneyness=[1.0]", "hedges.floating_grid.maturities=[4]")
     report = train_job(cfg, tmp_path, echo=lambda *_: None, verbose=0)
     for name in ("config.yaml", "report.json", "metrics.csv", "history.csv", "plots/pnl_histograms.png",
-                 "plots/positions.png", "plots/learning_curves.png", "checkpoints/final.weights.h5"):
+                 "plots/positions.png", "plots/learning_curves.png", "checkpoints/final.weights.h5",
+                 "saved_model/saved_model.pb"):
         assert (tmp_path / name).is_file(), name
     on_disk = json.loads((tmp_path / "report.json").read_text())
     assert set(on_disk["strategies"]) == {"hedged", "unhedged", "bs_delta"}
@@ -122,6 +123,18 @@ def test_train_job_writes_the_run_directory(tmp_path):
     for name, s in on_disk["strategies"].items():
         for key, value in s.items():
             assert again["strategies"][name][key] == pytest.approx(value, rel=1e-6, abs=1e-9), (name, key)
+
+
+    # deephedge export: the same policy as the run's own SavedModel
+    assert main(["export", str(tmp_path), "--out", str(tmp_path / "exported")]) == 0
+    a = tf.saved_model.load(str(tmp_path / "saved_model"))
+    b = tf.saved_model.load(str(tmp_path / "exported"))
+    parts = build_parts(cfg)
+    batch = make_batch(parts.market.simulate(64, seed=7), parts.derivative, parts.instruments)
+    inputs = {k: batch["obs"][k] for k in ("features", "spot", "variance", "tau", "bs_delta", "bs_gamma")}
+    inputs["mask"] = batch["mask"]
+    np.testing.assert_array_equal(a.signatures["whole_path"](**inputs)["actions"].numpy(),
+                                  b.signatures["whole_path"](**inputs)["actions"].numpy())
 
 
 def test_evaluate_rejects_a_directory_without_a_run(tmp_path, capsys):

@@ -76,3 +76,37 @@ def spot_only_trade(target_spot, obs, num_instruments: int):
         return trade[:, None]
     zeros = tf.zeros_like(obs["holdings"][:, 1:])
     return tf.concat([trade[:, None], zeros], axis=1)
+
+
+def policy_step(policy, obs, holdings, prev_action, state, training=None):
+    """One decision: ``(action [B, N] (masked), new state tuple)``.
+
+    ``obs``: per-step dict as in :mod:`deephedge_tf.policies.base` without ``holdings``
+    (features ``[B, F]``, mask ``[B, N]``, the scalar observations ``[B]``); ``holdings``,
+    ``prev_action``: ``[B, N]``; ``state``: tuple of ``[B, ...]``.
+    """
+    step_obs = dict(obs)
+    step_obs["holdings"] = holdings
+    return policy(step_obs, prev_action, tuple(state), training=training)
+
+
+def policy_rollout(policy, obs, mask, training=None):
+    """The decision loop shared by :meth:`Hedger.unroll` and the exported ``whole_path``: actions ``[T, B, N]`` (time-major, masked).
+
+    ``obs``: dict of time-major observations (features ``[T, B, F]``, the others ``[T, B]``);
+    ``mask``: ``[T, B, N]``, whose dtype is the state's and holdings' dtype, as in the hedger.
+    T must be static (the loop is unrolled in Python).
+    """
+    steps = int(mask.shape[0])
+    holdings = tf.zeros_like(mask[0])
+    prev_action = tf.zeros_like(mask[0])
+    state = policy.initial_state(tf.shape(mask)[1], mask.dtype)
+    actions = []
+    for k in range(steps):
+        step_obs = {key: value[k] for key, value in obs.items()}
+        step_obs["mask"] = mask[k]
+        action, state = policy_step(policy, step_obs, holdings, prev_action, state, training=training)
+        holdings = holdings + action
+        prev_action = action
+        actions.append(action)
+    return tf.stack(actions, axis=0)

@@ -1,0 +1,567 @@
+"""DH-KFAC: Kronecker-factored, eigenvalue-corrected GGN preconditioning with shrinkage damping and a
+decaying trust region (Mueller, Akkari, Gonon & Wood 2024; see ``shared/design/DH-KFAC.md``).
+
+Per Kronecker block (a Dense layer, or our LSTMCell: see :mod:`deephedge_tf.optimizers.blocks`), with
+the weights stacked as ``W = [kernel; recurrent_kernel; bias]`` ``[dim_a, d_out]`` and the statistics
+of :mod:`deephedge_tf.optimizers.curvature`:
+
+    A <- EMA of (1/(T B)) sum a a^T,   G <- EMA of (1/B) sum g g^T        (update_curvature)
+    A = U_A diag(lam_A) U_A^T,  G = U_G diag(lam_G) U_G^T                 (every inverse_period steps)
+    s <- EMA of (1/B) sum_b (U_A^T M_b U_G)^2   (ekfac=True)   or   s = lam_A lam_G^T   (ekfac=False)
+    s_d = (1 - rho) s + rho mean(s)   (shrinkage)   or   s + lambda   (tikhonov)
+    P = U_A^T grad U_G;   V = U_A (P / s_d) U_G^T                         (the preconditioned gradient)
+    D = V + mu * D_prev                                                   (heavy-ball momentum, mu = 0 by default)
+    q = sum_blocks sum s_d * (U_A^T D U_G)^2                              (= D^T C_d D in the eigenbasis)
+    eta = min(eta_max, sqrt(2 delta_k / q)),  delta_k = max(delta_0 decay^k, delta_min)
+    W <- W - eta * D
+
+``eta_max`` is Keras' ``learning_rate`` (a float or a schedule).  The step size ``eta`` is shared by
+all blocks: the trust region bounds the quadratic model's curvature term of the whole update.
+
+Variables outside any block (RMSNorm scales, an objective's intercept, ...) are *diagonal*: they take
+an Adam step (``diagonal_learning_rate``, ``diagonal_beta_1/2``, ``diagonal_epsilon``) of their own.
+No curvature estimate exists for them, so they neither enter ``q`` nor use ``eta``: the GGN-scaled
+``eta`` (~1 for a Newton step) would be far too large for a raw gradient.
+
+The model hands the curvature statistics over each step (the optimizer never runs the model):
+
+    optimizer.update_curvature({block_name: (a, g), ...})     # block_name = layer path of the weights
+    optimizer.apply(grads, variables)
+
+``update_curvature`` is a no-op unless ``iterations % curvature_period == 0`` (see
+:meth:`DHKFAC.curvature_due`, to skip computing the statistics too).  Before any statistics arrive
+the factors are identities: the update is a trust-region-limited gradient step.
+
+Keras' ``apply`` machinery is kept: ``clipnorm`` / ``clipvalue`` / ``global_clipnorm`` act on the raw
+gradients *before* preconditioning, ``weight_decay`` is decoupled (``w -= weight_decay * eta_max * w``),
+``use_ema`` and ``gradient_accumulation_steps`` work as for any Keras optimizer.  A step whose
+gradients are not all finite writes nothing (no variable, iteration count included) and increments
+``skipped_steps``.  Only one replica: ``_backend_update_step`` is overridden, which skips Keras'
+cross-replica gradient all-reduce, so building under a multi-replica strategy raises.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import tensorflow as tf
+
+from deephedge_tf.optimizers import curvature
+from deephedge_tf.optimizers.blocks import KroneckerBlock, find_blocks, stack, unstack
+
+_DAMPING_MODES = ("shrinkage", "tikhonov")
+
+
+@dataclasses.dataclass
+class _BlockState:
+    """Optimizer variables of one Kronecker block (shapes for ``dim_a = da``, ``d_out = dg``)."""
+
+    factor_a: keras.Variable  # A [da, da], EMA
+    factor_g: keras.Variable  # G [dg, dg], EMA
+    basis_a: keras.Variable  # U_A [da, da], eigenvectors in columns
+    basis_g: keras.Variable  # U_G [dg, dg]
+    eig_a: keras.Variable  # lam_A [da]
+    eig_g: keras.Variable  # lam_G [dg]
+    count: keras.Variable  # int64 scalar: curvature updates received (0: the next one initialises)
+    scale: keras.Variable | None  # s [da, dg], EKFAC diagonal in the eigenbasis (ekfac=True)
+    velocity: keras.Variable | None  # D_prev [da, dg], momentum buffer (momentum != 0)
+
+
+def _all_finite(tensors):
+    flags = [tf.reduce_all(tf.math.is_finite(t)) for t in tensors]
+    if not flags:
+        return tf.constant(True)
+    return tf.reduce_all(tf.stack(flags))
+
+
+def _dense(g):
+    if isinstance(g, tf.IndexedSlices):
+        return g.values
+    return g
+
+
+@keras.saving.register_keras_serializable(package="deephedge_tf")
+class DHKFAC(keras.optimizers.Optimizer):
+    """DH-KFAC optimizer (see the module docstring for the update).
+
+    Args:
+      learning_rate: ``eta_max``, the cap on the step size (float or LearningRateSchedule).  1.0 is
+        the (damped) Newton step.
+      damping: ``rho`` in [0, 1] for ``damping_mode="shrinkage"``, ``lambda >= 0`` for ``"tikhonov"``.
+      damping_mode: ``"shrinkage"`` (paper eq. 11: ``s <- (1 - rho) s + rho mean(s)`` per block) or
+        ``"tikhonov"`` (``s <- s + lambda``).
+      ekfac: re-estimate the eigenbasis diagonal from per-path pseudo-gradients (George et al. 2018);
+        ``False`` uses ``lam_A lam_G^T`` (plain KFAC in the eigenbasis).
+      statistics_decay: EMA decay of ``A``, ``G`` and ``s`` (``new = decay * old + (1 - decay) * batch``;
+        a block's first update sets the batch value).
+      curvature_period: update the statistics when ``iterations % curvature_period == 0``.
+      inverse_period: recompute the eigenbases at a curvature update once ``inverse_period`` iterations
+        have passed since the last recomputation (and at the first update).  With ``curvature_period``
+        dividing ``inverse_period`` and no skipped updates this is ``iterations % inverse_period == 0``.
+      trust_radius: ``delta_0`` of the trust region; ``None`` disables it (``eta = eta_max``).
+      trust_radius_decay: ``delta_k = max(delta_0 * decay**k, trust_radius_min)``, ``k = iterations``.
+      trust_radius_min: the floor ``delta_min`` of the decaying radius.
+      momentum: heavy-ball coefficient ``mu`` on the preconditioned direction, in [0, 1).
+      diagonal_learning_rate, diagonal_beta_1, diagonal_beta_2, diagonal_epsilon: the Adam step of
+        the variables outside Kronecker blocks.
+      epsilon: relative floor of the damped diagonal, ``s_d >= epsilon * mean(s)`` (only matters with
+        ``damping = 0``).
+      **kwargs: Keras optimizer arguments (``name``, ``clipnorm``, ``weight_decay``, ...).
+
+    State (all Keras optimizer variables, so checkpoints hold them): per block ``A``, ``G``, ``U_A``,
+    ``U_G``, ``lam_A``, ``lam_G``, an update count, ``s`` (ekfac) and the momentum buffer (momentum);
+    Adam moments of the diagonal variables; the counters ``skipped_curvature_updates`` and
+    ``skipped_steps``, the iteration of the last eigendecomposition, and ``step_size`` (the last eta).
+    """
+
+    def __init__(
+        self,
+        learning_rate=1.0,
+        damping=0.1,
+        damping_mode="shrinkage",
+        ekfac=True,
+        statistics_decay=0.95,
+        curvature_period=1,
+        inverse_period=10,
+        trust_radius=1e-3,
+        trust_radius_decay=0.999,
+        trust_radius_min=1e-5,
+        momentum=0.0,
+        diagonal_learning_rate=1e-3,
+        diagonal_beta_1=0.9,
+        diagonal_beta_2=0.999,
+        diagonal_epsilon=1e-8,
+        epsilon=1e-12,
+        name="dhkfac",
+        **kwargs,
+    ):
+        if isinstance(learning_rate, int) and not isinstance(learning_rate, bool):
+            learning_rate = float(learning_rate)  # Keras accepts only float constants
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        if damping_mode not in _DAMPING_MODES:
+            raise ValueError(f"DHKFAC: damping_mode must be one of {_DAMPING_MODES}; got {damping_mode!r}")
+        damping = float(damping)
+        if damping_mode == "shrinkage" and not 0.0 <= damping <= 1.0:
+            raise ValueError(f"DHKFAC: shrinkage damping (rho) must be in [0, 1]; got {damping}")
+        if damping_mode == "tikhonov" and not damping >= 0.0:
+            raise ValueError(f"DHKFAC: tikhonov damping (lambda) must be >= 0; got {damping}")
+        if not 0.0 <= float(statistics_decay) < 1.0:
+            raise ValueError(f"DHKFAC: statistics_decay must be in [0, 1); got {statistics_decay}")
+        for key, value in (("curvature_period", curvature_period), ("inverse_period", inverse_period)):
+            if int(value) != value or int(value) < 1:
+                raise ValueError(f"DHKFAC: {key} must be an integer >= 1; got {value}")
+        if trust_radius is not None:
+            if not float(trust_radius) > 0.0:
+                raise ValueError(f"DHKFAC: trust_radius must be > 0 or None; got {trust_radius}")
+            if not 0.0 < float(trust_radius_decay) <= 1.0:
+                raise ValueError(f"DHKFAC: trust_radius_decay must be in (0, 1]; got {trust_radius_decay}")
+            if not float(trust_radius_min) >= 0.0:
+                raise ValueError(f"DHKFAC: trust_radius_min must be >= 0; got {trust_radius_min}")
+        if not 0.0 <= float(momentum) < 1.0:
+            raise ValueError(f"DHKFAC: momentum must be in [0, 1); got {momentum}")
+        if not float(diagonal_learning_rate) >= 0.0:
+            raise ValueError(f"DHKFAC: diagonal_learning_rate must be >= 0; got {diagonal_learning_rate}")
+        for key, value in (("diagonal_beta_1", diagonal_beta_1), ("diagonal_beta_2", diagonal_beta_2)):
+            if not 0.0 <= float(value) < 1.0:
+                raise ValueError(f"DHKFAC: {key} must be in [0, 1); got {value}")
+        if not float(diagonal_epsilon) > 0.0 or not float(epsilon) >= 0.0:
+            raise ValueError("DHKFAC: diagonal_epsilon must be > 0 and epsilon >= 0")
+        self.damping = damping
+        self.damping_mode = damping_mode
+        self.ekfac = bool(ekfac)
+        self.statistics_decay = float(statistics_decay)
+        self.curvature_period = int(curvature_period)
+        self.inverse_period = int(inverse_period)
+        self.trust_radius = None if trust_radius is None else float(trust_radius)
+        self.trust_radius_decay = float(trust_radius_decay)
+        self.trust_radius_min = float(trust_radius_min)
+        self.momentum = float(momentum)
+        self.diagonal_learning_rate = float(diagonal_learning_rate)
+        self.diagonal_beta_1 = float(diagonal_beta_1)
+        self.diagonal_beta_2 = float(diagonal_beta_2)
+        self.diagonal_epsilon = float(diagonal_epsilon)
+        self.epsilon = float(epsilon)
+
+    # ------------------------------------------------------------------ building
+
+    def build(self, var_list):
+        """Derives the blocks from ``var_list`` (paths and shapes only) and creates all state.
+
+        Raises ValueError for a layer with a kernel that cannot form a block (see
+        :func:`~deephedge_tf.optimizers.blocks.find_blocks`), NotImplementedError under a
+        multi-replica strategy.
+        """
+        if self.built:
+            return
+        strategy = tf.distribute.get_strategy()
+        if strategy.num_replicas_in_sync > 1:
+            raise NotImplementedError(
+                "DHKFAC: multi-replica training is not supported (gradients and curvature statistics "
+                "would need their own all-reduce)"
+            )
+        super().build(var_list)
+        blocks, diagonal = find_blocks(var_list)
+        float_dtypes = {b.dtype for b in blocks} | {tf.as_dtype(var_list[i].dtype) for i in diagonal}
+        self._scalar_dtype = tf.float64 if tf.float64 in float_dtypes else tf.float32
+        self._kfac_blocks = tuple(blocks)
+        self._block_index = {b.name: k for k, b in enumerate(blocks)}
+        states = []
+        for block in blocks:
+            prefix = block.name.replace("/", "_")
+            da, dg, dt = block.dim_a, block.d_out, block.dtype.name
+
+            def var(suffix, shape, init, dtype=dt):
+                return self.add_variable(shape=shape, initializer=init, dtype=dtype, name=f"{prefix}_{suffix}")
+
+            eye = keras.initializers.Identity()
+            states.append(
+                _BlockState(
+                    factor_a=var("A", (da, da), eye),
+                    factor_g=var("G", (dg, dg), eye),
+                    basis_a=var("U_A", (da, da), eye),
+                    basis_g=var("U_G", (dg, dg), eye),
+                    eig_a=var("lam_A", (da,), "ones"),
+                    eig_g=var("lam_G", (dg,), "ones"),
+                    count=var("count", (), "zeros", "int64"),
+                    scale=var("s", (da, dg), "ones") if self.ekfac else None,
+                    velocity=var("momentum", (da, dg), "zeros") if self.momentum else None,
+                )
+            )
+        self._kfac_states = tuple(states)
+        self._diagonal_indices = tuple(diagonal)
+        self._adam_m = tuple(self.add_variable_from_reference(var_list[i], "m") for i in diagonal)
+        self._adam_v = tuple(self.add_variable_from_reference(var_list[i], "v") for i in diagonal)
+        self.skipped_curvature_updates = self.add_variable((), "zeros", "int64", name="skipped_curvature_updates")
+        self.skipped_steps = self.add_variable((), "zeros", "int64", name="skipped_steps")
+        self.last_inverse_iteration = self.add_variable(
+            (), keras.initializers.Constant(-1), "int64", name="last_inverse_iteration"
+        )
+        self.step_size = self.add_variable((), "zeros", self._scalar_dtype.name, name="step_size")
+
+    # ------------------------------------------------------------------ introspection
+
+    @property
+    def kronecker_blocks(self) -> tuple[KroneckerBlock, ...]:
+        """The blocks found by :meth:`build` (static descriptions; see :class:`KroneckerBlock`)."""
+        self._require_built()
+        return self._kfac_blocks
+
+    def block_variables(self, name: str) -> list:
+        """The variables of block ``name`` in stacking order (kernel, recurrent kernel, bias)."""
+        block = self._kfac_blocks[self._block_index[name]]
+        return [self._trainable_variables[i] for i in block.indices]
+
+    @property
+    def diagonal_variables(self) -> list:
+        """The variables outside any Kronecker block (Adam-preconditioned)."""
+        self._require_built()
+        return [self._trainable_variables[i] for i in self._diagonal_indices]
+
+    def block_state(self, name: str) -> dict:
+        """Current values of block ``name``'s statistics: ``A``, ``G``, ``U_A``, ``U_G``, ``lam_A``,
+        ``lam_G``, ``count`` and (ekfac) ``s`` = the undamped diagonal in the eigenbasis."""
+        state = self._kfac_states[self._block_index[name]]
+        out = {
+            "A": state.factor_a, "G": state.factor_g, "U_A": state.basis_a, "U_G": state.basis_g,
+            "lam_A": state.eig_a, "lam_G": state.eig_g, "count": state.count,
+        }
+        out = {k: tf.convert_to_tensor(v) for k, v in out.items()}
+        out["s"] = self._scale(state)
+        return out
+
+    def _require_built(self):
+        if not self.built:
+            raise RuntimeError("DHKFAC: build the optimizer first (optimizer.build(model.trainable_variables))")
+
+    # ------------------------------------------------------------------ curvature
+
+    def curvature_due(self):
+        """Bool tensor: whether :meth:`update_curvature` updates the statistics at this iteration."""
+        return tf.equal(tf.math.floormod(tf.cast(self.iterations, tf.int64), self.curvature_period), 0)
+
+    def update_curvature(self, captured):
+        """Folds one batch of curvature statistics into the factors (in-graph; returns a bool tensor).
+
+        Args:
+          captured: dict ``block name -> (a, g)``; the name is the layer path of the block's weights
+            (``"recurrent_policy/block0_lstm"``, see :attr:`kronecker_blocks`).  Blocks left out keep
+            their statistics.
+
+            * ``a``: ``[T, B, dim_a]`` extended layer inputs, ones column last when the layer has a
+              bias (``with_bias_column``); LSTM: ``[x, h_prev, 1]``.  ``[B, dim_a]`` means ``T = 1``.
+            * ``g``: ``[T, B, d_out]`` pseudo-gradients w.r.t. the pre-activation, **per path, not
+              divided by B or sqrt(B)**: path ``b``'s ``M_b = sum_t a_tb g_tb^T`` must satisfy
+              ``E_z[vec(M_b) vec(M_b)^T] = J_b^T H_b J_b`` for its own surrogate loss ``l_b``, so that
+              the curvature is ``C = (1/B) sum_b J_b^T H_b J_b``: the GGN of the *mean* loss
+              ``(1/B) sum_b l_b``, the same normalisation as the gradient given to :meth:`apply`
+              (then ``learning_rate = 1`` is the Newton step).  E.g. for ``gamma * Var[PnL]``
+              back-propagate ``sqrt(2 gamma) * dPnL_b/du`` per path (``output_gradients`` of the
+              actions); a tape gradient of a batch-*mean* quantity w.r.t. the probes is ``g / B``.
+              ``B`` may be a sub-batch of the gradient's batch: only its own mean is taken.
+
+            Derive the names from the live variables, ``layer_path(kernel)`` (for the recurrent
+            policy ``layer_path(weights[0])`` of each entry of ``policy.linear_maps()``); do not
+            hard-code them: e.g. a Sequential reloaded from ``.keras`` has paths without its own name.
+
+        The update runs when :meth:`curvature_due`.  If any ``a``, ``g`` or resulting factor is not
+        finite nothing changes and ``skipped_curvature_updates`` is incremented.  The eigenbases are
+        recomputed here (see ``inverse_period``); a non-finite decomposition keeps the last basis.
+
+        Returns:
+          bool tensor: whether the statistics were updated.
+        """
+        self._require_built()
+        prepared = []
+        for name, pair in captured.items():
+            if name not in self._block_index:
+                raise KeyError(
+                    f"DHKFAC.update_curvature: no Kronecker block {name!r}; blocks: {sorted(self._block_index)}"
+                )
+            a, g = pair
+            k = self._block_index[name]
+            block = self._kfac_blocks[k]
+            a = self._time_major(a, block, block.dim_a, "a", name)
+            g = self._time_major(g, block, block.d_out, "g", name)
+            prepared.append((k, a, g))
+        if not prepared:
+            return tf.constant(False)
+
+        def update():
+            stats = [(k, a, g) + curvature.pooled_factors(a, g) for k, a, g in prepared]
+            finite = _all_finite([t for item in stats for t in item[1:]])
+
+            def skip():
+                self.assign_add(self.skipped_curvature_updates, tf.constant(1, tf.int64))
+                return tf.constant(False)
+
+            return tf.cond(finite, lambda: self._fold_statistics(stats), skip)
+
+        return tf.cond(self.curvature_due(), update, lambda: tf.constant(False))
+
+    @staticmethod
+    def _time_major(x, block, width, what, name):
+        x = tf.convert_to_tensor(x) if not isinstance(x, (list, tuple)) else tf.stack(list(x), axis=0)
+        x = tf.cast(x, block.dtype)
+        if x.shape.rank == 2:
+            x = x[None]
+        if x.shape.rank != 3 or x.shape[-1] != width:
+            hint = " (did you append the ones column?)" if what == "a" and block.has_bias else ""
+            raise ValueError(
+                f"DHKFAC.update_curvature: {what} for block {name!r} must be [T, B, {width}]; "
+                f"got shape {tuple(x.shape)}{hint}"
+            )
+        return x
+
+    def _fold_statistics(self, stats):
+        """Assigns the EMAs, eigenbases (when due) and EKFAC diagonals; the stats are finite."""
+        decay = self.statistics_decay
+        iteration = tf.cast(self.iterations, tf.int64)
+        first = {}
+        for k, _, _, new_a, new_g in stats:
+            state = self._kfac_states[k]
+            first[k] = tf.equal(state.count, 0)
+            weight = tf.where(first[k], tf.constant(1.0, new_a.dtype), tf.constant(1.0 - decay, new_a.dtype))
+            self.assign(state.factor_a, (1.0 - weight) * state.factor_a + weight * new_a)
+            self.assign(state.factor_g, (1.0 - weight) * state.factor_g + weight * new_g)
+
+        last = tf.convert_to_tensor(self.last_inverse_iteration)
+        inverse_due = tf.logical_or(last < 0, iteration - last >= self.inverse_period)
+
+        def recompute():
+            self._recompute_bases()
+            self.assign(self.last_inverse_iteration, iteration)
+            return tf.constant(True)
+
+        # tf.cond keeps the eigendecompositions out of the steps where they are not due.
+        tf.cond(inverse_due, recompute, lambda: tf.constant(False))
+
+        for k, a, g, _, _ in stats:
+            state = self._kfac_states[k]
+            if self.ekfac:
+                fresh = curvature.ekfac_diagonal(a, g, state.basis_a, state.basis_g)
+                blended = decay * state.scale + (1.0 - decay) * fresh
+                updated = tf.where(first[k], fresh, blended)
+                # Overflow in the per-path squares is the one way finite inputs give a non-finite s.
+                ok = tf.reduce_all(tf.math.is_finite(updated))
+                self.assign(state.scale, tf.where(ok, updated, state.scale))
+            self.assign_add(state.count, tf.constant(1, tf.int64))
+        return tf.constant(True)
+
+    def _recompute_bases(self):
+        """Eigendecomposes every block's ``A`` and ``G``; carries ``s`` into the new basis (ekfac)."""
+        for state in self._kfac_states:
+            lam_a, u_a, ok_a = curvature.eigenbasis(tf.convert_to_tensor(state.factor_a))
+            lam_g, u_g, ok_g = curvature.eigenbasis(tf.convert_to_tensor(state.factor_g))
+            u_a = tf.where(ok_a, u_a, state.basis_a)
+            u_g = tf.where(ok_g, u_g, state.basis_g)
+            if self.ekfac:
+                self.assign(
+                    state.scale, curvature.carry_diagonal(state.scale, state.basis_a, state.basis_g, u_a, u_g)
+                )
+            self.assign(state.basis_a, u_a)
+            self.assign(state.basis_g, u_g)
+            self.assign(state.eig_a, tf.where(ok_a, lam_a, state.eig_a))
+            self.assign(state.eig_g, tf.where(ok_g, lam_g, state.eig_g))
+
+    def _scale(self, state):
+        """Undamped diagonal ``s`` ``[da, dg]`` in the eigenbasis (EKFAC or ``lam_A lam_G^T``)."""
+        if self.ekfac:
+            return tf.convert_to_tensor(state.scale)
+        lam_a = tf.maximum(tf.convert_to_tensor(state.eig_a), 0.0)
+        lam_g = tf.maximum(tf.convert_to_tensor(state.eig_g), 0.0)
+        return lam_a[:, None] * lam_g[None, :]
+
+    # ------------------------------------------------------------------ preconditioning
+
+    def _block_directions(self, grad_by_index, with_momentum):
+        """``{block k: (D [da, dg], D in the eigenbasis, damped s)}`` for blocks with a gradient."""
+        out = {}
+        for k, (block, state) in enumerate(zip(self._kfac_blocks, self._kfac_states)):
+            members = [grad_by_index.get(i) for i in block.indices]
+            if all(m is None for m in members):
+                continue
+            u_a, u_g = tf.convert_to_tensor(state.basis_a), tf.convert_to_tensor(state.basis_g)
+            grad = stack(block, members)
+            s_d = curvature.damp(self._scale(state), self.damping_mode, self.damping, self.epsilon)
+            proj = tf.matmul(tf.matmul(u_a, grad, transpose_a=True), u_g) / s_d
+            direction = tf.matmul(tf.matmul(u_a, proj), u_g, transpose_b=True)
+            if with_momentum and state.velocity is not None:
+                velocity = tf.convert_to_tensor(state.velocity)
+                mu = tf.constant(self.momentum, block.dtype)
+                direction = direction + mu * velocity
+                proj = proj + mu * tf.matmul(tf.matmul(u_a, velocity, transpose_a=True), u_g)
+            out[k] = (direction, proj, s_d)
+        return out
+
+    def _quadratic(self, directions):
+        """``q = sum_blocks sum s_d * D_eig^2`` in the scalar dtype."""
+        terms = [
+            tf.cast(tf.reduce_sum(s_d * tf.square(proj)), self._scalar_dtype) for _, proj, s_d in directions.values()
+        ]
+        return tf.add_n(terms) if terms else tf.zeros((), self._scalar_dtype)
+
+    def precondition(self, grads):
+        """Preconditioned directions without any state change (no momentum, no step size).
+
+        Args:
+          grads: one gradient (or ``None``) per variable, aligned with the variable list the optimizer
+            was built with.
+
+        Returns:
+          ``(directions, q)``: per variable its slice of ``V = U_A (U_A^T grad U_G / s_d) U_G^T``
+          (``None`` for diagonal variables and blocks without a gradient), and
+          ``q = sum_blocks V^T C_d V`` (the damped curvature along ``V``).
+        """
+        self._require_built()
+        grads = list(grads)
+        if len(grads) != len(self._trainable_variables):
+            raise ValueError(
+                f"DHKFAC.precondition: got {len(grads)} gradients for {len(self._trainable_variables)} variables"
+            )
+        directions = self._block_directions({i: g for i, g in enumerate(grads) if g is not None}, False)
+        out = [None] * len(grads)
+        for k, (direction, _, _) in directions.items():
+            block = self._kfac_blocks[k]
+            shapes = [self._trainable_variables[i].shape for i in block.indices]
+            for i, part in zip(block.indices, unstack(block, direction, shapes)):
+                out[i] = part
+        return out, self._quadratic(directions)
+
+    def current_trust_radius(self):
+        """``delta_k`` at the current iteration (``None`` without a trust region)."""
+        if self.trust_radius is None:
+            return None
+        return curvature.trust_radius(
+            self.iterations, self.trust_radius, self.trust_radius_decay, self.trust_radius_min, self._scalar_dtype
+        )
+
+    # ------------------------------------------------------------------ applying
+
+    def apply(self, grads, trainable_variables=None):
+        """Keras' ``apply``, skipped as a whole (nothing written) when a gradient is not finite."""
+        if trainable_variables is not None:
+            trainable_variables = list(trainable_variables)
+            if not self.built:
+                # Built here, outside the tf.cond below: variables cannot be created inside a branch.
+                self.build(trainable_variables)
+        grads = list(grads)
+        finite = _all_finite([_dense(g) for g in grads if g is not None])
+        parent = super(DHKFAC, self)
+
+        def run():
+            parent.apply(grads, trainable_variables)
+            return tf.constant(True)
+
+        def skip():
+            self.assign_add(self.skipped_steps, tf.constant(1, tf.int64))
+            return tf.constant(False)
+
+        return tf.cond(finite, run, skip)
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        # Replaces the per-variable loop: a block's kernel(s) and bias are preconditioned together.
+        grad_by_index = {self._get_variable_index(v): g for g, v in zip(grads, trainable_variables)}
+        directions = self._block_directions(grad_by_index, True)
+        eta_max = tf.cast(learning_rate, self._scalar_dtype)
+        if self.trust_radius is None:
+            eta = eta_max
+        else:
+            eta = curvature.trust_region_step(self._quadratic(directions), eta_max, self.current_trust_radius())
+        for k, (direction, _, _) in directions.items():
+            block, state = self._kfac_blocks[k], self._kfac_states[k]
+            members = [self._trainable_variables[i] for i in block.indices]
+            parts = unstack(block, direction, [v.shape for v in members])
+            step = tf.cast(eta, block.dtype)
+            for variable, part in zip(members, parts):
+                self.assign_sub(variable, step * part)
+            if state.velocity is not None:
+                self.assign(state.velocity, direction)
+        self._diagonal_step(grad_by_index)
+        self.assign(self.step_size, eta)
+
+    def _diagonal_step(self, grad_by_index):
+        """Adam on the variables outside blocks (bias-corrected with ``t = iterations + 1``)."""
+        if not self._diagonal_indices:
+            return
+        t = tf.cast(self.iterations + 1, tf.float64)
+        b1, b2 = self.diagonal_beta_1, self.diagonal_beta_2
+        # Bias correction folded into the step size, computed in float64 then cast per variable.
+        lr_t = self.diagonal_learning_rate * tf.sqrt(1.0 - tf.pow(tf.constant(b2, tf.float64), t)) / (
+            1.0 - tf.pow(tf.constant(b1, tf.float64), t)
+        )
+        for i, m, v in zip(self._diagonal_indices, self._adam_m, self._adam_v):
+            g = grad_by_index.get(i)
+            if g is None:
+                continue
+            variable = self._trainable_variables[i]
+            g = tf.cast(tf.convert_to_tensor(g), variable.dtype)
+            self.assign(m, b1 * m + (1.0 - b1) * g)
+            self.assign(v, b2 * v + (1.0 - b2) * tf.square(g))
+            lr = tf.cast(lr_t, variable.dtype)
+            self.assign_sub(variable, lr * m / (tf.sqrt(v) + self.diagonal_epsilon))
+
+    def update_step(self, gradient, variable, learning_rate):
+        raise NotImplementedError("DHKFAC updates whole blocks in _backend_update_step")
+
+    # ------------------------------------------------------------------ config
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "damping": self.damping,
+            "damping_mode": self.damping_mode,
+            "ekfac": self.ekfac,
+            "statistics_decay": self.statistics_decay,
+            "curvature_period": self.curvature_period,
+            "inverse_period": self.inverse_period,
+            "trust_radius": self.trust_radius,
+            "trust_radius_decay": self.trust_radius_decay,
+            "trust_radius_min": self.trust_radius_min,
+            "momentum": self.momentum,
+            "diagonal_learning_rate": self.diagonal_learning_rate,
+            "diagonal_beta_1": self.diagonal_beta_1,
+            "diagonal_beta_2": self.diagonal_beta_2,
+            "diagonal_epsilon": self.diagonal_epsilon,
+            "epsilon": self.epsilon,
+        }

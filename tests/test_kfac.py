@@ -1,0 +1,493 @@
+"""Tests of deephedge_tf.optimizers (DHKFAC): blocks, factor values, exactness, damping, trust region,
+Newton step, checkpointing, XLA, non-finite guards, and the recurrent policy's capture contract.
+
+Everything is float64 and tiny (the suite runs on 2 shared cores).  Exact GGN blocks are computed by
+brute force: Jacobians of the network outputs with tf.GradientTape.  "Exact pseudo-gradients" for a
+squared error (H = I) enumerate z = sqrt(K) e_k over the K outputs of each data point, so the mean
+over the N*K pseudo-samples of vec(M) vec(M)^T is exactly the GGN (1/N) sum_n J_n^T J_n.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from deephedge_tf.optimizers import DHKFAC, find_blocks, layer_path, with_bias_column
+from deephedge_tf.optimizers import curvature
+from deephedge_tf.policies import RecurrentPolicy
+
+F64 = tf.float64
+
+
+def mlp(sizes, activation=None, use_bias=True, name="net", seed=0):
+    """float64 Sequential of Dense layers ``d0, d1, ...`` (no activation on the last)."""
+    keras.utils.set_random_seed(seed)
+    layers = [
+        keras.layers.Dense(d, activation=activation if i < len(sizes) - 2 else None, use_bias=use_bias,
+                           name=f"d{i}", dtype="float64")
+        for i, d in enumerate(sizes[1:])
+    ]
+    model = keras.Sequential(layers, name=name)
+    model.build((None, sizes[0]))
+    return model
+
+
+def forward(model, x, probes=None):
+    """Manual forward pass of an ``mlp`` with optional probes on the pre-activations; returns (f, inputs)."""
+    h, inputs = x, []
+    for i, layer in enumerate(model.layers):
+        inputs.append(h)
+        z = tf.matmul(h, layer.kernel) + (layer.bias if layer.use_bias else 0.0)
+        if probes is not None:
+            z = z + probes[i]
+        h = layer.activation(z)
+    return h, inputs
+
+
+def exact_statistics(model, x):
+    """``{block: (a [1, N*K, dim_a], g [1, N*K, d_out])}`` with exact per-point pseudo-gradients (H = I)."""
+    n = int(x.shape[0])
+    probes = [tf.zeros((n, layer.units), F64) for layer in model.layers]
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(probes)
+        f, inputs = forward(model, x, probes)
+    k = int(f.shape[1])
+    stats = {}
+    for i, layer in enumerate(model.layers):
+        jac = tape.jacobian(f, probes[i], experimental_use_pfor=False).numpy()  # [N, K, N, d]
+        g = np.sqrt(k) * np.stack([jac[p, :, p, :] for p in range(n)])  # [N, K, d]
+        a = inputs[i].numpy()
+        a = with_bias_column(a).numpy() if layer.use_bias else a
+        stats[layer_path(layer.kernel)] = (np.repeat(a, k, axis=0)[None], g.reshape(n * k, -1)[None])
+    return stats
+
+
+def exact_ggn_blocks(model, x):
+    """``{block: (1/N) sum_n J_n^T J_n}`` over the stacked weights [kernel; bias] (row-major vec)."""
+    with tf.GradientTape(persistent=True) as tape:
+        f, _ = forward(model, x)
+    n, k = f.shape
+    out = {}
+    for layer in model.layers:
+        jk = tape.jacobian(f, layer.kernel, experimental_use_pfor=False).numpy()  # [N, K, din, dout]
+        jb = tape.jacobian(f, layer.bias, experimental_use_pfor=False).numpy()[:, :, None, :]
+        jac = np.concatenate([jk, jb], axis=2).reshape(n * k, -1)
+        out[layer_path(layer.kernel)] = jac.T @ jac / n
+    return out
+
+
+def eigenbasis_diagonal(c, u_a, u_g):
+    """diag(Q^T C Q) as [dim_a, d_out] with Q = kron(U_A, U_G)."""
+    q = np.kron(u_a, u_g)
+    return np.diag(q.T @ c @ q).reshape(u_a.shape[0], u_g.shape[0])
+
+
+def per_path_curvature(a, g):
+    """C = (1/B) sum_b vec(M_b) vec(M_b)^T with M_b = sum_t a_tb g_tb^T (numpy, [T, B, .] inputs)."""
+    m = np.einsum("tbi,tbj->bij", a, g).reshape(a.shape[1], -1)
+    return m.T @ m / a.shape[1]
+
+
+def weights(model):
+    return [v.numpy().copy() for v in model.trainable_variables]
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+def test_blocks_from_variable_paths_and_clear_errors():
+    inp = keras.Input((3,), dtype="float64")
+    x = keras.layers.Dense(4, name="a", dtype="float64")(inp)
+    x = keras.layers.LayerNormalization(name="ln", dtype="float64")(x)
+    x = keras.layers.Dense(2, use_bias=False, name="b", dtype="float64")(x)
+    model = keras.Model(inp, x, name="m")
+    blocks, diagonal = find_blocks(model.trainable_variables)
+    # Layers created outside a parent layer have top-level paths ("a/kernel").
+    assert [(b.name, b.dim_a, b.d_out, b.has_bias) for b in blocks] == [("a", 4, 4, True), ("b", 4, 2, False)]
+    assert sorted(model.trainable_variables[i].path for i in diagonal) == ["ln/beta", "ln/gamma"]
+
+    conv = keras.Sequential([keras.layers.Conv1D(2, 3, name="conv")], name="c")
+    conv.build((None, 5, 1))
+    with pytest.raises(ValueError, match="c/conv/kernel"):
+        DHKFAC().build(conv.trainable_variables)
+
+
+def test_config_round_trip():
+    opt = DHKFAC(learning_rate=0.5, damping=0.2, damping_mode="tikhonov", ekfac=False, momentum=0.3,
+                 inverse_period=4, curvature_period=2, trust_radius=None)
+    config = opt.get_config()
+    again = keras.optimizers.deserialize(keras.optimizers.serialize(opt))
+    assert isinstance(again, DHKFAC) and again.get_config() == config
+    for key in ("damping", "damping_mode", "ekfac", "momentum", "trust_radius", "trust_radius_decay",
+                "statistics_decay", "diagonal_learning_rate", "epsilon"):
+        assert key in config
+    with pytest.raises(ValueError, match="rho"):
+        DHKFAC(damping=1.5)
+
+
+# --------------------------------------------------------------------------- factor values
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_input_factor_reference_values(use_bias):
+    # tensorflow/kfac's reference: data [[1, 2], [3, 4]], EMA decay 0.5 starting from the identity.
+    # Our first update *initialises* the EMA, so the first batch is one whose covariance is the
+    # identity (rows sqrt(d) e_i); the second batch is the data.
+    model = mlp([2, 3], use_bias=use_bias, name="ref")
+    opt = DHKFAC(statistics_decay=0.5)
+    opt.build(model.trainable_variables)
+    d = 3 if use_bias else 2
+    data = np.array([[1.0, 2.0], [3.0, 4.0]])
+    data = with_bias_column(data).numpy() if use_bias else data
+    g = np.ones((1, d, 3))
+    opt.update_curvature({"ref/d0": (np.sqrt(d) * np.eye(d)[None], g)})
+    opt.update_curvature({"ref/d0": (data[None], g[:, :2])})
+    expected = [[3, 3.5, 1], [3.5, 5.5, 1.5], [1, 1.5, 1]] if use_bias else [[3, 3.5], [3.5, 5.5]]
+    np.testing.assert_allclose(opt.block_state("ref/d0")["A"], expected, rtol=1e-14)
+
+
+def test_rnn_pooling_and_ekfac_diagonal_against_numpy():
+    rng = np.random.default_rng(1)
+    t, b = 3, 4
+    model = mlp([2, 3], name="rnn")
+    opt = DHKFAC(statistics_decay=0.5, inverse_period=100)
+    opt.build(model.trainable_variables)
+
+    def batch():
+        a = np.concatenate([rng.normal(size=(t, b, 2)), np.ones((t, b, 1))], axis=-1)
+        return a, rng.normal(size=(t, b, 3))
+
+    a1, g1 = batch()
+    assert bool(opt.update_curvature({"rnn/d0": (a1, g1)}))
+    st = {k: v.numpy() for k, v in opt.block_state("rnn/d0").items()}
+    # Expand pooling: A time-averaged, G summed over time (kron(A, G) = T Abar (x) Gbar).
+    a_hand = sum(a1[i].T @ a1[i] for i in range(t)) / (t * b)
+    g_hand = sum(g1[i].T @ g1[i] for i in range(t)) / b
+    np.testing.assert_allclose(st["A"], a_hand, rtol=1e-13)
+    np.testing.assert_allclose(st["G"], g_hand, rtol=1e-13)
+    # The eigenbasis was computed at this first update; s is the exact per-path diagonal in it.
+    np.testing.assert_allclose(st["U_A"] @ np.diag(st["lam_A"]) @ st["U_A"].T, a_hand, atol=1e-13)
+    c1 = per_path_curvature(a1, g1)
+    np.testing.assert_allclose(st["s"], eigenbasis_diagonal(c1, st["U_A"], st["U_G"]), rtol=1e-11)
+    np.testing.assert_allclose(st["s"].sum(), np.trace(c1), rtol=1e-12)
+
+    # Second update: EMAs with decay 0.5; no new eigendecomposition (inverse_period = 100).
+    a2, g2 = batch()
+    opt.update_curvature({"rnn/d0": (a2, g2)})
+    st2 = {k: v.numpy() for k, v in opt.block_state("rnn/d0").items()}
+    a2_hand = sum(a2[i].T @ a2[i] for i in range(t)) / (t * b)
+    np.testing.assert_allclose(st2["A"], 0.5 * a_hand + 0.5 * a2_hand, rtol=1e-13)
+    np.testing.assert_allclose(st2["U_A"], st["U_A"])
+    s2 = eigenbasis_diagonal(per_path_curvature(a2, g2), st["U_A"], st["U_G"])
+    np.testing.assert_allclose(st2["s"], 0.5 * st["s"] + 0.5 * s2, rtol=1e-11)
+
+    # Basis change carries the old estimate's diagonal into the new basis.
+    q_a, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    q_g, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    carried = curvature.carry_diagonal(tf.constant(st2["s"]), st["U_A"], st["U_G"], q_a, q_g).numpy()
+    old = np.kron(st["U_A"], st["U_G"])
+    c_old = old @ np.diag(st2["s"].ravel()) @ old.T
+    np.testing.assert_allclose(carried, eigenbasis_diagonal(c_old, q_a, q_g), rtol=1e-11)
+
+
+# --------------------------------------------------------------------------- exactness
+
+
+def test_kfac_equals_exact_ggn_for_deep_linear_network_on_one_point():
+    model = mlp([3, 4, 3, 2], name="lin")
+    x = tf.constant(np.random.default_rng(2).normal(size=(1, 3)))
+    opt = DHKFAC()
+    opt.build(model.trainable_variables)
+    opt.update_curvature(exact_statistics(model, x))
+    ggn = exact_ggn_blocks(model, x)
+    for name, block_ggn in ggn.items():
+        st = {k: v.numpy() for k, v in opt.block_state(name).items()}
+        np.testing.assert_allclose(np.kron(st["A"], st["G"]), block_ggn, atol=1e-12 * np.abs(block_ggn).max())
+        # EKFAC diagonal = exact diagonal of the (Kronecker) curvature in the eigenbasis.
+        exact = eigenbasis_diagonal(block_ggn, st["U_A"], st["U_G"])
+        np.testing.assert_allclose(st["s"], exact, atol=1e-12 * exact.max())
+
+
+def test_ekfac_diagonal_equals_exact_ggn_diagonal_for_nonlinear_batch():
+    # With exact per-path pseudo-gradients EKFAC's s is the exact GGN block's diagonal in the
+    # Kronecker eigenbasis, even where the block itself is not Kronecker (tanh, several points).
+    model = mlp([2, 3, 2], activation="tanh", name="nl")
+    x = tf.constant(np.random.default_rng(3).normal(size=(3, 2)))
+    opt = DHKFAC()
+    opt.build(model.trainable_variables)
+    opt.update_curvature(exact_statistics(model, x))
+    for name, block_ggn in exact_ggn_blocks(model, x).items():
+        st = {k: v.numpy() for k, v in opt.block_state(name).items()}
+        exact = eigenbasis_diagonal(block_ggn, st["U_A"], st["U_G"])
+        np.testing.assert_allclose(st["s"], exact, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("ekfac", [True, False])
+def test_one_step_is_the_newton_step_on_a_quadratic(ekfac):
+    # Linear model + squared error: GGN = Hessian, so with no damping and no cap one step solves
+    # the least-squares problem.
+    rng = np.random.default_rng(4)
+    model = mlp([3, 2], name="quad")
+    x, y = rng.normal(size=(6, 3)), rng.normal(size=(6, 2))
+    opt = DHKFAC(learning_rate=1.0, damping=0.0, epsilon=0.0, ekfac=ekfac, trust_radius=1e30)
+    opt.build(model.trainable_variables)
+    opt.update_curvature(exact_statistics(model, tf.constant(x)))
+    with tf.GradientTape() as tape:
+        loss = 0.5 * tf.reduce_mean(tf.reduce_sum(tf.square(forward(model, tf.constant(x))[0] - y), axis=1))
+    opt.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
+    solution = np.linalg.lstsq(with_bias_column(x).numpy(), y, rcond=None)[0]
+    kernel, bias = weights(model)
+    np.testing.assert_allclose(np.concatenate([kernel, bias[None]]), solution, rtol=1e-9, atol=1e-12)
+    assert float(opt.step_size) == 1.0
+
+
+# --------------------------------------------------------------------------- damping, trust region, momentum
+
+
+def test_shrinkage_tikhonov_and_trust_region_against_hand_computation():
+    rng = np.random.default_rng(5)
+    a = np.concatenate([rng.normal(size=(1, 6, 3)), np.ones((1, 6, 1))], axis=-1)
+    g = rng.normal(size=(1, 6, 2))
+    grad_k, grad_b = rng.normal(size=(3, 2)), rng.normal(size=(2,))
+    grad = np.concatenate([grad_k, grad_b[None]])
+
+    for mode, damping in (("shrinkage", 0.3), ("tikhonov", 0.05)):
+        model = mlp([3, 2], name="tr")
+        w0 = np.concatenate([weights(model)[0], weights(model)[1][None]])
+        opt = DHKFAC(learning_rate=1.0, damping=damping, damping_mode=mode, trust_radius=1e-4,
+                     trust_radius_decay=0.5, trust_radius_min=3e-5)
+        opt.build(model.trainable_variables)
+        opt.update_curvature({"tr/d0": (a, g)})
+        st = {k: v.numpy() for k, v in opt.block_state("tr/d0").items()}
+        s = eigenbasis_diagonal(per_path_curvature(a, g), st["U_A"], st["U_G"])
+        s_d = (1 - damping) * s + damping * s.mean() if mode == "shrinkage" else s + damping
+        proj = st["U_A"].T @ grad @ st["U_G"] / s_d
+        v = st["U_A"] @ proj @ st["U_G"].T
+        q = np.sum(s_d * proj**2)
+        eta = min(1.0, np.sqrt(2 * 1e-4 / q))
+        assert eta < 1.0  # the trust region is active
+
+        (vk, vb), q_opt = opt.precondition([grad_k, grad_b])
+        np.testing.assert_allclose(np.concatenate([vk, vb[None]]), v, rtol=1e-11)
+        np.testing.assert_allclose(float(q_opt), q, rtol=1e-11)
+        opt.apply([grad_k, grad_b], model.trainable_variables)
+        np.testing.assert_allclose(float(opt.step_size), eta, rtol=1e-12)
+        w1 = np.concatenate([weights(model)[0], weights(model)[1][None]])
+        np.testing.assert_allclose(w1, w0 - eta * v, rtol=1e-11, atol=1e-15)
+
+    # delta_k = max(delta_0 decay^k, delta_min)
+    got = [float(curvature.trust_radius(k, 1e-4, 0.5, 3e-5, F64)) for k in range(4)]
+    np.testing.assert_allclose(got, [1e-4, 5e-5, 3e-5, 3e-5], rtol=1e-15)
+    assert float(opt.current_trust_radius()) == pytest.approx(5e-5, rel=1e-15)  # after one step
+
+
+def test_momentum_is_heavy_ball_on_the_preconditioned_direction():
+    rng = np.random.default_rng(6)
+    model = mlp([2, 2], name="mom")
+    opt = DHKFAC(momentum=0.5, trust_radius=None, learning_rate=0.1)
+    opt.build(model.trainable_variables)
+    opt.update_curvature({"mom/d0": (with_bias_column(rng.normal(size=(5, 2))), rng.normal(size=(5, 2)))})
+    g1, g2 = [[rng.normal(size=(2, 2)), rng.normal(size=(2,))] for _ in range(2)]
+    w0 = weights(model)
+    v1, _ = opt.precondition(g1)
+    v2, _ = opt.precondition(g2)
+    opt.apply(g1, model.trainable_variables)
+    opt.apply(g2, model.trainable_variables)
+    lr = float(np.float32(0.1))  # Keras keeps a constant learning rate in a floatx (float32) variable
+    for w, a1, a2, new in zip(w0, v1, v2, weights(model)):
+        np.testing.assert_allclose(new, w - lr * a1 - lr * (a2 + 0.5 * a1), rtol=1e-12)
+
+
+def test_update_periods():
+    model = mlp([2, 2], name="per")
+    opt = DHKFAC(curvature_period=2, inverse_period=4)
+    opt.build(model.trainable_variables)
+    stats = {"per/d0": (with_bias_column(np.eye(2)), np.eye(2))}
+    updated, inverted = [], []
+    for _ in range(6):
+        updated.append(bool(opt.update_curvature(stats)))
+        inverted.append(int(opt.last_inverse_iteration))
+        opt.apply([np.zeros((2, 2)), np.zeros(2)], model.trainable_variables)
+    assert updated == [True, False, True, False, True, False]
+    assert inverted == [0, 0, 0, 0, 4, 4]
+    assert int(opt.block_state("per/d0")["count"]) == 3
+
+
+# --------------------------------------------------------------------------- guards
+
+
+def test_non_finite_statistics_and_gradients_write_nothing():
+    rng = np.random.default_rng(7)
+    model = mlp([2, 2], name="nan")
+    opt = DHKFAC()
+    opt.build(model.trainable_variables)
+    good = (with_bias_column(rng.normal(size=(4, 2))), rng.normal(size=(4, 2)))
+    opt.update_curvature({"nan/d0": good})
+    before = [v.numpy().copy() for v in opt.variables]
+    bad_g = good[1].copy()
+    bad_g[1, 0] = np.nan
+    assert not bool(opt.update_curvature({"nan/d0": (good[0], bad_g)}))
+    assert int(opt.skipped_curvature_updates) == 1
+    after = [v.numpy() for v in opt.variables]
+    changed = [v.path for v, x, y in zip(opt.variables, before, after) if not np.array_equal(x, y)]
+    assert changed == [opt.skipped_curvature_updates.path]
+
+    step = tf.function(lambda grads: opt.apply(grads, model.trainable_variables), autograph=False)
+    w0 = weights(model)
+    before = [v.numpy().copy() for v in opt.variables]
+    assert not bool(step([tf.constant([[1.0, np.inf], [0.0, 0.0]], F64), tf.zeros(2, F64)]))
+    assert all(np.array_equal(x, y) for x, y in zip(w0, weights(model)))
+    changed = [v.path for v, x in zip(opt.variables, before) if not np.array_equal(x, v.numpy())]
+    assert changed == [opt.skipped_steps.path] and int(opt.iterations) == 0
+    assert bool(step([tf.ones((2, 2), F64), tf.zeros(2, F64)])) and int(opt.iterations) == 1
+
+
+# --------------------------------------------------------------------------- checkpointing, XLA
+
+
+def _train_steps(model, opt, steps, start):
+    """Deterministic steps: data and pseudo-gradients depend on the step index only.
+
+    Block names come from the live variables: a Sequential reloaded from .keras builds its layers
+    outside the model's name scope, so its paths are "d0/kernel", not "ckpt/d0/kernel".
+    """
+    d0, d1 = (layer_path(model.get_layer(n).kernel) for n in ("d0", "d1"))
+    for step in range(start, start + steps):
+        rng = np.random.default_rng(100 + step)
+        x, y = rng.normal(size=(4, 3)), rng.normal(size=(4, 2))
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(model(x) - y))
+        stats = {
+            name: (with_bias_column(rng.normal(size=(2, 4, dim_a - 1))), rng.normal(size=(2, 4, d_out)))
+            for name, dim_a, d_out in ((d0, 4, 3), (d1, 4, 2))
+        }
+        opt.update_curvature(stats)
+        opt.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
+
+
+def test_save_and_reload_mid_training_continues_identically(tmp_path):
+    keras.utils.set_random_seed(8)
+    model = keras.Sequential(
+        [keras.layers.Dense(3, activation="tanh", name="d0", dtype="float64"),
+         keras.layers.LayerNormalization(name="ln", dtype="float64"),
+         keras.layers.Dense(2, name="d1", dtype="float64")],
+        name="ckpt",
+    )
+    model.build((None, 3))
+    model.compile(optimizer=DHKFAC(momentum=0.5, inverse_period=2, trust_radius=1e-2), loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    assert [b.name for b in model.optimizer.kronecker_blocks] == ["ckpt/d0", "ckpt/d1"]
+    _train_steps(model, model.optimizer, 3, 0)
+    path = str(tmp_path / "mid.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded.optimizer, DHKFAC) and int(loaded.optimizer.iterations) == 3
+    assert [b.name for b in loaded.optimizer.kronecker_blocks] == ["d0", "d1"]
+    _train_steps(model, model.optimizer, 3, 3)
+    _train_steps(loaded, loaded.optimizer, 3, 3)
+    for a, b in zip(model.trainable_variables + model.optimizer.variables,
+                    loaded.trainable_variables + loaded.optimizer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+
+def test_xla_step_matches_the_graph_and_eager_steps():
+    rng = np.random.default_rng(9)
+    x, y = tf.constant(rng.normal(size=(5, 3))), tf.constant(rng.normal(size=(5, 2)))
+    a0 = tf.constant(with_bias_column(rng.normal(size=(2, 5, 3))))
+    g0 = tf.constant(rng.normal(size=(2, 5, 4)))
+    a1 = tf.constant(with_bias_column(rng.normal(size=(2, 5, 4))))
+    g1 = tf.constant(rng.normal(size=(2, 5, 2)))
+    results = {}
+    for mode in ("eager", "graph", "xla"):
+        model = mlp([3, 4, 2], activation="tanh", name="xla", seed=10)
+        opt = DHKFAC(momentum=0.5, inverse_period=1, trust_radius=1e-3)
+        opt.build(model.trainable_variables)
+
+        def step():
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(tf.square(model(x) - y))
+            opt.update_curvature({"xla/d0": (a0, g0), "xla/d1": (a1, g1)})
+            opt.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
+            return loss
+
+        run = step if mode == "eager" else tf.function(step, autograph=False, jit_compile=mode == "xla")
+        for _ in range(2):  # the second step re-decomposes and carries s into the new basis
+            run()
+        # The eigenvectors themselves are sign-ambiguous: left out.
+        results[mode] = weights(model) + [v.numpy() for v in opt.variables if "U_" not in v.path]
+    # Graph mode orders the variable reads and writes as written (automatic control dependencies).
+    for eager, graph in zip(results["eager"], results["graph"]):
+        np.testing.assert_allclose(graph, eager, rtol=1e-12, atol=1e-15)
+    # XLA's CPU eigh (Jacobi) reconstructs a float64 matrix only to ~2e-9 (LAPACK: 5e-16), and the
+    # EKFAC diagonal inherits that.
+    for graph, xla in zip(results["graph"], results["xla"]):
+        np.testing.assert_allclose(xla, graph, rtol=1e-6, atol=1e-9)
+
+
+# --------------------------------------------------------------------------- recurrent policy
+
+
+def test_recurrent_policy_blocks_capture_and_identity_preconditioning():
+    keras.utils.set_random_seed(11)
+    b, t = 5, 3
+    policy = RecurrentPolicy(1, num_blocks=1, width=4, dtype="float64")
+    rng = np.random.default_rng(11)
+    obs = [{"features": tf.constant(rng.normal(size=(b, 2))), "mask": tf.ones((b, 1), F64)} for _ in range(t)]
+    policy(obs[0], tf.zeros((b, 1), F64), policy.initial_state(b, F64))
+    variables = policy.trainable_variables
+    opt = DHKFAC(damping=1.0, learning_rate=1.0, trust_radius=1e-4, diagonal_learning_rate=1e-2)
+    opt.build(variables)
+
+    # Blocks from paths match linear_maps(): same variables, same stacking order, same sizes.
+    maps = policy.linear_maps()
+    names = {name: layer_path(ws[0]) for name, ws, _, _ in maps}
+    assert sorted(names.values()) == sorted(blk.name for blk in opt.kronecker_blocks)
+    assert names["block0/lstm"] == "recurrent_policy/block0_lstm"
+    for name, ws, d_in, d_out in maps:
+        block = opt.kronecker_blocks[[blk.name for blk in opt.kronecker_blocks].index(names[name])]
+        assert [v.path for v in opt.block_variables(names[name])] == [v.path for v in ws]
+        assert (block.dim_a, block.d_out) == (d_in + 1, d_out)
+    assert [v.path for v in opt.diagonal_variables] == [v.path for v in policy.unmapped_variables()]
+
+    # Unroll T = 3 with probes; loss = mean over paths, so the per-path pseudo-gradient is B * dL/dprobe.
+    probes = [{name: tf.zeros((b, d_out), F64) for name, _, _, d_out in maps} for _ in range(t)]
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(probes)
+        state, prev, inputs, loss = policy.initial_state(b, F64), tf.zeros((b, 1), F64), [], 0.0
+        for k in range(t):
+            prev, state, captured = policy.step_with_capture(obs[k], prev, state, probes[k])
+            inputs.append(captured)
+            loss = loss + tf.reduce_mean(tf.square(prev - 0.1 * k))
+    grads = tape.gradient(loss, variables)
+    index = {v.path: i for i, v in enumerate(variables)}
+    captured = {}
+    for name, ws, _, _ in maps:
+        a = tf.stack([with_bias_column(inputs[k][name]) for k in range(t)])
+        g = tf.stack([tape.gradient(loss, probes[k][name]) for k in range(t)])
+        # The capture contract: sum_t a_t^T dL/dprobe_t is the stacked weight gradient.
+        stacked = tf.concat([tf.reshape(grads[index[w.path]], (-1, int(g.shape[-1]))) for w in ws], 0)
+        np.testing.assert_allclose(tf.einsum("tbi,tbj->ij", a, g), stacked, rtol=1e-10, atol=1e-14)
+        captured[names[name]] = (a, b * g)
+    assert bool(opt.update_curvature(captured))
+
+    # rho = 1: every block's curvature is mean(s) * I, so V = grad / mean(s) per block.
+    directions, q = opt.precondition(grads)
+    q_hand = 0.0
+    for name, ws, _, _ in maps:
+        mean_s = float(tf.reduce_mean(opt.block_state(names[name])["s"]))
+        for w in ws:
+            i = index[w.path]
+            np.testing.assert_allclose(directions[i], grads[i] / mean_s, rtol=1e-10)
+            q_hand += float(tf.reduce_sum(tf.square(grads[i]))) / mean_s
+    np.testing.assert_allclose(float(q), q_hand, rtol=1e-10)
+
+    w0 = [v.numpy().copy() for v in variables]
+    opt.apply(grads, variables)
+    eta = min(1.0, np.sqrt(2e-4 / q_hand))
+    for i, v in enumerate(variables):
+        if directions[i] is not None:  # Kronecker blocks: a scaled gradient step
+            np.testing.assert_allclose(v.numpy(), w0[i] - eta * directions[i], rtol=1e-10, atol=1e-15)
+        else:  # the RMSNorm scale: Adam's first step (Keras' epsilon convention: added to sqrt(v))
+            g = grads[i].numpy()
+            step = 1e-2 * g / (np.abs(g) + 1e-8 / np.sqrt(1 - 0.999))
+            np.testing.assert_allclose(v.numpy(), w0[i] - step, rtol=1e-10)
