@@ -227,9 +227,37 @@ class ObjectiveConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class KFACConfig:
+    damping: float = param(0.1, "shrinkage intensity rho of every block towards tr(C)/d I (tikhonov: lambda)",
+                           ge=0.0)
+    damping_mode: Literal["shrinkage", "tikhonov"] = param("shrinkage", "damping of the curvature blocks")
+    ekfac: bool = param(True, "re-estimate the diagonal in the Kronecker eigenbasis (EKFAC)")
+    statistics_decay: float = param(0.95, "EMA decay of the curvature statistics", ge=0.0, lt=1.0)
+    curvature_period: int = param(1, "steps between curvature statistics updates", units="steps", ge=1)
+    inverse_period: int = param(10, "steps between eigendecompositions", units="steps", ge=1)
+    trust_radius: Optional[float] = param(1e-3, "initial trust region delta_0 (null: no trust region)",
+                                          gt=0.0)
+    trust_radius_decay: float = param(0.999, "trust region decay per step", gt=0.0, le=1.0)
+    trust_radius_min: float = param(1e-5, "trust region floor", ge=0.0)
+    momentum: float = param(0.0, "heavy-ball momentum on the preconditioned direction", ge=0.0, lt=1.0)
+    diagonal_learning_rate: float = param(1e-3, "Adam step of variables outside Kronecker blocks "
+                                          "(RMSNorm scales, OCE intercepts)", gt=0.0)
+    ggn_mode: Literal["exact", "sampled"] = param(
+        "exact", "GGN pseudo-gradients: exact rank one (variance term) or sampled with the L2 cost term")
+    ggn_cost_l2: float = param(0.0, "weight c2 of the L2 cost surrogate (ggn_mode = sampled)", ge=0.0)
+    curvature_paths: Optional[int] = param(512, "paths of each batch used for the statistics (null: all)",
+                                           ge=1)
+
+    def check(self, key):
+        if self.damping_mode == "shrinkage" and self.damping > 1.0:
+            raise ConfigError(f"{key}.damping", self.damping, "<= 1.0 for shrinkage damping")
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainingConfig:
-    optimizer: Literal["adam"] = param("adam", "optimizer")
-    learning_rate: float = param(1e-3, "peak learning rate", gt=0.0)
+    optimizer: Literal["adam", "dhkfac"] = param("adam", "optimizer ('dhkfac': the second-order DH-KFAC; "
+                                                 "learning_rate is then its maximum step size)")
+    learning_rate: float = param(1e-3, "peak learning rate (dhkfac: maximum step size eta_max)", gt=0.0)
     warmup_steps: int = param(0, "linear learning-rate warm-up", units="steps", ge=0)
     decay_rate: float = param(1.0, "exponential decay factor per decay_steps after warm-up (1: none)",
                               gt=0.0, le=1.0)
@@ -247,6 +275,7 @@ class TrainingConfig:
     target_loss: Optional[float] = param(None, "stop when the validation loss reaches this value "
                                          "(null: never)")
     jit_compile: Optional[bool] = param(None, "XLA-compile the train step (null: auto = on GPU, off on CPU)")
+    kfac: KFACConfig = section(KFACConfig, "DH-KFAC settings (optimizer = dhkfac)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,6 +325,9 @@ class Config:
                 "european", "call_spread"):
             raise ConfigError("policy.kind", self.policy.kind, "a policy without a Black-Scholes delta for "
                               f"derivative.kind = {d.kind} (delta needs european or call_spread)")
+        if self.training.optimizer == "dhkfac" and self.policy.kind != "recurrent":
+            raise ConfigError("training.optimizer", "dhkfac", "adam unless policy.kind is recurrent (DH-KFAC "
+                              "needs the recurrent policy's curvature capture)")
         if not (self.hedges.spot.enabled or fg.moneyness or self.hedges.fixed_grid.strikes
                 or self.hedges.variance_swap.enabled):
             raise ConfigError("hedges", to_dict(self.hedges), "at least one hedging instrument")

@@ -67,12 +67,21 @@ class Hedger(keras.Model):
       policy: a :class:`deephedge_tf.policies.base.Policy`.
       objective: a :class:`deephedge_tf.objectives.Objective` layer: ``objective(pnl, costs)`` is the
         training loss (its own trainable weights, e.g. an OCE intercept, train with the policy).
+      ggn_mode, ggn_cost_l2: GGN surrogate for curvature optimizers ("exact" rank one, or "sampled"
+        with an L2 cost term of weight ggn_cost_l2); see :mod:`deephedge_tf.curvature`.
+      curvature_gamma: variance weight of the surrogate (None: the objective's gamma, else 1).
+      curvature_paths: statistics from the first this-many paths of each batch (None: all).
     """
 
-    def __init__(self, policy, objective, **kwargs):
+    def __init__(self, policy, objective, ggn_mode: str = "exact", ggn_cost_l2: float = 0.0,
+                 curvature_gamma: float | None = None, curvature_paths: int | None = None, **kwargs):
         super().__init__(**kwargs)
         self.policy = policy
         self.objective = objective
+        # Curvature capture for optimizers with update_curvature (DH-KFAC); see deephedge_tf.curvature.
+        self.ggn_mode, self.ggn_cost_l2 = ggn_mode, float(ggn_cost_l2)
+        self.curvature_gamma = curvature_gamma
+        self.curvature_paths = curvature_paths
         # Keras layers cast floating inputs to their compute dtype: the booking layer must compute in
         # the model's dtype (float64 runs stay float64), and so must the policy and objective.
         self.market_step = MarketStep(name="market_step", dtype=self.dtype_policy)
@@ -93,11 +102,14 @@ class Hedger(keras.Model):
     def unroll(self, batch, training=None):
         """Runs the policy over time on a batch-major batch; returns the outputs dict (actions
         time-major ``[T, B, N]``, see module docstring)."""
-        batch = time_major(batch)
-        actions = policy_rollout(self.policy, batch["obs"], batch["mask"], training=training)
+        tm = time_major(batch)
+        return self._book(tm, policy_rollout(self.policy, tm["obs"], tm["mask"], training=training))
+
+    def _book(self, tm: dict, actions) -> dict:
+        """Outputs dict from time-major batch ``tm`` and actions ``[T, B, N]``."""
         gains, costs, turnover = (tf.reduce_sum(x, axis=0) for x in self.market_step(
-            actions, batch["returns"], batch["premiums"], batch["cost_rates"]))
-        pnl = gains - costs - batch["payoff"]
+            actions, tm["returns"], tm["premiums"], tm["cost_rates"]))
+        pnl = gains - costs - tm["payoff"]
         return {"pnl": pnl, "costs": costs, "gains": gains, "turnover": turnover, "actions": actions}
 
     def call(self, batch, training=None):
@@ -143,19 +155,56 @@ class Hedger(keras.Model):
         self.cost_mean.update_state(tf.reduce_mean(out["costs"]))
         return {m.name: m.result() for m in self.metrics}
 
+    def _uses_curvature(self) -> bool:
+        return hasattr(getattr(self, "optimizer", None), "update_curvature")
+
+    def _gamma(self) -> float:
+        if self.curvature_gamma is not None:
+            return float(self.curvature_gamma)
+        return float(getattr(self.objective, "gamma", 1.0))
+
+    def _forward_with_curvature(self, batch):
+        """Loss, gradients and curvature statistics (handed to the optimizer) in one tape."""
+        from deephedge_tf import curvature
+
+        if not curvature.supports_capture(self.policy):
+            raise ValueError(f"{type(self.optimizer).__name__} needs curvature statistics, which only "
+                             f"policies with step_with_capture/linear_maps provide (the recurrent policy); "
+                             f"{type(self.policy).__name__} has none: use another optimizer")
+        tm = time_major(batch)
+        with tf.GradientTape(persistent=True) as tape:
+            actions, probes, inputs = curvature.capture_rollout(self.policy, tm["obs"], tm["mask"], tape,
+                                                                training=True)
+            out = self._book(tm, actions)
+            loss = self._loss(out)
+        grads = tape.gradient(loss, self.trainable_variables)
+        seed = tf.stack([tf.cast(self.optimizer.iterations, tf.int64), tf.constant(7, tf.int64)])
+        stats = curvature.curvature_statistics(tape, self.policy, out["pnl"], actions, probes, inputs,
+                                               self._gamma(),
+                                               self.ggn_mode, self.ggn_cost_l2, seed, self.curvature_paths)
+        del tape
+        return out, loss, grads, stats
+
     def train_step(self, data):
         batch = data[0] if isinstance(data, tuple) else data
         variables = self.trainable_variables
-        with tf.GradientTape() as tape:
-            out = self.unroll(batch, training=True)
-            loss = self._loss(out)
-        grads = tape.gradient(loss, variables)
+        stats = None
+        if self._uses_curvature():
+            out, loss, grads, stats = self._forward_with_curvature(batch)
+        else:
+            with tf.GradientTape() as tape:
+                out = self.unroll(batch, training=True)
+                loss = self._loss(out)
+            grads = tape.gradient(loss, variables)
         finite = tf.reduce_all(tf.math.is_finite(loss))
         for g in grads:
             if g is not None:
                 finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(g)))
 
         def apply():
+            if stats is not None:
+                # The optimizer skips (and counts) non-finite statistics itself.
+                self.optimizer.update_curvature(stats)
             self.optimizer.apply(grads, variables)
             return tf.constant(0.0, tf.float32)
 
@@ -175,6 +224,8 @@ class Hedger(keras.Model):
     # -- serialisation ---------------------------------------------------------------------
     def get_config(self):
         return {**super().get_config(),
+                "ggn_mode": self.ggn_mode, "ggn_cost_l2": self.ggn_cost_l2,
+                "curvature_gamma": self.curvature_gamma, "curvature_paths": self.curvature_paths,
                 "policy": keras.saving.serialize_keras_object(self.policy),
                 "objective": keras.saving.serialize_keras_object(self.objective)}
 

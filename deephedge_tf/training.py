@@ -73,6 +73,15 @@ def make_optimizer(cfg: Config):
     kwargs = {} if t.clipnorm is None else {"clipnorm": t.clipnorm}
     if t.optimizer == "adam":
         return keras.optimizers.Adam(learning_rate=lr, **kwargs)
+    if t.optimizer == "dhkfac":
+        from deephedge_tf.optimizers import DHKFAC
+
+        k = t.kfac
+        return DHKFAC(learning_rate=lr, damping=k.damping, damping_mode=k.damping_mode, ekfac=k.ekfac,
+                      statistics_decay=k.statistics_decay, curvature_period=k.curvature_period,
+                      inverse_period=k.inverse_period, trust_radius=k.trust_radius,
+                      trust_radius_decay=k.trust_radius_decay, trust_radius_min=k.trust_radius_min,
+                      momentum=k.momentum, diagonal_learning_rate=k.diagonal_learning_rate, **kwargs)
     raise AssertionError(f"unhandled optimizer {t.optimizer!r}")  # config validation forbids it
 
 
@@ -94,7 +103,9 @@ def make_hedger(cfg: Config, parts: RunParts, policy_kind: str | None = None, co
     n = instrument_count(parts)
     policy = make_policy_from_config(cfg, n, policy_kind)
     objective = make_objective(cfg.objective.kind, dtype=cfg.dtype, **cfg.objective.params())
-    hedger = Hedger(policy, objective, dtype=cfg.dtype)
+    k = cfg.training.kfac
+    hedger = Hedger(policy, objective, ggn_mode=k.ggn_mode, ggn_cost_l2=k.ggn_cost_l2,
+                    curvature_paths=k.curvature_paths, dtype=cfg.dtype)
     if compile:
         jit = "auto" if cfg.training.jit_compile is None else cfg.training.jit_compile
         hedger.compile(optimizer=make_optimizer(cfg), jit_compile=jit)
