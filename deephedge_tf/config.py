@@ -235,8 +235,8 @@ class KFACConfig:
     statistics_decay: float = param(0.95, "EMA decay of the curvature statistics", ge=0.0, lt=1.0)
     curvature_period: int = param(1, "steps between curvature statistics updates", units="steps", ge=1)
     inverse_period: int = param(10, "steps between eigendecompositions", units="steps", ge=1)
-    trust_radius: Optional[float] = param(1e-3, "initial trust region delta_0 (null: no trust region)",
-                                          gt=0.0)
+    trust_radius: Optional[float] = param(
+        0.1, "initial trust region delta_0 on the exact quadratic model's curvature term (null: none)", gt=0.0)
     trust_radius_decay: float = param(0.999, "trust region decay per step", gt=0.0, le=1.0)
     trust_radius_min: float = param(1e-5, "trust region floor", ge=0.0)
     momentum: float = param(0.0, "heavy-ball momentum on the preconditioned direction", ge=0.0, lt=1.0)

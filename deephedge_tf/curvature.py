@@ -93,13 +93,19 @@ def action_pseudo_gradients(returns_wrt_actions, gamma: float, mode: str = "exac
 
 
 def curvature_statistics(tape, policy, pnl, actions, probes, inputs, gamma: float, mode: str = "exact",
-                         cost_l2: float = 0.0, seed=None, max_paths=None) -> dict:
-    """``{block name: (a [T, B', d_in + 1], g [T, B', d_out])}`` for ``optimizer.update_curvature``.
+                         cost_l2: float = 0.0, seed=None, max_paths=None):
+    """``({block name: (a [T, B', d_in + 1], g [T, B', d_out])}, r)`` for ``optimizer.update_curvature``,
+    with ``r = dPnL/du`` ``[T, B, N]`` (the returns net of cost sign terms, reused by
+    :func:`directional_curvature`).
 
     ``g`` is per path (not divided by the batch size).  ``max_paths`` keeps the statistics of the first
     ``B'`` paths only (cheaper factors; the pseudo-gradient pass itself covers the batch).
     """
     r = tape.gradient(pnl, actions)  # per path: PnL_b depends on path b's actions only
+    return _statistics(tape, policy, r, actions, probes, inputs, gamma, mode, cost_l2, seed, max_paths), r
+
+
+def _statistics(tape, policy, r, actions, probes, inputs, gamma, mode, cost_l2, seed, max_paths):
     v = tf.stop_gradient(action_pseudo_gradients(r, gamma, mode, cost_l2, seed))
     names = list(probes)
     flat = [p for n in names for p in probes[n]]
@@ -115,3 +121,29 @@ def curvature_statistics(tape, policy, pnl, actions, probes, inputs, gamma: floa
             a, g = a[:, :max_paths], g[:, :max_paths]
         captured[layer_path(weights[0])] = (tf.stop_gradient(a), tf.stop_gradient(g))
     return captured
+
+
+def directional_curvature(policy, obs, mask, variables, tangents, r, gamma: float, cost_l2: float = 0.0,
+                          max_paths=None):
+    """``V^T C V`` for the exact GGN of the surrogate along tangents ``V`` (one per variable).
+
+    One forward-mode pass of the decision loop gives ``J_b V`` (the change of path b's actions); then
+    ``V^T C V = mean_b [2 gamma (r_b . J_b V)^2 + 2 c2 |D J_b V|^2]``.  Runs on the first ``max_paths``
+    paths (the statistics sub-batch).
+    """
+    from deephedge_tf.policies.base import policy_rollout
+
+    if max_paths is not None:
+        obs = {k: v[:, :max_paths] for k, v in obs.items()}
+        mask, r = mask[:, :max_paths], r[:, :max_paths]
+    # Keras variables wrap a tf.Variable (.value): forward-mode autodiff watches the wrapped one.
+    pairs = [(getattr(v, "value", v), tf.cast(t, v.dtype)) for v, t in zip(variables, tangents) if t is not None]
+    with tf.autodiff.ForwardAccumulator([v for v, _ in pairs], [t for _, t in pairs]) as acc:
+        actions = policy_rollout(policy, obs, mask, training=True)
+    jv = acc.jvp(actions, unconnected_gradients=tf.UnconnectedGradients.ZERO)  # [T, B', N]
+    along = tf.reduce_sum(r * jv, axis=[0, 2])  # [B']
+    q = 2.0 * gamma * tf.reduce_mean(tf.square(along))
+    if cost_l2:
+        diff = jv - tf.concat([tf.zeros_like(jv[:1]), jv[:-1]], axis=0)
+        q = q + 2.0 * cost_l2 * tf.reduce_mean(tf.reduce_sum(tf.square(diff), axis=[0, 2]))
+    return q

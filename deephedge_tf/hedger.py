@@ -179,11 +179,29 @@ class Hedger(keras.Model):
             loss = self._loss(out)
         grads = tape.gradient(loss, self.trainable_variables)
         seed = tf.stack([tf.cast(self.optimizer.iterations, tf.int64), tf.constant(7, tf.int64)])
-        stats = curvature.curvature_statistics(tape, self.policy, out["pnl"], actions, probes, inputs,
-                                               self._gamma(),
-                                               self.ggn_mode, self.ggn_cost_l2, seed, self.curvature_paths)
+        stats, r = curvature.curvature_statistics(tape, self.policy, out["pnl"], actions, probes, inputs,
+                                                  self._gamma(), self.ggn_mode, self.ggn_cost_l2, seed,
+                                                  self.curvature_paths)
         del tape
-        return out, loss, grads, stats
+        return out, loss, grads, (stats, tm, r)
+
+    def _curvature_update(self, captured, grads, variables):
+        """Hands the statistics to the optimizer and, when it takes one, the exact quadratic model of
+        the loss along its preconditioned direction (a forward-mode pass of the policy)."""
+        from deephedge_tf import curvature
+
+        stats, tm, r = captured
+        # The optimizer skips (and counts) non-finite statistics itself.
+        self.optimizer.update_curvature(stats)
+        if not hasattr(self.optimizer, "set_step_model") or getattr(self.optimizer, "momentum", 0.0):
+            return
+        directions, _ = self.optimizer.precondition(grads)
+        slope = tf.add_n([tf.reduce_sum(tf.cast(g, tf.float32) * tf.cast(d, tf.float32))
+                          for g, d in zip(grads, directions) if d is not None and g is not None])
+        q = curvature.directional_curvature(self.policy, tm["obs"], tm["mask"], variables, directions, r,
+                                            self._gamma(), self.ggn_cost_l2 if self.ggn_mode == "sampled" else 0.0,
+                                            self.curvature_paths)
+        self.optimizer.set_step_model(q, slope)
 
     def train_step(self, data):
         batch = data[0] if isinstance(data, tuple) else data
@@ -203,8 +221,7 @@ class Hedger(keras.Model):
 
         def apply():
             if stats is not None:
-                # The optimizer skips (and counts) non-finite statistics itself.
-                self.optimizer.update_curvature(stats)
+                self._curvature_update(stats, grads, variables)
             self.optimizer.apply(grads, variables)
             return tf.constant(0.0, tf.float32)
 

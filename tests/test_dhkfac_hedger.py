@@ -35,7 +35,8 @@ def test_captured_statistics_give_the_exact_per_path_ggn_factor():
     with tf.GradientTape(persistent=True) as tape:
         actions, probes, inputs = curvature.capture_rollout(hedger.policy, tm["obs"], tm["mask"], tape)
         out = hedger._book(tm, actions)
-    stats = curvature.curvature_statistics(tape, hedger.policy, out["pnl"], actions, probes, inputs, gamma=10.0)
+    stats, _ = curvature.curvature_statistics(tape, hedger.policy, out["pnl"], actions, probes, inputs,
+                                              gamma=10.0)
     r = tape.gradient(out["pnl"], actions).numpy()  # [T, B, N]
     for name, weights, d_in, d_out in hedger.policy.linear_maps():
         a, g = (x.numpy() for x in stats[layer_path(weights[0])])
@@ -49,6 +50,51 @@ def test_captured_statistics_give_the_exact_per_path_ggn_factor():
             expected = math.sqrt(20.0) * np.einsum("tn,tnij->ij", r[:, b, :], stacked)
             got = np.einsum("ti,tj->ij", a[:, b], g[:, b])
             np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12, err_msg=f"{name} path {b}")
+
+
+def test_directional_curvature_equals_brute_force_ggn():
+    """V^T J^T H J V from forward mode equals the brute-force value from full Jacobians (float64)."""
+    cfg = tiny_cfg()
+    parts = build_parts(cfg)
+    hedger = make_hedger(cfg, parts)
+    batch = make_batch(parts.market.simulate(3), parts.derivative, parts.instruments)
+    hedger.build_from_batch(batch)
+    tm = time_major(batch)
+    variables = hedger.policy.trainable_variables
+    rng = np.random.default_rng(1)
+    tangents = [tf.constant(rng.normal(size=v.shape)) for v in variables]
+    with tf.GradientTape() as tape:
+        tape.watch(tm["obs"]["features"])
+        out = hedger.unroll(batch)
+        pnl = out["pnl"]
+    r = tape.gradient(pnl, out["actions"]).numpy()
+    q = float(curvature.directional_curvature(hedger.policy, tm["obs"], tm["mask"], variables, tangents,
+                                              tf.constant(r), gamma=10.0))
+    expected = 0.0
+    for b in range(3):
+        with tf.GradientTape() as jt:
+            acts = hedger.unroll(batch)["actions"][:, b, :]
+        jac = jt.jacobian(acts, variables)
+        jv = sum(np.tensordot(j.numpy(), t.numpy(), axes=t.shape.rank) for j, t in zip(jac, tangents))
+        expected += 2 * 10.0 * float((r[:, b, :] * jv).sum()) ** 2 / 3
+    assert q == pytest.approx(expected, rel=1e-9)
+
+
+def test_step_model_sets_the_step_to_the_quadratic_minimiser():
+    from deephedge_tf.optimizers import DHKFAC
+
+    w = keras.Variable(np.ones((2, 3)), name="kernel", dtype="float64")
+    opt = DHKFAC(learning_rate=1.0, trust_radius=None)
+    opt.build([w])
+    g = tf.constant(np.full((2, 3), 0.5))
+    opt.set_step_model(curvature_along=4.0, slope=2.0)  # quadratic minimiser along V: 2 / 4
+    opt.apply([g], [w])
+    assert float(opt.step_size.numpy()) == pytest.approx(0.5)
+    opt.apply([g], [w])  # the model is consumed by one step; without it eta = eta_max
+    assert float(opt.step_size.numpy()) == pytest.approx(1.0)
+    opt.set_step_model(curvature_along=float("nan"), slope=2.0)  # invalid models are ignored
+    opt.apply([g], [w])
+    assert float(opt.step_size.numpy()) == pytest.approx(1.0)
 
 
 def test_sampled_ggn_matches_exact_in_expectation_without_l2():

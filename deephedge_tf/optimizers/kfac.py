@@ -238,6 +238,11 @@ class DHKFAC(keras.optimizers.Optimizer):
             (), keras.initializers.Constant(-1), "int64", name="last_inverse_iteration"
         )
         self.step_size = self.add_variable((), "zeros", self._scalar_dtype.name, name="step_size")
+        # Exact curvature along this step's direction, optionally supplied by the model
+        # (set_step_model); consumed and cleared by the next update.
+        self.model_curvature = self.add_variable((), "zeros", self._scalar_dtype.name, name="model_curvature")
+        self.model_slope = self.add_variable((), "zeros", self._scalar_dtype.name, name="model_slope")
+        self.model_valid = self.add_variable((), "zeros", self._scalar_dtype.name, name="model_valid")
 
     # ------------------------------------------------------------------ introspection
 
@@ -468,6 +473,24 @@ class DHKFAC(keras.optimizers.Optimizer):
                 out[i] = part
         return out, self._quadratic(directions)
 
+    def set_step_model(self, curvature_along, slope):
+        """Exact quadratic model of the loss along this step's preconditioned direction ``V``.
+
+        ``curvature_along = V^T C V`` with the model's exact GGN (a Jacobian-vector product, which
+        only the model can compute) and ``slope = grad . V``.  The next update then takes
+        ``eta = min(eta_max, slope / curvature_along, sqrt(2 delta_k / curvature_along))``: the
+        minimiser of the quadratic model along ``V``, within the trust region.  This is the safeguard
+        the Kronecker estimate of ``q`` needs: RNN-KFAC pooling underestimates the curvature scale, so
+        a step sized from it alone overshoots.  Valid for momentum = 0 (``V`` is then the step).
+        """
+        self._require_built()
+        q = tf.cast(curvature_along, self._scalar_dtype)
+        g = tf.cast(slope, self._scalar_dtype)
+        ok = tf.math.is_finite(q) & tf.math.is_finite(g) & (q > 0) & (g > 0)
+        self.assign(self.model_curvature, tf.where(ok, q, tf.ones_like(q)))
+        self.assign(self.model_slope, tf.where(ok, g, tf.zeros_like(g)))
+        self.assign(self.model_valid, tf.cast(ok, self._scalar_dtype))
+
     def current_trust_radius(self):
         """``delta_k`` at the current iteration (``None`` without a trust region)."""
         if self.trust_radius is None:
@@ -504,10 +527,14 @@ class DHKFAC(keras.optimizers.Optimizer):
         grad_by_index = {self._get_variable_index(v): g for g, v in zip(grads, trainable_variables)}
         directions = self._block_directions(grad_by_index, True)
         eta_max = tf.cast(learning_rate, self._scalar_dtype)
+        valid = self.model_valid > 0
+        quad = tf.where(valid, tf.convert_to_tensor(self.model_curvature), self._quadratic(directions))
         if self.trust_radius is None:
             eta = eta_max
         else:
-            eta = curvature.trust_region_step(self._quadratic(directions), eta_max, self.current_trust_radius())
+            eta = curvature.trust_region_step(quad, eta_max, self.current_trust_radius())
+        eta = tf.where(valid, tf.minimum(eta, self.model_slope / self.model_curvature), eta)
+        self.assign(self.model_valid, tf.zeros_like(self.model_valid))
         for k, (direction, _, _) in directions.items():
             block, state = self._kfac_blocks[k], self._kfac_states[k]
             members = [self._trainable_variables[i] for i in block.indices]
