@@ -23,15 +23,20 @@ def tiny_cfg(*extra):
                           *extra])
 
 
-def test_captured_statistics_give_the_exact_per_path_ggn_factor():
-    """sum_t a_t g_t^T of each path equals J_b^T sqrt(2 gamma) dPnL_b/du_b for every block, where J_b is
-    the Jacobian of path b's actions w.r.t. the block's stacked weights (brute force, float64)."""
+def tiny_hedger_on_three_paths():
+    """(built float64 hedger, batch-major batch of 3 paths, the same batch time-major)."""
     cfg = tiny_cfg()
     parts = build_parts(cfg)
     hedger = make_hedger(cfg, parts)
     batch = make_batch(parts.market.simulate(3), parts.derivative, parts.instruments)
     hedger.build_from_batch(batch)
-    tm = time_major(batch)
+    return hedger, batch, time_major(batch)
+
+
+def test_captured_statistics_give_the_exact_per_path_ggn_factor():
+    """sum_t a_t g_t^T of each path equals J_b^T sqrt(2 gamma) dPnL_b/du_b for every block, where J_b is
+    the Jacobian of path b's actions w.r.t. the block's stacked weights (brute force, float64)."""
+    hedger, batch, tm = tiny_hedger_on_three_paths()
     with tf.GradientTape(persistent=True) as tape:
         actions, probes, inputs = curvature.capture_rollout(hedger.policy, tm["obs"], tm["mask"], tape)
         out = hedger._book(tm, actions)
@@ -54,12 +59,7 @@ def test_captured_statistics_give_the_exact_per_path_ggn_factor():
 
 def test_directional_curvature_equals_brute_force_ggn():
     """V^T J^T H J V from forward mode equals the brute-force value from full Jacobians (float64)."""
-    cfg = tiny_cfg()
-    parts = build_parts(cfg)
-    hedger = make_hedger(cfg, parts)
-    batch = make_batch(parts.market.simulate(3), parts.derivative, parts.instruments)
-    hedger.build_from_batch(batch)
-    tm = time_major(batch)
+    hedger, batch, tm = tiny_hedger_on_three_paths()
     variables = hedger.policy.trainable_variables
     rng = np.random.default_rng(1)
     tangents = [tf.constant(rng.normal(size=v.shape)) for v in variables]
