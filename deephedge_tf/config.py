@@ -200,13 +200,16 @@ class PolicyConfig:
     num_layers: int = param(2, "hidden layers (mlp, band networks)", ge=1)
     activation: Literal["relu", "tanh", "gelu", "silu", "elu"] = param("relu", "hidden activation (mlp)")
     risk_aversion: float = param(1.0, "risk aversion of the Whalley-Wilmott band", gt=0.0)
+    band_anchor: Literal["none", "bs_delta"] = param(
+        "none", "no_transaction_band: the network outputs the band edges ('none', the paper's text) or "
+        "offsets around the Black-Scholes delta ('bs_delta', the authors' reference code)")
 
     def params(self, spot_cost: float) -> dict:
         """Keyword parameters of :func:`deephedge_tf.policies.make_policy` for this kind."""
         by_kind = {
             "recurrent": dict(num_blocks=self.num_blocks, width=self.width, head_scale=self.head_scale),
             "mlp": dict(num_layers=self.num_layers, width=self.width, activation=self.activation),
-            "no_transaction_band": dict(num_layers=self.num_layers, width=self.width),
+            "no_transaction_band": dict(num_layers=self.num_layers, width=self.width, anchor=self.band_anchor),
             "delta_band": dict(num_layers=self.num_layers, width=self.width),
             "whalley_wilmott": dict(risk_aversion=self.risk_aversion, cost=spot_cost),
         }
