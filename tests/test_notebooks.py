@@ -15,6 +15,8 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.i
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs(path, monkeypatch):
     monkeypatch.setenv("DH_NOTEBOOK_PATHS", "4000")
+    monkeypatch.setenv("DH_NOTEBOOK_EPOCHS", "2")
+    monkeypatch.chdir(path.parent)  # notebooks run from their own folder, as in Jupyter
     cells = json.loads(path.read_text())["cells"]
     namespace = {"__name__": "__notebook__"}
     for i, cell in enumerate(cells):
