@@ -201,8 +201,9 @@ class PolicyConfig:
     activation: Literal["relu", "tanh", "gelu", "silu", "elu"] = param("relu", "hidden activation (mlp)")
     risk_aversion: float = param(1.0, "risk aversion of the Whalley-Wilmott band", gt=0.0)
     band_anchor: Literal["none", "bs_delta"] = param(
-        "none", "no_transaction_band: the network outputs the band edges ('none', the paper's text) or "
-        "offsets around the Black-Scholes delta ('bs_delta', the authors' reference code)")
+        "bs_delta", "no_transaction_band: offsets around the Black-Scholes delta ('bs_delta', the authors' "
+        "reference code, which gives the published price) or the band edges themselves ('none', the "
+        "paper's text; can stall at never trading, see BENCHMARKS.md)")
 
     def params(self, spot_cost: float) -> dict:
         """Keyword parameters of :func:`deephedge_tf.policies.make_policy` for this kind."""
@@ -324,7 +325,9 @@ class Config:
         if self.policy.kind in needs_spot and not self.hedges.spot.enabled:
             raise ConfigError("policy.kind", self.policy.kind, "a policy that does not need the spot, or "
                               "hedges.spot.enabled = true")
-        if self.policy.kind in ("delta_band", "bs_delta", "whalley_wilmott") and d.kind not in (
+        uses_delta = self.policy.kind in ("delta_band", "bs_delta", "whalley_wilmott") or (
+            self.policy.kind == "no_transaction_band" and self.policy.band_anchor == "bs_delta")
+        if uses_delta and d.kind not in (
                 "european", "call_spread"):
             raise ConfigError("policy.kind", self.policy.kind, "a policy without a Black-Scholes delta for "
                               f"derivative.kind = {d.kind} (delta needs european or call_spread)")

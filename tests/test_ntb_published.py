@@ -1,0 +1,140 @@
+"""The no-transaction band network against the published European-call premium (Imaki et al. 2021).
+
+Published (pfnet-research/NoTransactionBandNetwork notebook, one run; shared/design/REFERENCE-VALUES.md):
+GBM sigma 0.2, S0 = K = 1, T = 30/365, dt = 1/365, cost 1e-3 on the spot, entropic risk a = 1: premium
+(entropic indifference price of the hedged short call) 0.022544 for the band network, 0.022771 for
+the feed-forward network.
+
+A small, seeded version of ``benchmarks/ntb_experiment.py`` (see the full-size run in BENCHMARKS.md,
+section "No-transaction band network vs MLP (Imaki et al.)"):
+
+* the grid is the one the reference code actually simulates (28 daily steps, drift -sigma^2/28; see
+  the benchmark's docstring): on the nominal 30-step grid every price is ~0.0009 higher, the
+  no-hedge price included;
+* the band network is ``configs/ntb_bs_call.yaml``: the reference code's band, anchored on the
+  Black-Scholes delta (``band_anchor: bs_delta``), the network behind the published number; the MLP is
+  ``configs/mlp_bs_call.yaml``;
+* both train for 30 Adam steps of 4096 fresh paths (seed 0, same paths for both) and are evaluated,
+  with the no-hedge and Black-Scholes-delta baselines, on the same 65,536 out-of-sample paths.
+
+What a = 1 allows one to check.  With a = 1 the risk aversion is small against the PnL scale
+(~0.03), so the optimal hedge trades little and beats not hedging by only ~1e-4: in the full-size run
+the band network prices 7e-5 (this grid) to 1.2e-4 (nominal grid) below no hedge, and the published
+band premium is ~1e-4 below the no-hedge price on its grid (0.022641 +- 0.000048 there), while the
+complete Black-Scholes delta hedge pays ~2e-3 of costs and prices 7% higher.  So "beats the
+unhedged price by a wide margin" cannot hold for any strategy here; the wide margin is against the
+delta hedge, and against no hedge the test asks for a small but strict improvement.  Tolerances,
+from the full run and from seeds 0, 1, 2 of this small run on the test's evaluation paths (NTB
+0.022485 to 0.022539, MLP 0.022556 to 0.022565, no hedge 0.022569, delta hedge 0.024266; the test
+uses seed 0):
+
+* (a) NTB price within 2% (4.5e-4) of 0.022544: ~3.5 standard errors of a 65,536-path price
+  (1.3e-4); the small runs land within 0.3%.  The delta hedge (+7.6%) fails it; so does a band
+  network trained on the sign-flipped objective (0.02426) or one that ignores the current position
+  and holds the band's middle (0.02408).
+* (b) NTB and MLP at least 1e-3 below the delta hedge, and at or below the no-hedge price: NTB by at
+  least 1e-5 (the small runs: 3.0e-5 to 8.4e-5 below, paired s.e. 4e-5 to 6e-5: a seeded check, not
+  a resolved one), MLP within 5e-5 (the small runs: 4e-6 to 1.3e-5 below); the NTB must trade (a band
+  that never binds is the no-hedge strategy and would pass everything else).
+* (c) NTB at most MLP + 5e-5 (the published ordering).  The small runs give NTB - MLP = -2.7e-5 to
+  -7.1e-5 with a paired standard error ~3e-5: the ordering is seen but only marginally resolved at
+  this size, so the tolerance forbids a clearly worse band network rather than asserting the order.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deephedge_tf.config import load_config
+from deephedge_tf.features import make_batch
+from deephedge_tf.training import build_parts, fit_hedger, make_hedger
+
+REPO = Path(__file__).resolve().parents[1]
+PUBLISHED_NTB = 0.022544
+PUBLISHED_MLP = 0.022771
+EVAL_PATHS = 65_536
+EVAL_SEED = 12_345
+SMALL = ["seed=0", "training.batch_size=4096", "training.batches_per_epoch=10", "training.epochs=3",
+         "training.validation_paths=1024"]
+
+pytestmark = pytest.mark.slow
+
+
+def published_grid(sigma: float) -> list[str]:
+    """28 daily steps and drift -sigma^2/28: the grid of the reference code (see module docstring)."""
+    return ["time.steps=28", f"market.gbm.mu={-sigma * sigma / 28.0!r}"]
+
+
+def small_config(name: str):
+    cfg = load_config(REPO / "configs" / name, SMALL)
+    return load_config(REPO / "configs" / name, SMALL + published_grid(cfg.market.gbm.sigma))
+
+
+def entropic(pnl, a: float = 1.0) -> float:
+    z = -a * np.asarray(pnl, np.float64)
+    return float((z.max() + np.log(np.mean(np.exp(z - z.max())))) / a)
+
+
+def entropic_se(pnl, a: float = 1.0) -> float:
+    """Delta-method standard error of ``entropic``."""
+    z = -a * np.asarray(pnl, np.float64)
+    w = np.exp(z - z.max())
+    w /= w.mean()
+    return float(w.std(ddof=1) / (a * math.sqrt(w.size)))
+
+
+@pytest.fixture(scope="module")
+def results():
+    ntb_cfg, mlp_cfg = small_config("ntb_bs_call.yaml"), small_config("mlp_bs_call.yaml")
+    assert (ntb_cfg.policy.kind, mlp_cfg.policy.kind) == ("no_transaction_band", "mlp")
+    assert ntb_cfg.policy.band_anchor == "bs_delta"
+    assert ntb_cfg.objective.kind == "entropic" and ntb_cfg.objective.a == 1.0
+    assert ntb_cfg.hedges.spot.cost == 1e-3 and ntb_cfg.time.steps == 28
+    parts = build_parts(ntb_cfg)
+    ntb = make_hedger(ntb_cfg, parts)
+    fit_hedger(ntb_cfg, ntb, parts, verbose=0)
+    mlp = make_hedger(mlp_cfg, parts)
+    fit_hedger(mlp_cfg, mlp, parts, verbose=0)
+    baselines = {k: make_hedger(ntb_cfg, parts, policy_kind=k, compile=False) for k in ("no_hedge", "bs_delta")}
+    models = {"ntb": ntb, "mlp": mlp, **baselines}
+    out = {name: {"pnl": [], "costs": []} for name in models}
+    for start in range(0, EVAL_PATHS, 8192):
+        batch = make_batch(parts.market.simulate(8192, start=start, seed=EVAL_SEED), parts.derivative,
+                           parts.instruments)
+        for name, model in models.items():
+            o = model(batch, training=False)
+            out[name]["pnl"].append(o["pnl"].numpy())
+            out[name]["costs"].append(o["costs"].numpy())
+    out = {name: {k: np.concatenate(v) for k, v in o.items()} for name, o in out.items()}
+    for o in out.values():
+        o["price"] = entropic(o["pnl"])
+        o["cost"] = float(np.mean(o["costs"]))
+    return out
+
+
+def test_ntb_price_is_the_published_premium(results):
+    price = results["ntb"]["price"]
+    assert entropic_se(results["ntb"]["pnl"]) < 2e-4
+    assert price == pytest.approx(PUBLISHED_NTB, rel=0.02), {k: v["price"] for k, v in results.items()}
+
+
+def test_both_beat_the_delta_hedge_widely_and_no_hedge_narrowly(results):
+    p = {k: v["price"] for k, v in results.items()}
+    for name in ("ntb", "mlp"):
+        assert p[name] < p["bs_delta"] - 1e-3, p
+    assert p["ntb"] < p["no_hedge"] - 1e-5, p
+    assert p["mlp"] < p["no_hedge"] + 5e-5, p
+    assert results["ntb"]["cost"] > 5e-5, "the band network never trades: its band never binds"
+    assert results["ntb"]["cost"] < 0.5 * results["bs_delta"]["cost"]
+
+
+def test_ntb_is_no_worse_than_the_mlp(results):
+    p = {k: v["price"] for k, v in results.items()}
+    assert p["ntb"] <= p["mlp"] + 5e-5, p
+    # The published feed-forward premium is above the published band premium by 2.3e-4; ours must not
+    # be above it by more than the same tolerance as (a).
+    assert p["mlp"] == pytest.approx(PUBLISHED_MLP, rel=0.02), p
