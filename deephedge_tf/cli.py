@@ -5,6 +5,7 @@ Commands:
                                              against baselines out of sample, write DIR
   evaluate RUN_DIR [--paths N]               re-evaluate a trained run (metrics, report, plots)
   export RUN_DIR --out PATH                  SavedModel of a trained run's policy
+  benchmark kfac-vs-adam --config C --out D  DH-KFAC vs a tuned Adam: steps and wall time to a target
   simulate CONFIG --out DIR [--set k=v ...]  simulate the market, price the derivative (Monte Carlo
                                              vs reference) and check the hedging instruments
   config show CONFIG [--set k=v ...]     print the resolved config (every value, defaults included)
@@ -44,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="SavedModel of a trained run's policy")
     ex.add_argument("run_dir", help="directory written by `deephedge train`")
     ex.add_argument("--out", required=True, help="SavedModel directory to write (replaced if present)")
+
+    from deephedge_tf.benchmark import add_benchmark_parser
+
+    add_benchmark_parser(sub)
 
     sim = sub.add_parser("simulate", help="market and pricing report")
     _add_config_args(sim)
@@ -96,6 +101,10 @@ def main(argv=None) -> int:
                 raise ConfigError("--paths", args.paths, "an integer >= 2")
             evaluate_job(Path(args.run_dir), args.paths)
             return 0
+        if args.command == "benchmark":
+            from deephedge_tf.benchmark import run_benchmark
+
+            return run_benchmark(args)
         if args.command == "export":
             from deephedge_tf.run import export_job
 
