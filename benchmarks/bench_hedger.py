@@ -12,14 +12,13 @@ Usage (repo root, project venv):
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 
 import keras
 import tensorflow as tf
 
+import report
 from deephedge_tf.config import from_dict
 from deephedge_tf.features import make_batch
 from deephedge_tf.training import build_parts, make_hedger
@@ -61,18 +60,13 @@ def main(argv=None) -> int:
             print(f"T={t} jit={jit}: first call {first:.1f} s, step {per_step * 1e3:.0f} ms", flush=True)
     cmd = "python benchmarks/bench_hedger.py " + " ".join(
         ["--steps", *map(str, args.steps), "--batch", str(args.batch)] + (["--jit"] if args.jit else []))
-    lines = [f"### Hedger train step: compile and step time ({time.strftime('%Y-%m-%d')})", "",
-             f"Command: `{cmd}`  ",
-             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, TensorFlow {tf.__version__}; "
-             f"recurrent policy 4 x 32, spot hedge, B = {args.batch}, Adam; step time best of {args.repeats}.", "",
-             "| T | XLA | first call (trace + compile + 1 step) | step | first / step |",
-             "|---:|---|---:|---:|---:|"]
-    lines += [f"| {t} | {'on' if j else 'off'} | {f:.1f} s | {s * 1e3:.0f} ms | {f / s:.0f} |" for t, j, f, s in rows]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        with open(args.write, "a") as fh:
-            fh.write("\n" + text)
+    text = report.section(
+        "Hedger train step: compile and step time", cmd,
+        f"recurrent policy 4 x 32, spot hedge, B = {args.batch}, Adam; step time best of {args.repeats}.",
+        ["T", "XLA", "first call (trace + compile + 1 step)", "step", "first / step"],
+        ["---:", "---", "---:", "---:", "---:"],
+        [[t, "on" if j else "off", f"{f:.1f} s", f"{s * 1e3:.0f} ms", f"{f / s:.0f}"] for t, j, f, s in rows])
+    report.publish(text, args.write)
     return 0
 
 

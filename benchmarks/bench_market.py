@@ -15,8 +15,6 @@ Each timing is the best of ``--repeats`` runs after one warm-up run.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 
@@ -24,6 +22,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+import report
 from deephedge_tf.market.gbm import simulate_gbm
 from deephedge_tf.market.heston import simulate_heston
 from deephedge_tf.pricing.heston import heston_price_tf
@@ -98,17 +97,10 @@ def main(argv=None) -> int:
     paths, steps = (1024, 30) if args.quick else (8192, 240)
     rows = bench_paths(paths, steps, args.repeats) + bench_pricing(paths, 30 if args.quick else 60, args.repeats)
     cmd = "python benchmarks/bench_market.py" + (" --quick" if args.quick else "")
-    lines = [f"### Market and pricing throughput ({time.strftime('%Y-%m-%d')})", "",
-             f"Command: `{cmd}`  ",
-             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, TensorFlow {tf.__version__}, "
-             f"Python {platform.python_version()}; best of {args.repeats} after a warm-up.", "",
-             "| what | throughput | unit |", "|---|---:|---|"]
-    lines += [f"| {name} | {value:,.0f} | {unit} |" for name, value, unit in rows]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        with open(args.write, "a") as f:
-            f.write("\n" + text)
+    text = report.section("Market and pricing throughput", cmd, f"best of {args.repeats} after a warm-up.",
+                          ["what", "throughput", "unit"], ["---", "---:", "---"],
+                          [[name, f"{value:,.0f}", unit] for name, value, unit in rows])
+    report.publish(text, args.write)
     return 0
 
 
