@@ -63,8 +63,9 @@ MIN_FIXED_TRAINING_PATHS = 65536
 # The goal this benchmark checks: DH-KFAC reaches the target in at most this fraction of Adam's steps.
 GOAL_STEP_FRACTION = 0.25
 
-DEFAULTS = dict(seeds=(0, 1), adam_steps=400, kfac_steps=200, sweep_steps=150, eval_every=10,
-                target_factor=1.01, lrs=(1e-3, 3e-3, 1e-2), kfac_lr=1.0)
+# The budgets of the configs/cliquet_small.yaml run in BENCHMARKS.md (about 17 minutes on 2 CPU cores).
+DEFAULTS = dict(seeds=(0, 1), adam_steps=400, kfac_steps=150, sweep_steps=80, eval_every=10,
+                target_factor=1.01, lrs=(3e-4, 1e-3, 3e-3), kfac_lr=1.0)
 
 
 # -- command line ----------------------------------------------------------------------------------
@@ -75,7 +76,10 @@ def add_benchmark_parser(subparsers) -> argparse.ArgumentParser:
     bench = subparsers.add_parser("benchmark", help="optimizer benchmarks (steps and wall time to a target)")
     sub = bench.add_subparsers(dest="benchmark_command", required=True)
     p = sub.add_parser("kfac-vs-adam", help="DH-KFAC vs a tuned Adam to a validation-loss target",
-                       description=__doc__.split("\n\n")[1],
+                       description="Adam (learning rate swept, warm-up, decay, clipping) and DH-KFAC train "
+                       "on the same paths and seeds; the target is --target-factor x Adam's best validation "
+                       "loss per seed; writes steps and wall time to the target, per-step times and "
+                       "learning curves.  See the deephedge_tf.benchmark module docstring.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", required=True, help="YAML config (e.g. configs/cliquet_small.yaml)")
     p.add_argument("--out", required=True, help="output directory (created): results.json, learning_curves.png")
@@ -541,6 +545,7 @@ def _summarise(runs, seeds, target_factor) -> dict:
         tail = [p["val_loss"] for p in a["curve"][-5:]]
         # How much Adam's validation loss still moves between evaluations at the end (relative).
         row["adam_tail_relative_spread"] = float((max(tail) - min(tail)) / a["best_val_loss"]) if tail else None
+        row["matched_loss"] = matched_loss(a["curve"], k["curve"])
         if k["reached"]:
             row["step_ratio"] = k["steps_to_target"] / a["steps_to_target"]
             row["wall_ratio"] = k["wall_s_to_target"] / a["wall_s_to_target"] if a["wall_s_to_target"] else None
@@ -560,6 +565,23 @@ def _summarise(runs, seeds, target_factor) -> dict:
                 goal=dict(description=f"DH-KFAC reaches the target in <= {GOAL_STEP_FRACTION:g} x Adam's steps "
                           "and in less wall time than Adam, in every seed",
                           steps=goal_steps, wall=goal_wall, met=goal_steps and goal_wall))
+
+
+def matched_loss(adam_curve, kfac_curve) -> list:
+    """For each DH-KFAC evaluation, the first Adam evaluation at or below the same validation loss:
+    the step and wall-time ratios at equal loss, for every loss level DH-KFAC reached (not only the
+    target).  ``adam_step`` is None where Adam never got that low."""
+    rows = []
+    for point in kfac_curve[1:]:
+        if not math.isfinite(point["val_loss"]):
+            continue
+        hit = first_at_or_below(adam_curve, point["val_loss"])
+        rows.append(dict(val_loss=point["val_loss"], kfac_step=point["step"], kfac_wall_s=point["wall_s"],
+                         adam_step=None if hit is None else hit["step"],
+                         adam_wall_s=None if hit is None else hit["wall_s"],
+                         step_ratio=None if hit is None else point["step"] / hit["step"],
+                         wall_ratio=None if hit is None or not hit["wall_s"] else point["wall_s"] / hit["wall_s"]))
+    return rows
 
 
 def _machine(load_start) -> dict:
@@ -656,7 +678,8 @@ def plot_benchmark_curves(results: dict, path) -> str:
     fig = Figure(figsize=(11.0, 4.6))
     axes = fig.subplots(1, 2)
     positive = all(p["val_loss"] > 0 for r in runs for p in r["curve"] if math.isfinite(p["val_loss"]))
-    for ax, x_key, x_label in ((axes[0], "step", "training steps"), (axes[1], "wall_s", "wall time (s, training steps only)")):
+    panels = ((axes[0], "step", "training steps"), (axes[1], "wall_s", "wall time (s, training steps only)"))
+    for ax, x_key, x_label in panels:
         for r in runs:
             xs = [p[x_key] for p in r["curve"]]
             ys = [p["val_loss"] if math.isfinite(p["val_loss"]) else np.nan for p in r["curve"]]

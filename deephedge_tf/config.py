@@ -255,6 +255,9 @@ class KFACConfig:
     def check(self, key):
         if self.damping_mode == "shrinkage" and self.damping > 1.0:
             raise ConfigError(f"{key}.damping", self.damping, "<= 1.0 for shrinkage damping")
+        if self.trust_radius is not None and self.trust_radius < self.trust_radius_min:
+            raise ConfigError(f"{key}.trust_radius", self.trust_radius,
+                              f">= trust_radius_min ({self.trust_radius_min}); it would be clamped to it")
 
 
 @dataclasses.dataclass(frozen=True)

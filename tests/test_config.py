@@ -94,6 +94,7 @@ ERROR_CASES = [
     (["policy.kind=bs_delta", "hedges.spot.enabled=false", "hedges.variance_swap.enabled=true"], "policy.kind",
      "hedges.spot.enabled"),
     (["training.kfac.damping=1.5"], "training.kfac.damping", "<= 1.0"),
+    (["training.kfac.trust_radius=1e-6"], "training.kfac.trust_radius", ">= trust_radius_min"),
     (["objective.alpha=1.0"], "objective.alpha", "< 1.0"),
     (["policy.band_anchor=delta"], "policy.band_anchor", "'none', 'bs_delta'"),
     (["dtype=float16"], "dtype", "'float32', 'float64'"),
