@@ -205,8 +205,9 @@ class PolicyConfig:
         "reference code, which gives the published price) or the band edges themselves ('none', the "
         "paper's text; can stall at never trading, see BENCHMARKS.md)")
 
-    def params(self, spot_cost: float) -> dict:
-        """Keyword parameters of :func:`deephedge_tf.policies.make_policy` for this kind."""
+    def params(self, spot_cost: float, kind: Optional[str] = None) -> dict:
+        """Keyword parameters of :func:`deephedge_tf.policies.make_policy` for ``kind`` (default: this
+        section's kind; another kind, e.g. a baseline, takes its parameters from this section too)."""
         by_kind = {
             "recurrent": dict(num_blocks=self.num_blocks, width=self.width, head_scale=self.head_scale),
             "mlp": dict(num_layers=self.num_layers, width=self.width, activation=self.activation),
@@ -214,7 +215,7 @@ class PolicyConfig:
             "delta_band": dict(num_layers=self.num_layers, width=self.width),
             "whalley_wilmott": dict(risk_aversion=self.risk_aversion, cost=spot_cost),
         }
-        return by_kind.get(self.kind, {})
+        return by_kind.get(kind or self.kind, {})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,6 +28,7 @@ from deephedge_tf.builders import build_hedges, build_market, floating_grid_prem
 from deephedge_tf.config import Config, dump_config
 from deephedge_tf.instruments.derivatives import CallSpread, EuropeanOption, derivative_from_config
 from deephedge_tf.instruments.hedges import hedge_tensors, option_is_call
+from deephedge_tf.training import instrument_names
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -287,7 +288,7 @@ def export_run(cfg: Config, hedger, parts, path: Path) -> Path:
 
     example = make_batch(parts.market.simulate(2), parts.derivative, parts.instruments)
     return export_hedger(hedger, example, path, feature_names=list(feature_names(parts.derivative)),
-                         instrument_names=_instrument_names(parts), overwrite=True)
+                         instrument_names=instrument_names(parts), overwrite=True)
 
 
 def export_job(run_dir: Path, path: Path, echo=print) -> Path:
@@ -340,7 +341,7 @@ def evaluate_run(cfg: Config, hedger, parts, out: Path, train: dict | None, echo
         plots = out / "plots"
         plot_pnl_histograms({k: v["pnl"] for k, v in outputs.items()}, plots / "pnl_histograms.png")
         plot_hedges_over_time(np.cumsum(hedged["actions"], axis=0), plots / "positions.png",
-                              instrument_names=_instrument_names(parts))
+                              instrument_names=instrument_names(parts))
     with pd.option_context("display.width", 200, "display.max_columns", 50):
         echo(table[list(SUMMARY_COLUMNS)].to_string(float_format=lambda x: f"{x:.5g}"))
     echo(f"(every column: {out / 'metrics.csv'})")
@@ -348,8 +349,3 @@ def evaluate_run(cfg: Config, hedger, parts, out: Path, train: dict | None, echo
          + (f" (model price {ref:.5g}, {method})" if ref is not None else ""))
     echo(f"wrote {out}")
     return report
-
-
-def _instrument_names(parts) -> list:
-    paths = parts.market.simulate(1)
-    return [n for i in parts.instruments for n in i.tensors(paths).names]

@@ -41,10 +41,10 @@ def build_parts(cfg: Config) -> RunParts:
     return RunParts(build_market(cfg), derivative_from_config(cfg), build_hedges(cfg))
 
 
-def instrument_count(parts: RunParts) -> int:
-    """Number of hedging instruments N (columns of actions), from a one-path batch."""
+def instrument_names(parts: RunParts) -> list[str]:
+    """Names of the hedging instruments in action-column order (N of them), from a one-path batch."""
     paths = parts.market.simulate(1)
-    return sum(int(i.tensors(paths).returns.shape[-1]) for i in parts.instruments)
+    return [n for i in parts.instruments for n in i.tensors(paths).names]
 
 
 @keras.saving.register_keras_serializable(package="deephedge_tf")
@@ -87,9 +87,7 @@ def make_optimizer(cfg: Config):
 
 def make_policy_from_config(cfg: Config, num_instruments: int, kind: str | None = None, name=None):
     kind = kind or cfg.policy.kind
-    params = cfg.policy.params(cfg.hedges.spot.cost) if kind == cfg.policy.kind else (
-        dict(cost=cfg.hedges.spot.cost, risk_aversion=cfg.policy.risk_aversion) if kind == "whalley_wilmott"
-        else {})
+    params = cfg.policy.params(cfg.hedges.spot.cost, kind)
     return make_policy(kind, num_instruments, dtype=cfg.dtype, name=name or kind, **params)
 
 
@@ -100,7 +98,7 @@ def make_hedger(cfg: Config, parts: RunParts, policy_kind: str | None = None, co
     the same initial weights in every process.
     """
     keras.utils.set_random_seed(cfg.seed)
-    n = instrument_count(parts)
+    n = len(instrument_names(parts))
     policy = make_policy_from_config(cfg, n, policy_kind)
     objective = make_objective(cfg.objective.kind, dtype=cfg.dtype, **cfg.objective.params())
     k = cfg.training.kfac
