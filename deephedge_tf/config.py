@@ -245,6 +245,10 @@ class KFACConfig:
     trust_radius_decay: float = param(0.999, "trust region decay per step", gt=0.0, le=1.0)
     trust_radius_min: float = param(1e-5, "trust region floor", ge=0.0)
     momentum: float = param(0.0, "heavy-ball momentum on the preconditioned direction", ge=0.0, lt=1.0)
+    step_model: Literal["kronecker", "line", "subspace"] = param(
+        "line", "step size from the Kronecker curvature and trust region (kronecker, the paper's rule), the "
+        "exact quadratic model along the preconditioned direction (line), or step size and momentum from the "
+        "exact model over that direction and the previous step (subspace; Martens & Grosse 2015, sec. 7)")
     diagonal_learning_rate: float = param(1e-3, "Adam step of variables outside Kronecker blocks "
                                           "(RMSNorm scales, OCE intercepts)", gt=0.0)
     ggn_mode: Literal["exact", "sampled"] = param(
@@ -256,6 +260,8 @@ class KFACConfig:
     def check(self, key):
         if self.damping_mode == "shrinkage" and self.damping > 1.0:
             raise ConfigError(f"{key}.damping", self.damping, "<= 1.0 for shrinkage damping")
+        if self.momentum and self.step_model != "kronecker":
+            raise ConfigError(f"{key}.momentum", self.momentum, "0 unless step_model is kronecker")
         if self.trust_radius is not None and self.trust_radius < self.trust_radius_min:
             raise ConfigError(f"{key}.trust_radius", self.trust_radius,
                               f">= trust_radius_min ({self.trust_radius_min}); it would be clamped to it")

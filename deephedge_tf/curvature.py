@@ -102,10 +102,13 @@ def curvature_statistics(tape, policy, pnl, actions, probes, inputs, gamma: floa
     ``B'`` paths only (cheaper factors; the pseudo-gradient pass itself covers the batch).
     """
     r = tape.gradient(pnl, actions)  # per path: PnL_b depends on path b's actions only
-    return _statistics(tape, policy, r, actions, probes, inputs, gamma, mode, cost_l2, seed, max_paths), r
+    return pseudo_gradient_statistics(tape, policy, r, actions, probes, inputs, gamma, mode, cost_l2, seed,
+                                      max_paths), r
 
 
-def _statistics(tape, policy, r, actions, probes, inputs, gamma, mode, cost_l2, seed, max_paths):
+def pseudo_gradient_statistics(tape, policy, r, actions, probes, inputs, gamma, mode="exact", cost_l2=0.0,
+                               seed=None, max_paths=None):
+    """The statistics dict of :func:`curvature_statistics` from a known ``r = dPnL/du``."""
     v = tf.stop_gradient(action_pseudo_gradients(r, gamma, mode, cost_l2, seed))
     names = list(probes)
     flat = [p for n in names for p in probes[n]]
@@ -113,7 +116,9 @@ def _statistics(tape, policy, r, actions, probes, inputs, gamma, mode, cost_l2, 
     captured, i = {}, 0
     for name, weights, _, _ in policy.linear_maps():
         n = len(probes[name])
-        g = tf.stack([tf.zeros_like(p) if gr is None else gr for p, gr in zip(probes[name], grads[i:i + n])])
+        # Inside a tf.cond branch the tape's gradients lose their static shape: restore the probe's.
+        g = tf.stack([tf.zeros_like(p) if gr is None else tf.ensure_shape(gr, p.shape)
+                      for p, gr in zip(probes[name], grads[i:i + n])])
         i += n
         a = tf.stack(inputs[name])
         a = tf.concat([a, tf.ones_like(a[..., :1])], axis=-1)
@@ -121,6 +126,38 @@ def _statistics(tape, policy, r, actions, probes, inputs, gamma, mode, cost_l2, 
             a, g = a[:, :max_paths], g[:, :max_paths]
         captured[layer_path(weights[0])] = (tf.stop_gradient(a), tf.stop_gradient(g))
     return captured
+
+
+def action_jvp(policy, obs, mask, variables, tangents, max_paths=None):
+    """``J V``: the change of every path's actions ``[T, B', N]`` along tangents ``V`` (one per
+    variable, ``None`` for none), by one forward-mode pass of the decision loop on the first
+    ``max_paths`` paths."""
+    from deephedge_tf.policies.base import policy_rollout
+
+    if max_paths is not None:
+        obs = {k: v[:, :max_paths] for k, v in obs.items()}
+        mask = mask[:, :max_paths]
+    # Keras variables wrap a tf.Variable (.value): forward-mode autodiff watches the wrapped one.
+    pairs = [(getattr(v, "value", v), tf.cast(t, v.dtype)) for v, t in zip(variables, tangents) if t is not None]
+    with tf.autodiff.ForwardAccumulator([v for v, _ in pairs], [t for _, t in pairs]) as acc:
+        actions = policy_rollout(policy, obs, mask, training=True)
+    return acc.jvp(actions, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+
+def ggn_inner(jv1, jv2, r, gamma: float, cost_l2: float = 0.0):
+    """``V1^T C V2`` for the exact GGN of the surrogate, from ``J V1``, ``J V2`` ``[T, B', N]`` and
+    ``r = dPnL/du`` (its first ``B'`` paths): ``mean_b [2 gamma (r_b . J_b V1)(r_b . J_b V2)
+    + 2 c2 (D J_b V1) . (D J_b V2)]``."""
+    r = r[:, :tf.shape(jv1)[1]]
+    along1 = tf.reduce_sum(r * jv1, axis=[0, 2])  # [B']
+    along2 = tf.reduce_sum(r * jv2, axis=[0, 2])
+    q = 2.0 * gamma * tf.reduce_mean(along1 * along2)
+    if cost_l2:
+        def diff(x):
+            return x - tf.concat([tf.zeros_like(x[:1]), x[:-1]], axis=0)
+
+        q = q + 2.0 * cost_l2 * tf.reduce_mean(tf.reduce_sum(diff(jv1) * diff(jv2), axis=[0, 2]))
+    return q
 
 
 def directional_curvature(policy, obs, mask, variables, tangents, r, gamma: float, cost_l2: float = 0.0,
@@ -131,19 +168,25 @@ def directional_curvature(policy, obs, mask, variables, tangents, r, gamma: floa
     ``V^T C V = mean_b [2 gamma (r_b . J_b V)^2 + 2 c2 |D J_b V|^2]``.  Runs on the first ``max_paths``
     paths (the statistics sub-batch).
     """
-    from deephedge_tf.policies.base import policy_rollout
+    jv = action_jvp(policy, obs, mask, variables, tangents, max_paths)
+    return ggn_inner(jv, jv, r, gamma, cost_l2)
 
-    if max_paths is not None:
-        obs = {k: v[:, :max_paths] for k, v in obs.items()}
-        mask, r = mask[:, :max_paths], r[:, :max_paths]
-    # Keras variables wrap a tf.Variable (.value): forward-mode autodiff watches the wrapped one.
-    pairs = [(getattr(v, "value", v), tf.cast(t, v.dtype)) for v, t in zip(variables, tangents) if t is not None]
-    with tf.autodiff.ForwardAccumulator([v for v, _ in pairs], [t for _, t in pairs]) as acc:
-        actions = policy_rollout(policy, obs, mask, training=True)
-    jv = acc.jvp(actions, unconnected_gradients=tf.UnconnectedGradients.ZERO)  # [T, B', N]
-    along = tf.reduce_sum(r * jv, axis=[0, 2])  # [B']
-    q = 2.0 * gamma * tf.reduce_mean(tf.square(along))
-    if cost_l2:
-        diff = jv - tf.concat([tf.zeros_like(jv[:1]), jv[:-1]], axis=0)
-        q = q + 2.0 * cost_l2 * tf.reduce_mean(tf.reduce_sum(tf.square(diff), axis=[0, 2]))
-    return q
+
+def subspace_model(policy, obs, mask, variables, grads, direction, previous, r, gamma: float,
+                   cost_l2: float = 0.0, max_paths=None):
+    """``(M [2, 2], b [2])`` of the exact quadratic model over ``span{V, P}`` (``V = direction``, ``P =
+    previous`` step, per variable): ``M = [V, P]^T C [V, P]``, ``b = [g . V, g . P]``; two
+    forward-mode passes.  See :meth:`deephedge_tf.optimizers.DHKFAC.set_subspace_model`."""
+    jv = action_jvp(policy, obs, mask, variables, direction, max_paths)
+    jp = action_jvp(policy, obs, mask, variables, previous, max_paths)
+    vv, vp, pp = ggn_inner(jv, jv, r, gamma, cost_l2), ggn_inner(jv, jp, r, gamma, cost_l2), \
+        ggn_inner(jp, jp, r, gamma, cost_l2)
+    matrix = tf.stack([tf.stack([vv, vp]), tf.stack([vp, pp])])
+    rhs = tf.stack([_dot(grads, direction), _dot(grads, previous)])
+    return matrix, rhs
+
+
+def _dot(xs, ys):
+    terms = [tf.reduce_sum(tf.cast(x, tf.float64) * tf.cast(y, tf.float64))
+             for x, y in zip(xs, ys) if x is not None and y is not None]
+    return tf.add_n(terms) if terms else tf.zeros((), tf.float64)

@@ -178,30 +178,45 @@ class Hedger(keras.Model):
             out = self._book(tm, actions)
             loss = self._loss(out)
         grads = tape.gradient(loss, self.trainable_variables)
+        r = tape.gradient(out["pnl"], actions)  # dPnL/du per path: PnL_b depends on path b's actions only
         seed = tf.stack([tf.cast(self.optimizer.iterations, tf.int64), tf.constant(7, tf.int64)])
-        stats, r = curvature.curvature_statistics(tape, self.policy, out["pnl"], actions, probes, inputs,
-                                                  self._gamma(), self.ggn_mode, self.ggn_cost_l2, seed,
-                                                  self.curvature_paths)
-        del tape
-        return out, loss, grads, (stats, tm, r)
+
+        def statistics():
+            # A second backward pass (the pseudo-gradients); run only when the optimizer updates its
+            # statistics this step.  The persistent tape stays alive while this closure can run.
+            return curvature.pseudo_gradient_statistics(tape, self.policy, r, actions, probes, inputs,
+                                                        self._gamma(), self.ggn_mode, self.ggn_cost_l2, seed,
+                                                        self.curvature_paths)
+
+        return out, loss, grads, (statistics, tm, r)
 
     def _curvature_update(self, captured, grads, variables):
         """Hands the statistics to the optimizer and, when it takes one, the exact quadratic model of
-        the loss along its preconditioned direction (a forward-mode pass of the policy)."""
+        the loss along its preconditioned direction (forward-mode passes of the policy): over
+        ``span{V, previous step}`` or along ``V``, as the optimizer's ``step_model`` asks."""
         from deephedge_tf import curvature
 
-        stats, tm, r = captured
+        statistics, tm, r = captured
         # The optimizer skips (and counts) non-finite statistics itself.
-        self.optimizer.update_curvature(stats)
-        if not hasattr(self.optimizer, "set_step_model") or getattr(self.optimizer, "momentum", 0.0):
+        self.optimizer.update_curvature(statistics)
+        opt = self.optimizer
+        cost_l2 = self.ggn_cost_l2 if self.ggn_mode == "sampled" else 0.0
+        mode = getattr(opt, "step_model", None)
+        if mode == "subspace":
+            directions, _ = opt.precondition(grads)
+            matrix, rhs = curvature.subspace_model(self.policy, tm["obs"], tm["mask"], variables, grads,
+                                                   directions, opt.previous_update(), r, self._gamma(), cost_l2,
+                                                   self.curvature_paths)
+            opt.set_subspace_model(matrix, rhs)
             return
-        directions, _ = self.optimizer.precondition(grads)
+        if mode != "line":
+            return
+        directions, _ = opt.precondition(grads)
         slope = tf.add_n([tf.reduce_sum(tf.cast(g, tf.float32) * tf.cast(d, tf.float32))
                           for g, d in zip(grads, directions) if d is not None and g is not None])
         q = curvature.directional_curvature(self.policy, tm["obs"], tm["mask"], variables, directions, r,
-                                            self._gamma(), self.ggn_cost_l2 if self.ggn_mode == "sampled" else 0.0,
-                                            self.curvature_paths)
-        self.optimizer.set_step_model(q, slope)
+                                            self._gamma(), cost_l2, self.curvature_paths)
+        opt.set_step_model(q, slope)
 
     def train_step(self, data):
         batch = data[0] if isinstance(data, tuple) else data

@@ -80,6 +80,32 @@ def test_directional_curvature_equals_brute_force_ggn():
     assert q == pytest.approx(expected, rel=1e-9)
 
 
+def test_subspace_model_equals_brute_force_ggn_and_gradient_products():
+    """M = [V, P]^T J^T H J [V, P] (two forward-mode passes) and b = [g.V, g.P] against full Jacobians."""
+    hedger, batch, tm = tiny_hedger_on_three_paths()
+    variables = hedger.policy.trainable_variables
+    rng = np.random.default_rng(2)
+    v = [tf.constant(rng.normal(size=w.shape)) for w in variables]
+    p = [tf.constant(rng.normal(size=w.shape)) for w in variables]
+    g = [tf.constant(rng.normal(size=w.shape)) for w in variables]
+    with tf.GradientTape() as tape:
+        out = hedger.unroll(batch)
+    r = tape.gradient(out["pnl"], out["actions"]).numpy()
+    matrix, rhs = curvature.subspace_model(hedger.policy, tm["obs"], tm["mask"], variables, g, v, p,
+                                           tf.constant(r), gamma=10.0)
+    along = np.zeros((2, 3))
+    for b in range(3):
+        with tf.GradientTape() as jt:
+            acts = hedger.unroll(batch)["actions"][:, b, :]
+        jac = jt.jacobian(acts, variables)
+        for i, tangents in enumerate((v, p)):
+            jv = sum(np.tensordot(j.numpy(), t.numpy(), axes=t.shape.rank) for j, t in zip(jac, tangents))
+            along[i, b] = (r[:, b, :] * jv).sum()
+    np.testing.assert_allclose(matrix.numpy(), 2 * 10.0 * along @ along.T / 3, rtol=1e-9)
+    dots = [sum(float(np.sum(a.numpy() * c.numpy())) for a, c in zip(g, t)) for t in (v, p)]
+    np.testing.assert_allclose(rhs.numpy(), dots, rtol=1e-12)
+
+
 def test_step_model_sets_the_step_to_the_quadratic_minimiser():
     from deephedge_tf.optimizers import DHKFAC
 
@@ -109,8 +135,10 @@ def test_sampled_ggn_matches_exact_in_expectation_without_l2():
         curvature.action_pseudo_gradients(r, 2.0, "other")
 
 
-def test_dhkfac_train_step_under_xla_matches_plain():
-    cfg = tiny_cfg("dtype=float32", "time.steps=4")
+@pytest.mark.parametrize("extra", [(), ("training.kfac.step_model=subspace", "training.kfac.curvature_period=2")],
+                         ids=["line-model", "subspace-model-period-2"])
+def test_dhkfac_train_step_under_xla_matches_plain(extra):
+    cfg = tiny_cfg("dtype=float32", "time.steps=4", *extra)
     parts = build_parts(cfg)
     batch = make_batch(parts.market.simulate(64), parts.derivative, parts.instruments)
     results = []
@@ -118,8 +146,9 @@ def test_dhkfac_train_step_under_xla_matches_plain():
         hedger = make_hedger(cfg, parts)
         hedger.build_from_batch(batch)
         step = tf.function(hedger.train_step, jit_compile=jit)
-        for _ in range(2):
+        for _ in range(3):
             logs = step(batch)
+        assert int(hedger.optimizer.iterations.numpy()) == 3
         results.append((float(logs["loss"]), [v.numpy() for v in hedger.trainable_variables]))
     (la, wa), (lb, wb) = results
     assert la == pytest.approx(lb, rel=1e-4)
@@ -127,12 +156,13 @@ def test_dhkfac_train_step_under_xla_matches_plain():
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
 
 
-def test_fit_with_dhkfac_lowers_the_validation_loss():
+@pytest.mark.parametrize("extra", [(), ("training.kfac.step_model=subspace",)], ids=["line-model", "subspace-model"])
+def test_fit_with_dhkfac_lowers_the_validation_loss(extra):
     # gamma Var[PnL] dominates (as in the paper's setting): the GGN surrogate is the variance term.
     cfg = tiny_cfg("dtype=float32", "time.steps=10", "policy.width=8", "objective.gamma=1000.0",
                    "hedges.spot.cost=1e-4", "training.batch_size=512", "training.batches_per_epoch=5",
                    "training.epochs=3", "training.validation_paths=1024", "training.learning_rate=1.0",
-                   "training.kfac.inverse_period=2")
+                   "training.kfac.inverse_period=2", *extra)
     parts = build_parts(cfg)
     hedger = make_hedger(cfg, parts)
     history = fit_hedger(cfg, hedger, parts, verbose=0)

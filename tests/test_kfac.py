@@ -114,11 +114,11 @@ def test_blocks_from_variable_paths_and_clear_errors():
 
 def test_config_round_trip():
     opt = DHKFAC(learning_rate=0.5, damping=0.2, damping_mode="tikhonov", ekfac=False, momentum=0.3,
-                 inverse_period=4, curvature_period=2, trust_radius=None)
+                 step_model="kronecker", inverse_period=4, curvature_period=2, trust_radius=None)
     config = opt.get_config()
     again = keras.optimizers.deserialize(keras.optimizers.serialize(opt))
     assert isinstance(again, DHKFAC) and again.get_config() == config
-    for key in ("damping", "damping_mode", "ekfac", "momentum", "trust_radius", "trust_radius_decay",
+    for key in ("damping", "damping_mode", "ekfac", "momentum", "step_model", "trust_radius", "trust_radius_decay",
                 "statistics_decay", "diagonal_learning_rate", "epsilon"):
         assert key in config
     with pytest.raises(ValueError, match="rho"):
@@ -284,7 +284,7 @@ def test_shrinkage_tikhonov_and_trust_region_against_hand_computation():
 def test_momentum_is_heavy_ball_on_the_preconditioned_direction():
     rng = np.random.default_rng(6)
     model = mlp([2, 2], name="mom")
-    opt = DHKFAC(momentum=0.5, trust_radius=None, learning_rate=0.1)
+    opt = DHKFAC(momentum=0.5, step_model="kronecker", trust_radius=None, learning_rate=0.1)
     opt.build(model.trainable_variables)
     opt.update_curvature({"mom/d0": (with_bias_column(rng.normal(size=(5, 2))), rng.normal(size=(5, 2)))})
     g1, g2 = [[rng.normal(size=(2, 2)), rng.normal(size=(2,))] for _ in range(2)]
@@ -296,6 +296,57 @@ def test_momentum_is_heavy_ball_on_the_preconditioned_direction():
     lr = float(np.float32(0.1))  # Keras keeps a constant learning rate in a floatx (float32) variable
     for w, a1, a2, new in zip(w0, v1, v2, weights(model)):
         np.testing.assert_allclose(new, w - lr * a1 - lr * (a2 + 0.5 * a1), rtol=1e-12)
+
+
+def test_subspace_step_against_hand_computation():
+    m, b = np.diag([2.0, 4.0]), np.array([2.0, 4.0])  # unconstrained minimiser (1, 1); x^T M x / 2 = 3
+    def step(matrix, rhs, eta_max=10.0, radius=None):
+        return [float(x) for x in curvature.subspace_step(tf.constant(np.asarray(matrix, float)), tf.constant(np.asarray(rhs, float)), eta_max, radius)]
+
+    assert step(m, b) == pytest.approx([1.0, 1.0], rel=1e-15)
+    assert step(m, b, radius=0.75) == pytest.approx([0.5, 0.5], rel=1e-15)  # scaled by sqrt(0.75 / 3)
+    assert step(m, b, eta_max=0.4) == pytest.approx([0.4, 0.4], rel=1e-15)  # alpha capped, mu scaled with it
+    full = np.array([[2.0, 1.0], [1.0, 3.0]])  # x = M^-1 b by hand: det 5, x = (3*1 - 1*2, 2*2 - 1*1) / 5
+    assert step(full, [1.0, 2.0]) == pytest.approx([0.2, 0.6], rel=1e-14)
+    # No usable previous step (first step, or collinear with V): the 1-D model along V.
+    assert step(np.diag([4.0, 0.0]), [2.0, 0.0]) == pytest.approx([0.5, 0.0], rel=1e-15)
+    assert step(np.ones((2, 2)), [2.0, 2.0]) == pytest.approx([2.0, 0.0], rel=1e-15)
+    # No descent along V or no curvature: no step.
+    assert step(np.diag([4.0, 1.0]), [-1.0, 1.0]) == [0.0, 0.0]
+    assert step(np.zeros((2, 2)), [1.0, 1.0]) == [0.0, 0.0]
+
+
+def test_adaptive_momentum_with_exact_model_is_conjugate_gradients_on_a_quadratic():
+    """On L(w) = w^T H w / 2 - c . w with identity preconditioning, the step minimising the exact model
+    over span{gradient, previous step} is a conjugate-gradient step: the minimiser after n = 6 steps."""
+    rng = np.random.default_rng(11)
+    model = mlp([2, 2], name="cg")  # one block: kernel [2, 2] and bias [2], 6 weights
+    variables = model.trainable_variables
+    n = 6
+    q = rng.normal(size=(n, n))
+    hess = q @ q.T + n * np.eye(n)
+    c = rng.normal(size=n)
+
+    def flat(parts):
+        return np.concatenate([np.asarray(x).reshape(-1) for x in parts])
+
+    def split(x):
+        return [tf.constant(x[:4].reshape(2, 2)), tf.constant(x[4:])]
+
+    opt = DHKFAC(learning_rate=1e3, trust_radius=None, step_model="subspace")
+    opt.build(variables)  # no statistics: the factors are identities, V = gradient
+    for k in range(n):
+        grad = hess @ flat(weights(model)) - c
+        v, _ = opt.precondition(split(grad))
+        np.testing.assert_allclose(flat(v), grad, rtol=1e-15)
+        basis = np.stack([flat(v), flat(opt.previous_update())], axis=1)
+        opt.set_subspace_model(basis.T @ hess @ basis, basis.T @ grad)
+        opt.apply(split(grad), variables)
+        if k == 0:
+            assert float(opt.step_momentum.numpy()) == 0.0  # no previous step yet
+    np.testing.assert_allclose(flat(weights(model)), np.linalg.solve(hess, c), rtol=1e-8, atol=1e-10)
+    with pytest.raises(ValueError, match="step_model"):
+        DHKFAC(momentum=0.5, step_model="subspace")
 
 
 def test_update_periods():
@@ -374,7 +425,7 @@ def test_save_and_reload_mid_training_continues_identically(tmp_path):
         name="ckpt",
     )
     model.build((None, 3))
-    model.compile(optimizer=DHKFAC(momentum=0.5, inverse_period=2, trust_radius=1e-2), loss="mse")
+    model.compile(optimizer=DHKFAC(momentum=0.5, step_model="kronecker", inverse_period=2, trust_radius=1e-2), loss="mse")
     model.optimizer.build(model.trainable_variables)
     assert [b.name for b in model.optimizer.kronecker_blocks] == ["ckpt/d0", "ckpt/d1"]
     _train_steps(model, model.optimizer, 3, 0)
@@ -400,7 +451,7 @@ def test_xla_step_matches_the_graph_and_eager_steps():
     results = {}
     for mode in ("eager", "graph", "xla"):
         model = mlp([3, 4, 2], activation="tanh", name="xla", seed=10)
-        opt = DHKFAC(momentum=0.5, inverse_period=1, trust_radius=1e-3)
+        opt = DHKFAC(momentum=0.5, step_model="kronecker", inverse_period=1, trust_radius=1e-3)
         opt.build(model.trainable_variables)
 
         def step():

@@ -135,3 +135,48 @@ def trust_region_step(quad, eta_max, radius):
     safe = tf.where(quad > 0, quad, tf.ones_like(quad))
     capped = tf.minimum(eta_max, tf.sqrt(2.0 * radius / safe))
     return tf.where(quad > 0, capped, eta_max)
+
+
+def subspace_step(matrix, rhs, eta_max, radius=None):
+    """``(alpha, mu)``: the step ``alpha V + mu P`` minimising an exact quadratic model of the loss.
+
+    Model over ``x = (alpha, mu)``: ``m(x) = -x . b + x^T M x / 2`` with ``M = [V, P]^T C [V, P]``
+    (2 x 2) and ``b = [g . V, g . P]`` (Martens & Grosse 2015, sec. 7).  The unconstrained minimiser
+    ``x* = M^{-1} b`` is scaled down (i) so that its curvature term ``x^T M x / 2 = x* . b / 2`` is at
+    most ``radius`` -- in the ``M``-norm this scaling is the exact trust-region solution -- and (ii) so
+    that ``alpha <= eta_max``.
+
+    When ``P`` carries no information (``M[1, 1] <= 0``, e.g. the first step, or ``V`` and ``P``
+    collinear to rounding: ``det M <= 1e-6 M[0,0] M[1,1]``) the model is one-dimensional:
+    ``alpha = b_0 / M[0, 0]``, ``mu = 0``.  ``M[0, 0] <= 0`` or ``b_0 <= 0`` gives ``(0, 0)`` (no model:
+    callers check validity first).  ``radius=None``: no trust region.
+    """
+    m = tf.convert_to_tensor(matrix)
+    b = tf.convert_to_tensor(rhs, m.dtype)
+    dt = m.dtype
+    a, c, d = m[0, 0], 0.5 * (m[0, 1] + m[1, 0]), m[1, 1]
+    zero = tf.zeros((), dt)
+    usable = (a > 0) & (b[0] > 0)
+    safe_a = tf.where(usable, a, tf.ones_like(a))
+    det = a * d - c * c
+    two_d = (d > 0) & (det > tf.constant(1e-6, dt) * a * d) & usable
+    safe_det = tf.where(two_d, det, tf.ones_like(det))
+    alpha = tf.where(two_d, (d * b[0] - c * b[1]) / safe_det, b[0] / safe_a)
+    mu = tf.where(two_d, (a * b[1] - c * b[0]) / safe_det, zero)
+    # x . b > 0 whenever M is positive definite; the guard keeps rounding from flipping the step.
+    half_quad = 0.5 * (alpha * b[0] + mu * b[1])
+    scale = tf.ones((), dt)
+    if radius is not None:
+        r = _as(radius, dt)
+        scale = tf.where(half_quad > r, tf.sqrt(r / tf.where(half_quad > 0, half_quad, tf.ones_like(half_quad))), scale)
+    eta_max = _as(eta_max, dt)
+    scale = tf.where(alpha * scale > eta_max, eta_max / tf.where(alpha > 0, alpha, tf.ones_like(alpha)), scale)
+    ok = usable & (half_quad > 0) & tf.math.is_finite(half_quad)
+    return tf.where(ok, scale * alpha, zero), tf.where(ok, scale * mu, zero)
+
+
+def _as(x, dtype):
+    """``x`` as a ``dtype`` tensor; Python numbers directly (``tf.cast`` of one goes through float32)."""
+    if isinstance(x, (int, float)):
+        return tf.constant(x, dtype)
+    return tf.cast(x, dtype)

@@ -15,6 +15,16 @@ of :mod:`deephedge_tf.optimizers.curvature`:
     eta = min(eta_max, sqrt(2 delta_k / q)),  delta_k = max(delta_0 decay^k, delta_min)
     W <- W - eta * D
 
+The Kronecker ``q`` underestimates the true curvature along ``V`` on recurrent policies (RNN-KFAC's
+independence over time), so the model can hand over the *exact* quadratic model of the loss (its GGN
+along the step, by forward-mode autodiff; :meth:`set_step_model`, :meth:`set_subspace_model`):
+
+    step_model="line":  eta = min(eta_max, g.V / V^T C V, sqrt(2 delta_k / V^T C V))
+    step_model="subspace" (Martens & Grosse 2015, sec. 7):  the step is
+      Delta = alpha V + mu Delta_prev  with  (alpha, mu) = argmin  -x.b + x^T M x / 2,
+      M = [V, Delta_prev]^T C [V, Delta_prev],  b = [g.V, g.Delta_prev],
+      scaled down so that x^T M x / 2 <= delta_k and alpha <= eta_max;   W <- W - Delta
+
 ``eta_max`` is Keras' ``learning_rate`` (a float or a schedule).  The step size ``eta`` is shared by
 all blocks: the trust region bounds the quadratic model's curvature term of the whole update.
 
@@ -51,6 +61,7 @@ from deephedge_tf.optimizers import curvature
 from deephedge_tf.optimizers.blocks import KroneckerBlock, find_blocks, stack, unstack
 
 _DAMPING_MODES = ("shrinkage", "tikhonov")
+STEP_MODELS = ("kronecker", "line", "subspace")
 
 
 @dataclasses.dataclass
@@ -65,7 +76,7 @@ class _BlockState:
     eig_g: keras.Variable  # lam_G [dg]
     count: keras.Variable  # int64 scalar: curvature updates received (0: the next one initialises)
     scale: keras.Variable | None  # s [da, dg], EKFAC diagonal in the eigenbasis (ekfac=True)
-    velocity: keras.Variable | None  # D_prev [da, dg], momentum buffer (momentum != 0)
+    velocity: keras.Variable | None  # momentum: D_prev [da, dg]; adaptive_momentum: the last applied step
 
 
 def _all_finite(tensors):
@@ -103,6 +114,15 @@ class DHKFAC(keras.optimizers.Optimizer):
       trust_radius_decay: ``delta_k = max(delta_0 * decay**k, trust_radius_min)``, ``k = iterations``.
       trust_radius_min: the floor ``delta_min`` of the decaying radius.
       momentum: heavy-ball coefficient ``mu`` on the preconditioned direction, in [0, 1).
+      step_model: what sizes the step (the hedger supplies the exact models when training with
+        this optimizer; a step without its model falls back to ``"kronecker"``):
+
+        * ``"kronecker"``: ``eta = min(eta_max, sqrt(2 delta_k / q))`` with the Kronecker ``q`` (the
+          paper's rule; no extra model passes).  The only mode with heavy-ball ``momentum``.
+        * ``"line"`` (default): the exact quadratic model along ``V`` (:meth:`set_step_model`, one
+          forward-mode pass of the model per step).
+        * ``"subspace"``: step size and momentum coefficient of every step from the exact quadratic
+          model over ``span{V, previous step}`` (:meth:`set_subspace_model`, two forward-mode passes).
       diagonal_learning_rate, diagonal_beta_1, diagonal_beta_2, diagonal_epsilon: the Adam step of
         the variables outside Kronecker blocks.
       epsilon: relative floor of the damped diagonal, ``s_d >= epsilon * mean(s)`` (only matters with
@@ -128,6 +148,7 @@ class DHKFAC(keras.optimizers.Optimizer):
         trust_radius_decay=0.999,
         trust_radius_min=1e-5,
         momentum=0.0,
+        step_model="line",
         diagonal_learning_rate=1e-3,
         diagonal_beta_1=0.9,
         diagonal_beta_2=0.999,
@@ -160,6 +181,11 @@ class DHKFAC(keras.optimizers.Optimizer):
                 raise ValueError(f"DHKFAC: trust_radius_min must be >= 0; got {trust_radius_min}")
         if not 0.0 <= float(momentum) < 1.0:
             raise ValueError(f"DHKFAC: momentum must be in [0, 1); got {momentum}")
+        if step_model not in STEP_MODELS:
+            raise ValueError(f"DHKFAC: step_model must be one of {STEP_MODELS}; got {step_model!r}")
+        if float(momentum) and step_model != "kronecker":
+            raise ValueError(f"DHKFAC: heavy-ball momentum needs step_model='kronecker' (got {step_model!r}; "
+                             "'subspace' chooses the momentum itself)")
         if not float(diagonal_learning_rate) >= 0.0:
             raise ValueError(f"DHKFAC: diagonal_learning_rate must be >= 0; got {diagonal_learning_rate}")
         for key, value in (("diagonal_beta_1", diagonal_beta_1), ("diagonal_beta_2", diagonal_beta_2)):
@@ -177,6 +203,7 @@ class DHKFAC(keras.optimizers.Optimizer):
         self.trust_radius_decay = float(trust_radius_decay)
         self.trust_radius_min = float(trust_radius_min)
         self.momentum = float(momentum)
+        self.step_model = step_model
         self.diagonal_learning_rate = float(diagonal_learning_rate)
         self.diagonal_beta_1 = float(diagonal_beta_1)
         self.diagonal_beta_2 = float(diagonal_beta_2)
@@ -225,7 +252,8 @@ class DHKFAC(keras.optimizers.Optimizer):
                     eig_g=var("lam_G", (dg,), "ones"),
                     count=var("count", (), "zeros", "int64"),
                     scale=var("s", (da, dg), "ones") if self.ekfac else None,
-                    velocity=var("momentum", (da, dg), "zeros") if self.momentum else None,
+                    velocity=var("momentum", (da, dg), "zeros")
+                    if self.momentum or self.adaptive_momentum else None,
                 )
             )
         self._kfac_states = tuple(states)
@@ -237,14 +265,21 @@ class DHKFAC(keras.optimizers.Optimizer):
         self.last_inverse_iteration = self.add_variable(
             (), keras.initializers.Constant(-1), "int64", name="last_inverse_iteration"
         )
-        self.step_size = self.add_variable((), "zeros", self._scalar_dtype.name, name="step_size")
-        # Exact curvature along this step's direction, optionally supplied by the model
-        # (set_step_model); consumed and cleared by the next update.
-        self.model_curvature = self.add_variable((), "zeros", self._scalar_dtype.name, name="model_curvature")
-        self.model_slope = self.add_variable((), "zeros", self._scalar_dtype.name, name="model_slope")
-        self.model_valid = self.add_variable((), "zeros", self._scalar_dtype.name, name="model_valid")
+        scalar = self._scalar_dtype.name
+        self.step_size = self.add_variable((), "zeros", scalar, name="step_size")  # alpha (eta) of the last step
+        self.step_momentum = self.add_variable((), "zeros", scalar, name="step_momentum")  # its mu
+        # Exact quadratic model over [V, previous step] (2 x 2 curvature, 2 slopes), optionally supplied
+        # by the model (set_step_model / set_subspace_model); consumed and cleared by the next update.
+        self.model_matrix = self.add_variable((2, 2), "zeros", scalar, name="model_matrix")
+        self.model_rhs = self.add_variable((2,), "zeros", scalar, name="model_rhs")
+        self.model_valid = self.add_variable((), "zeros", scalar, name="model_valid")
 
     # ------------------------------------------------------------------ introspection
+
+    @property
+    def adaptive_momentum(self) -> bool:
+        """Whether the momentum coefficient comes from the exact subspace model (``step_model="subspace"``)."""
+        return self.step_model == "subspace"
 
     @property
     def kronecker_blocks(self) -> tuple[KroneckerBlock, ...]:
@@ -289,7 +324,8 @@ class DHKFAC(keras.optimizers.Optimizer):
         """Folds one batch of curvature statistics into the factors (in-graph; returns a bool tensor).
 
         Args:
-          captured: dict ``block name -> (a, g)``; the name is the layer path of the block's weights
+          captured: dict ``block name -> (a, g)``, or a function returning one (called only when an
+            update is due, so that the statistics are not computed at other iterations); the name is the layer path of the block's weights
             (``"recurrent_policy/block0_lstm"``, see :attr:`kronecker_blocks`).  Blocks left out keep
             their statistics.
 
@@ -317,6 +353,18 @@ class DHKFAC(keras.optimizers.Optimizer):
           bool tensor: whether the statistics were updated.
         """
         self._require_built()
+        if callable(captured):
+            # Computed only inside the branch where an update is due (curvature_period > 1 skips it).
+            def update():
+                return self._update_prepared(self._prepare(captured()))
+
+            return tf.cond(self.curvature_due(), update, lambda: tf.constant(False))
+        prepared = self._prepare(captured)
+        if not prepared:
+            return tf.constant(False)
+        return tf.cond(self.curvature_due(), lambda: self._update_prepared(prepared), lambda: tf.constant(False))
+
+    def _prepare(self, captured):
         prepared = []
         for name, pair in captured.items():
             if name not in self._block_index:
@@ -329,20 +377,19 @@ class DHKFAC(keras.optimizers.Optimizer):
             a = self._time_major(a, block, block.dim_a, "a", name)
             g = self._time_major(g, block, block.d_out, "g", name)
             prepared.append((k, a, g))
+        return prepared
+
+    def _update_prepared(self, prepared):
         if not prepared:
             return tf.constant(False)
+        stats = [(k, a, g) + curvature.pooled_factors(a, g) for k, a, g in prepared]
+        finite = _all_finite([t for item in stats for t in item[1:]])
 
-        def update():
-            stats = [(k, a, g) + curvature.pooled_factors(a, g) for k, a, g in prepared]
-            finite = _all_finite([t for item in stats for t in item[1:]])
+        def skip():
+            self.assign_add(self.skipped_curvature_updates, tf.constant(1, tf.int64))
+            return tf.constant(False)
 
-            def skip():
-                self.assign_add(self.skipped_curvature_updates, tf.constant(1, tf.int64))
-                return tf.constant(False)
-
-            return tf.cond(finite, lambda: self._fold_statistics(stats), skip)
-
-        return tf.cond(self.curvature_due(), update, lambda: tf.constant(False))
+        return tf.cond(finite, lambda: self._fold_statistics(stats), skip)
 
     @staticmethod
     def _time_major(x, block, width, what, name):
@@ -473,6 +520,36 @@ class DHKFAC(keras.optimizers.Optimizer):
                 out[i] = part
         return out, self._quadratic(directions)
 
+    def previous_update(self):
+        """The last applied step of every block variable (``W_new = W_old - step``; ``None`` for the
+        diagonal variables), aligned with the built variable list.  Needs ``step_model="subspace"``."""
+        self._require_built()
+        if not self.adaptive_momentum:
+            raise RuntimeError("DHKFAC.previous_update: only kept with step_model='subspace'")
+        out = [None] * len(self._trainable_variables)
+        for block, state in zip(self._kfac_blocks, self._kfac_states):
+            shapes = [self._trainable_variables[i].shape for i in block.indices]
+            for i, part in zip(block.indices, unstack(block, tf.convert_to_tensor(state.velocity), shapes)):
+                out[i] = part
+        return out
+
+    def set_subspace_model(self, matrix, rhs):
+        """Exact quadratic model of the loss over ``span{V, previous step}`` for the next update.
+
+        ``matrix = [V, P]^T C [V, P]`` (2 x 2, ``C`` the model's exact GGN, ``P`` from
+        :meth:`previous_update`), ``rhs = [grad . V, grad . P]``.  The next update takes
+        ``W <- W - (alpha V + mu P)`` with ``(alpha, mu)`` minimising ``-x.rhs + x^T matrix x / 2``
+        within the trust region and ``alpha <= eta_max`` (see
+        :func:`deephedge_tf.optimizers.curvature.subspace_step`).  A non-finite model is ignored.
+        """
+        self._require_built()
+        m = tf.reshape(tf.cast(matrix, self._scalar_dtype), (2, 2))
+        b = tf.reshape(tf.cast(rhs, self._scalar_dtype), (2,))
+        ok = _all_finite([m, b]) & (m[0, 0] > 0) & (b[0] > 0) & (m[1, 1] >= 0)
+        self.assign(self.model_matrix, tf.where(ok, m, tf.zeros_like(m)))
+        self.assign(self.model_rhs, tf.where(ok, b, tf.zeros_like(b)))
+        self.assign(self.model_valid, tf.cast(ok, self._scalar_dtype))
+
     def set_step_model(self, curvature_along, slope):
         """Exact quadratic model of the loss along this step's preconditioned direction ``V``.
 
@@ -483,13 +560,9 @@ class DHKFAC(keras.optimizers.Optimizer):
         the Kronecker estimate of ``q`` needs: RNN-KFAC pooling underestimates the curvature scale, so
         a step sized from it alone overshoots.  Valid for momentum = 0 (``V`` is then the step).
         """
-        self._require_built()
+        zero = tf.zeros((), self._scalar_dtype)
         q = tf.cast(curvature_along, self._scalar_dtype)
-        g = tf.cast(slope, self._scalar_dtype)
-        ok = tf.math.is_finite(q) & tf.math.is_finite(g) & (q > 0) & (g > 0)
-        self.assign(self.model_curvature, tf.where(ok, q, tf.ones_like(q)))
-        self.assign(self.model_slope, tf.where(ok, g, tf.zeros_like(g)))
-        self.assign(self.model_valid, tf.cast(ok, self._scalar_dtype))
+        self.set_subspace_model([[q, zero], [zero, zero]], [tf.cast(slope, self._scalar_dtype), zero])
 
     def current_trust_radius(self):
         """``delta_k`` at the current iteration (``None`` without a trust region)."""
@@ -527,25 +600,30 @@ class DHKFAC(keras.optimizers.Optimizer):
         grad_by_index = {self._get_variable_index(v): g for g, v in zip(grads, trainable_variables)}
         directions = self._block_directions(grad_by_index, True)
         eta_max = tf.cast(learning_rate, self._scalar_dtype)
-        valid = self.model_valid > 0
-        quad = tf.where(valid, tf.convert_to_tensor(self.model_curvature), self._quadratic(directions))
-        if self.trust_radius is None:
-            eta = eta_max
+        radius = self.current_trust_radius()
+        if radius is None:
+            kron_eta = eta_max
         else:
-            eta = curvature.trust_region_step(quad, eta_max, self.current_trust_radius())
-        eta = tf.where(valid, tf.minimum(eta, self.model_slope / self.model_curvature), eta)
+            kron_eta = curvature.trust_region_step(self._quadratic(directions), eta_max, radius)
+        exact_eta, exact_mu = curvature.subspace_step(self.model_matrix, self.model_rhs, eta_max, radius)
+        valid = self.model_valid > 0
+        eta = tf.where(valid, exact_eta, kron_eta)
+        mu = tf.where(valid, exact_mu, tf.zeros_like(exact_mu)) if self.adaptive_momentum else None
         self.assign(self.model_valid, tf.zeros_like(self.model_valid))
         for k, (direction, _, _) in directions.items():
             block, state = self._kfac_blocks[k], self._kfac_states[k]
             members = [self._trainable_variables[i] for i in block.indices]
-            parts = unstack(block, direction, [v.shape for v in members])
-            step = tf.cast(eta, block.dtype)
-            for variable, part in zip(members, parts):
-                self.assign_sub(variable, step * part)
+            step = tf.cast(eta, block.dtype) * direction
+            if mu is not None:
+                step = step + tf.cast(mu, block.dtype) * state.velocity
+            for variable, part in zip(members, unstack(block, step, [v.shape for v in members])):
+                self.assign_sub(variable, part)
             if state.velocity is not None:
-                self.assign(state.velocity, direction)
+                self.assign(state.velocity, step if self.adaptive_momentum else direction)
         self._diagonal_step(grad_by_index)
         self.assign(self.step_size, eta)
+        if mu is not None:
+            self.assign(self.step_momentum, mu)
 
     def _diagonal_step(self, grad_by_index):
         """Adam on the variables outside blocks (bias-corrected with ``t = iterations + 1``)."""
@@ -586,6 +664,7 @@ class DHKFAC(keras.optimizers.Optimizer):
             "trust_radius_decay": self.trust_radius_decay,
             "trust_radius_min": self.trust_radius_min,
             "momentum": self.momentum,
+            "step_model": self.step_model,
             "diagonal_learning_rate": self.diagonal_learning_rate,
             "diagonal_beta_1": self.diagonal_beta_1,
             "diagonal_beta_2": self.diagonal_beta_2,
