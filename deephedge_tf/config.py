@@ -244,7 +244,8 @@ class KFACConfig:
         0.1, "initial trust region delta_0 on the exact quadratic model's curvature term (null: none)", gt=0.0)
     trust_radius_decay: float = param(0.999, "trust region decay per step", gt=0.0, le=1.0)
     trust_radius_min: float = param(1e-5, "trust region floor", ge=0.0)
-    momentum: float = param(0.0, "heavy-ball momentum on the preconditioned direction", ge=0.0, lt=1.0)
+    momentum: float = param(0.0, "heavy-ball momentum on the preconditioned direction (step_model line: the "
+                            "exact model sizes the step along the direction with momentum)", ge=0.0, lt=1.0)
     step_model: Literal["kronecker", "line", "subspace"] = param(
         "line", "step size from the Kronecker curvature and trust region (kronecker, the paper's rule), the "
         "exact quadratic model along the preconditioned direction (line), or step size and momentum from the "
@@ -260,8 +261,9 @@ class KFACConfig:
     def check(self, key):
         if self.damping_mode == "shrinkage" and self.damping > 1.0:
             raise ConfigError(f"{key}.damping", self.damping, "<= 1.0 for shrinkage damping")
-        if self.momentum and self.step_model != "kronecker":
-            raise ConfigError(f"{key}.momentum", self.momentum, "0 unless step_model is kronecker")
+        if self.momentum and self.step_model == "subspace":
+            raise ConfigError(f"{key}.momentum", self.momentum, "0 when step_model is subspace (it chooses "
+                              "the momentum itself)")
         if self.trust_radius is not None and self.trust_radius < self.trust_radius_min:
             raise ConfigError(f"{key}.trust_radius", self.trust_radius,
                               f">= trust_radius_min ({self.trust_radius_min}); it would be clamped to it")

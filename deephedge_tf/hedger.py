@@ -211,7 +211,7 @@ class Hedger(keras.Model):
             return
         if mode != "line":
             return
-        directions, _ = opt.precondition(grads)
+        directions, _ = opt.step_directions(grads)
         slope = tf.add_n([tf.reduce_sum(tf.cast(g, tf.float32) * tf.cast(d, tf.float32))
                           for g, d in zip(grads, directions) if d is not None and g is not None])
         q = curvature.directional_curvature(self.policy, tm["obs"], tm["mask"], variables, directions, r,

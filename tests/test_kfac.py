@@ -349,6 +349,29 @@ def test_adaptive_momentum_with_exact_model_is_conjugate_gradients_on_a_quadrati
         DHKFAC(momentum=0.5, step_model="subspace")
 
 
+def test_line_model_steps_along_the_momentum_direction():
+    """step_model='line' with heavy-ball momentum: the step is eta * (V + mu D_prev) with eta = slope / q of
+    the model handed over for that direction (step_directions)."""
+    rng = np.random.default_rng(8)
+    model = mlp([2, 2], name="lm")
+    opt = DHKFAC(momentum=0.5, step_model="line", trust_radius=None, learning_rate=10.0)
+    opt.build(model.trainable_variables)
+    opt.update_curvature({"lm/d0": (with_bias_column(rng.normal(size=(5, 2))), rng.normal(size=(5, 2)))})
+    g1, g2 = [[rng.normal(size=(2, 2)), rng.normal(size=(2,))] for _ in range(2)]
+    opt.set_step_model(curvature_along=4.0, slope=2.0)
+    v1, _ = opt.precondition(g1)
+    opt.apply(g1, model.trainable_variables)  # eta = 0.5, D = V1
+    w1 = weights(model)
+    d2, _ = opt.step_directions(g2)
+    v2, _ = opt.precondition(g2)
+    for d, a2, a1 in zip(d2, v2, v1):
+        np.testing.assert_allclose(d, a2 + 0.5 * a1, rtol=1e-12)
+    opt.set_step_model(curvature_along=1.0, slope=0.25)
+    opt.apply(g2, model.trainable_variables)  # eta = 0.25 along D2
+    for w, d, new in zip(w1, d2, weights(model)):
+        np.testing.assert_allclose(new, w - 0.25 * d, rtol=1e-12)
+
+
 def test_update_periods():
     model = mlp([2, 2], name="per")
     opt = DHKFAC(curvature_period=2, inverse_period=4)

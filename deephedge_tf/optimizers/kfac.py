@@ -19,7 +19,7 @@ The Kronecker ``q`` underestimates the true curvature along ``V`` on recurrent p
 independence over time), so the model can hand over the *exact* quadratic model of the loss (its GGN
 along the step, by forward-mode autodiff; :meth:`set_step_model`, :meth:`set_subspace_model`):
 
-    step_model="line":  eta = min(eta_max, g.V / V^T C V, sqrt(2 delta_k / V^T C V))
+    step_model="line":  eta = min(eta_max, g.D / D^T C D, sqrt(2 delta_k / D^T C D))
     step_model="subspace" (Martens & Grosse 2015, sec. 7):  the step is
       Delta = alpha V + mu Delta_prev  with  (alpha, mu) = argmin  -x.b + x^T M x / 2,
       M = [V, Delta_prev]^T C [V, Delta_prev],  b = [g.V, g.Delta_prev],
@@ -118,9 +118,9 @@ class DHKFAC(keras.optimizers.Optimizer):
         this optimizer; a step without its model falls back to ``"kronecker"``):
 
         * ``"kronecker"``: ``eta = min(eta_max, sqrt(2 delta_k / q))`` with the Kronecker ``q`` (the
-          paper's rule; no extra model passes).  The only mode with heavy-ball ``momentum``.
-        * ``"line"`` (default): the exact quadratic model along ``V`` (:meth:`set_step_model`, one
-          forward-mode pass of the model per step).
+          paper's rule; no extra model passes).
+        * ``"line"`` (default): the exact quadratic model along the step direction ``D`` (``V`` plus
+          heavy-ball momentum; :meth:`set_step_model`, one forward-mode pass of the model per step).
         * ``"subspace"``: step size and momentum coefficient of every step from the exact quadratic
           model over ``span{V, previous step}`` (:meth:`set_subspace_model`, two forward-mode passes).
       diagonal_learning_rate, diagonal_beta_1, diagonal_beta_2, diagonal_epsilon: the Adam step of
@@ -183,9 +183,8 @@ class DHKFAC(keras.optimizers.Optimizer):
             raise ValueError(f"DHKFAC: momentum must be in [0, 1); got {momentum}")
         if step_model not in STEP_MODELS:
             raise ValueError(f"DHKFAC: step_model must be one of {STEP_MODELS}; got {step_model!r}")
-        if float(momentum) and step_model != "kronecker":
-            raise ValueError(f"DHKFAC: heavy-ball momentum needs step_model='kronecker' (got {step_model!r}; "
-                             "'subspace' chooses the momentum itself)")
+        if float(momentum) and step_model == "subspace":
+            raise ValueError("DHKFAC: step_model='subspace' chooses the momentum itself; set momentum=0")
         if not float(diagonal_learning_rate) >= 0.0:
             raise ValueError(f"DHKFAC: diagonal_learning_rate must be >= 0; got {diagonal_learning_rate}")
         for key, value in (("diagonal_beta_1", diagonal_beta_1), ("diagonal_beta_2", diagonal_beta_2)):
@@ -506,12 +505,20 @@ class DHKFAC(keras.optimizers.Optimizer):
           ``q = sum_blocks V^T C_d V`` (the damped curvature along ``V``).
         """
         self._require_built()
-        grads = list(grads)
+        return self._directions(list(grads), with_momentum=False)
+
+    def step_directions(self, grads):
+        """Like :meth:`precondition`, with heavy-ball momentum: the direction ``D = V + mu D_prev`` the
+        next update steps along (``V`` when ``momentum = 0``), and ``D^T C_d D``.  No state change."""
+        self._require_built()
+        return self._directions(list(grads), with_momentum=True)
+
+    def _directions(self, grads, with_momentum):
         if len(grads) != len(self._trainable_variables):
             raise ValueError(
-                f"DHKFAC.precondition: got {len(grads)} gradients for {len(self._trainable_variables)} variables"
+                f"DHKFAC: got {len(grads)} gradients for {len(self._trainable_variables)} variables"
             )
-        directions = self._block_directions({i: g for i, g in enumerate(grads) if g is not None}, False)
+        directions = self._block_directions({i: g for i, g in enumerate(grads) if g is not None}, with_momentum)
         out = [None] * len(grads)
         for k, (direction, _, _) in directions.items():
             block = self._kfac_blocks[k]
@@ -558,7 +565,8 @@ class DHKFAC(keras.optimizers.Optimizer):
         ``eta = min(eta_max, slope / curvature_along, sqrt(2 delta_k / curvature_along))``: the
         minimiser of the quadratic model along ``V``, within the trust region.  This is the safeguard
         the Kronecker estimate of ``q`` needs: RNN-KFAC pooling underestimates the curvature scale, so
-        a step sized from it alone overshoots.  Valid for momentum = 0 (``V`` is then the step).
+        a step sized from it alone overshoots.  ``V`` here is the step direction of
+        :meth:`step_directions` (momentum included).
         """
         zero = tf.zeros((), self._scalar_dtype)
         q = tf.cast(curvature_along, self._scalar_dtype)
