@@ -65,7 +65,7 @@ GOAL_STEP_FRACTION = 0.25
 
 # The budgets of the configs/cliquet_small.yaml run in BENCHMARKS.md (about 17 minutes on 2 CPU cores).
 DEFAULTS = dict(seeds=(0, 1), adam_steps=400, kfac_steps=150, sweep_steps=80, eval_every=10,
-                target_factor=1.01, lrs=(3e-4, 1e-3, 3e-3), kfac_lr=1.0)
+                target_factor=1.01, lrs=(1e-3, 3e-3, 1e-2), kfac_lr=1.0)
 
 
 # -- command line ----------------------------------------------------------------------------------

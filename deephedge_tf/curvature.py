@@ -182,11 +182,12 @@ def subspace_model(policy, obs, mask, variables, grads, direction, previous, r, 
     vv, vp, pp = ggn_inner(jv, jv, r, gamma, cost_l2), ggn_inner(jv, jp, r, gamma, cost_l2), \
         ggn_inner(jp, jp, r, gamma, cost_l2)
     matrix = tf.stack([tf.stack([vv, vp]), tf.stack([vp, pp])])
-    rhs = tf.stack([_dot(grads, direction), _dot(grads, previous)])
+    rhs = tf.stack([tree_dot(grads, direction), tree_dot(grads, previous)])
     return matrix, rhs
 
 
-def _dot(xs, ys):
+def tree_dot(xs, ys):
+    """``sum_i <x_i, y_i>`` in float64 over aligned lists (pairs with a ``None`` are skipped)."""
     terms = [tf.reduce_sum(tf.cast(x, tf.float64) * tf.cast(y, tf.float64))
              for x, y in zip(xs, ys) if x is not None and y is not None]
     return tf.add_n(terms) if terms else tf.zeros((), tf.float64)

@@ -212,8 +212,7 @@ class Hedger(keras.Model):
         if mode != "line":
             return
         directions, _ = opt.step_directions(grads)
-        slope = tf.add_n([tf.reduce_sum(tf.cast(g, tf.float32) * tf.cast(d, tf.float32))
-                          for g, d in zip(grads, directions) if d is not None and g is not None])
+        slope = curvature.tree_dot(grads, directions)
         q = curvature.directional_curvature(self.policy, tm["obs"], tm["mask"], variables, directions, r,
                                             self._gamma(), cost_l2, self.curvature_paths)
         opt.set_step_model(q, slope)

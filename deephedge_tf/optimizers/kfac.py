@@ -76,7 +76,7 @@ class _BlockState:
     eig_g: keras.Variable  # lam_G [dg]
     count: keras.Variable  # int64 scalar: curvature updates received (0: the next one initialises)
     scale: keras.Variable | None  # s [da, dg], EKFAC diagonal in the eigenbasis (ekfac=True)
-    velocity: keras.Variable | None  # momentum: D_prev [da, dg]; adaptive_momentum: the last applied step
+    velocity: keras.Variable | None  # heavy ball: D_prev [da, dg]; step_model subspace: the last step
 
 
 def _all_finite(tensors):
@@ -324,9 +324,9 @@ class DHKFAC(keras.optimizers.Optimizer):
 
         Args:
           captured: dict ``block name -> (a, g)``, or a function returning one (called only when an
-            update is due, so that the statistics are not computed at other iterations); the name is the layer path of the block's weights
-            (``"recurrent_policy/block0_lstm"``, see :attr:`kronecker_blocks`).  Blocks left out keep
-            their statistics.
+            update is due, so that the statistics are not computed at other iterations).  The name is
+            the layer path of the block's weights (``"recurrent_policy/block0_lstm"``, see
+            :attr:`kronecker_blocks`).  Blocks left out keep their statistics.
 
             * ``a``: ``[T, B, dim_a]`` extended layer inputs, ones column last when the layer has a
               bias (``with_bias_column``); LSTM: ``[x, h_prev, 1]``.  ``[B, dim_a]`` means ``T = 1``.
