@@ -144,7 +144,7 @@ def test_parser_wiring_for_the_cli(tiny_config, tmp_path, capsys):
     add_benchmark_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["benchmark", "kfac-vs-adam", "--config", str(tiny_config), "--out",
                               str(tmp_path / "o"), "--lrs", "0.0"])
-    assert args.command == "benchmark" and args.seeds == [0, 1]
+    assert args.command == "benchmark" and args.seeds == [0, 1, 2]
     assert run_benchmark(args) == 2 and "--lrs" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # --config and --out are required
         parser.parse_args(["benchmark", "kfac-vs-adam"])
