@@ -477,7 +477,7 @@ class DHKFAC(keras.optimizers.Optimizer):
             s_d = curvature.damp(self._scale(state), self.damping_mode, self.damping, self.epsilon)
             proj = tf.matmul(tf.matmul(u_a, grad, transpose_a=True), u_g) / s_d
             direction = tf.matmul(tf.matmul(u_a, proj), u_g, transpose_b=True)
-            if with_momentum and state.velocity is not None:
+            if with_momentum and self.momentum:  # heavy ball (the subspace model keeps its own step)
                 velocity = tf.convert_to_tensor(state.velocity)
                 mu = tf.constant(self.momentum, block.dtype)
                 direction = direction + mu * velocity
