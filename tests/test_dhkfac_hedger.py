@@ -171,6 +171,13 @@ def test_fit_with_dhkfac_lowers_the_validation_loss(extra):
     assert int(hedger.optimizer.skipped_curvature_updates.numpy()) == 0
 
 
+def test_subspace_step_model_excludes_heavy_ball_momentum():
+    with pytest.raises(ConfigError, match="training.kfac.momentum"):
+        tiny_cfg("training.kfac.step_model=subspace", "training.kfac.momentum=0.5")
+    with pytest.raises(ConfigError, match="training.kfac.step_model"):
+        tiny_cfg("training.kfac.step_model=newton")
+
+
 def test_dhkfac_needs_the_recurrent_policy():
     with pytest.raises(ConfigError, match="training.optimizer"):
         tiny_cfg("policy.kind=mlp")

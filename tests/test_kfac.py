@@ -347,6 +347,8 @@ def test_adaptive_momentum_with_exact_model_is_conjugate_gradients_on_a_quadrati
     np.testing.assert_allclose(flat(weights(model)), np.linalg.solve(hess, c), rtol=1e-8, atol=1e-10)
     with pytest.raises(ValueError, match="step_model"):
         DHKFAC(momentum=0.5, step_model="subspace")
+    with pytest.raises(ValueError, match="step_model must be one of"):
+        DHKFAC(step_model="newton")
 
 
 def test_line_model_steps_along_the_momentum_direction():
