@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from deephedge_tf.dtypes import to_float
+
 
 def pooled_factors(a, g):
     """RNN-KFAC factors with "expand" pooling over time (Martens, Ba & Johnson 2018).
@@ -167,16 +169,9 @@ def subspace_step(matrix, rhs, eta_max, radius=None):
     half_quad = 0.5 * (alpha * b[0] + mu * b[1])
     scale = tf.ones((), dt)
     if radius is not None:
-        r = _as(radius, dt)
+        r = to_float(radius, dt)
         scale = tf.where(half_quad > r, tf.sqrt(r / tf.where(half_quad > 0, half_quad, tf.ones_like(half_quad))), scale)
-    eta_max = _as(eta_max, dt)
+    eta_max = to_float(eta_max, dt)
     scale = tf.where(alpha * scale > eta_max, eta_max / tf.where(alpha > 0, alpha, tf.ones_like(alpha)), scale)
     ok = usable & (half_quad > 0) & tf.math.is_finite(half_quad)
     return tf.where(ok, scale * alpha, zero), tf.where(ok, scale * mu, zero)
-
-
-def _as(x, dtype):
-    """``x`` as a ``dtype`` tensor; Python numbers directly (``tf.cast`` of one goes through float32)."""
-    if isinstance(x, (int, float)):
-        return tf.constant(x, dtype)
-    return tf.cast(x, dtype)

@@ -519,13 +519,18 @@ class DHKFAC(keras.optimizers.Optimizer):
                 f"DHKFAC: got {len(grads)} gradients for {len(self._trainable_variables)} variables"
             )
         directions = self._block_directions({i: g for i, g in enumerate(grads) if g is not None}, with_momentum)
-        out = [None] * len(grads)
-        for k, (direction, _, _) in directions.items():
+        return self._per_variable({k: d for k, (d, _, _) in directions.items()}), self._quadratic(directions)
+
+    def _per_variable(self, by_block):
+        """``{block k: stacked [da, dg] tensor}`` split into one slice per variable (``None`` elsewhere),
+        aligned with the built variable list."""
+        out = [None] * len(self._trainable_variables)
+        for k, stacked in by_block.items():
             block = self._kfac_blocks[k]
             shapes = [self._trainable_variables[i].shape for i in block.indices]
-            for i, part in zip(block.indices, unstack(block, direction, shapes)):
+            for i, part in zip(block.indices, unstack(block, stacked, shapes)):
                 out[i] = part
-        return out, self._quadratic(directions)
+        return out
 
     def previous_update(self):
         """The last applied step of every block variable (``W_new = W_old - step``; ``None`` for the
@@ -533,12 +538,8 @@ class DHKFAC(keras.optimizers.Optimizer):
         self._require_built()
         if not self.adaptive_momentum:
             raise RuntimeError("DHKFAC.previous_update: only kept with step_model='subspace'")
-        out = [None] * len(self._trainable_variables)
-        for block, state in zip(self._kfac_blocks, self._kfac_states):
-            shapes = [self._trainable_variables[i].shape for i in block.indices]
-            for i, part in zip(block.indices, unstack(block, tf.convert_to_tensor(state.velocity), shapes)):
-                out[i] = part
-        return out
+        return self._per_variable({k: tf.convert_to_tensor(state.velocity)
+                                   for k, state in enumerate(self._kfac_states)})
 
     def set_subspace_model(self, matrix, rhs):
         """Exact quadratic model of the loss over ``span{V, previous step}`` for the next update.
