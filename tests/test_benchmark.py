@@ -6,10 +6,12 @@ No timing assertions: speed is reported by the benchmark itself (BENCHMARKS.md),
 import argparse
 import json
 
+import numpy as np
 import pytest
 import yaml
 
-from deephedge_tf.benchmark import (add_benchmark_parser, first_at_or_below, kfac_vs_adam, main, results_markdown,
+from deephedge_tf.benchmark import (add_benchmark_parser, first_at_or_below, kfac_vs_adam, main, paired_difference,
+                                    results_markdown,
                                     run_benchmark)
 from deephedge_tf.errors import ConfigError
 
@@ -107,6 +109,31 @@ def test_markdown_table_has_a_row_per_seed(tiny_results):
     _, r = tiny_results
     table = results_markdown(r)
     assert table.count("\n| 0 |") == 1 and table.count("\n| 1 |") == 1 and "DH-KFAC" in table
+
+
+def test_paired_margin_is_recorded_for_every_seed(tiny_results):
+    _, r = tiny_results
+    kfac = {x["seed"]: x for x in r["runs"] if x["optimizer"] == "dhkfac"}
+    for row in r["summary"]["per_seed"]:
+        paired = kfac[row["seed"]]["paired_vs_adam_best"]
+        # 256 validation paths: at least 8 chunks of 32 paths.
+        assert paired["step"] == kfac[row["seed"]]["steps_run"] and paired["chunks"] == 8
+        assert paired["se"] > 0
+        assert row["target_margin_in_paired_se"] == pytest.approx(0.5 * row["adam_best_val_loss"] / paired["se"])
+
+
+def test_paired_difference_hand_computation():
+    a = np.array([1.0, 2.0, 4.0, 3.0])
+    b = np.array([1.5, 2.1, 4.6, 3.0])  # d = 0.5, 0.1, 0.6, 0.0
+    mean, se = paired_difference(a, b)
+    d = np.array([0.5, 0.1, 0.6, 0.0])
+    assert mean == pytest.approx(0.3)
+    assert se == pytest.approx(np.sqrt(((d - 0.3) ** 2).sum() / 3) / 2)
+    # Noise common to both optimizers cancels: a constant shift has zero paired standard error,
+    # however large the spread of the losses themselves.
+    mean, se = paired_difference(a * 100.0, a * 100.0 + 0.25)
+    assert mean == pytest.approx(0.25) and se == pytest.approx(0.0, abs=1e-12)
+    assert np.isnan(paired_difference(a[:1], b[:1])[1])
 
 
 def test_first_at_or_below_skips_the_initial_point():
