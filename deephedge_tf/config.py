@@ -241,9 +241,14 @@ class KFACConfig:
     curvature_period: int = param(1, "steps between curvature statistics updates", units="steps", ge=1)
     inverse_period: int = param(10, "steps between eigendecompositions", units="steps", ge=1)
     trust_radius: Optional[float] = param(
-        0.1, "initial trust region delta_0 on the exact quadratic model's curvature term (null: none)", gt=0.0)
+        0.1, "initial trust region delta_0: bound on the quadratic model's curvature term, the predicted loss "
+        "decrease of a step (relative mode: as a fraction of the first step's unconstrained predicted "
+        "decrease; null: no trust region)", gt=0.0)
     trust_radius_decay: float = param(0.999, "trust region decay per step", gt=0.0, le=1.0)
-    trust_radius_min: float = param(1e-5, "trust region floor", ge=0.0)
+    trust_radius_min: float = param(1e-5, "trust region floor (same units as trust_radius)", ge=0.0)
+    trust_radius_mode: Literal["relative", "absolute"] = param(
+        "relative", "trust radius as a fraction of the first step's predicted decrease, independent of the loss "
+        "scale (relative), or in loss units (absolute)")
     momentum: float = param(0.0, "heavy-ball momentum on the preconditioned direction (step_model line: the "
                             "exact model sizes the step along the direction with momentum)", ge=0.0, lt=1.0)
     step_model: Literal["kronecker", "line", "subspace"] = param(

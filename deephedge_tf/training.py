@@ -81,6 +81,7 @@ def make_optimizer(cfg: Config):
                       statistics_decay=k.statistics_decay, curvature_period=k.curvature_period,
                       inverse_period=k.inverse_period, trust_radius=k.trust_radius,
                       trust_radius_decay=k.trust_radius_decay, trust_radius_min=k.trust_radius_min,
+                      trust_radius_mode=k.trust_radius_mode,
                       momentum=k.momentum, step_model=k.step_model,
                       diagonal_learning_rate=k.diagonal_learning_rate, **kwargs)
     raise AssertionError(f"unhandled optimizer {t.optimizer!r}")  # config validation forbids it

@@ -119,7 +119,7 @@ def test_config_round_trip():
     again = keras.optimizers.deserialize(keras.optimizers.serialize(opt))
     assert isinstance(again, DHKFAC) and again.get_config() == config
     for key in ("damping", "damping_mode", "ekfac", "momentum", "step_model", "trust_radius", "trust_radius_decay",
-                "statistics_decay", "diagonal_learning_rate", "epsilon"):
+                "trust_radius_mode", "statistics_decay", "diagonal_learning_rate", "epsilon"):
         assert key in config
     with pytest.raises(ValueError, match="rho"):
         DHKFAC(damping=1.5)
@@ -255,7 +255,7 @@ def test_shrinkage_tikhonov_and_trust_region_against_hand_computation():
         model = mlp([3, 2], name="tr")
         w0 = np.concatenate([weights(model)[0], weights(model)[1][None]])
         opt = DHKFAC(learning_rate=1.0, damping=damping, damping_mode=mode, trust_radius=1e-4,
-                     trust_radius_decay=0.5, trust_radius_min=3e-5)
+                     trust_radius_decay=0.5, trust_radius_min=3e-5, trust_radius_mode="absolute")
         opt.build(model.trainable_variables)
         opt.update_curvature({"tr/d0": (a, g)})
         st = {k: v.numpy() for k, v in opt.block_state("tr/d0").items()}
@@ -279,6 +279,75 @@ def test_shrinkage_tikhonov_and_trust_region_against_hand_computation():
     got = [float(curvature.trust_radius(k, 1e-4, 0.5, 3e-5, F64)) for k in range(4)]
     np.testing.assert_allclose(got, [1e-4, 5e-5, 3e-5, 3e-5], rtol=1e-15)
     assert float(opt.current_trust_radius()) == pytest.approx(5e-5, rel=1e-15)  # after one step
+
+
+def test_relative_trust_radius_against_hand_computation():
+    """trust_radius_mode='relative': delta_k x m_ref, m_ref = the first step's unconstrained predicted
+    decrease slope^2 / (2 q)."""
+    rng = np.random.default_rng(12)
+    stats = {"rel/d0": (with_bias_column(rng.normal(size=(5, 2))), rng.normal(size=(5, 2)))}
+    g1, g2 = [[rng.normal(size=(2, 2)), rng.normal(size=(2,))] for _ in range(2)]
+    model = mlp([2, 2], name="rel")
+    opt = DHKFAC(step_model="line", learning_rate=10.0, trust_radius=0.25, trust_radius_decay=0.5,
+                 trust_radius_min=0.0, trust_radius_mode="relative")
+    opt.build(model.trainable_variables)
+    opt.update_curvature(stats)
+    assert float(opt.current_trust_radius()) == np.inf  # no reference before the first step
+    w0 = weights(model)
+    v1, _ = opt.precondition(g1)
+    opt.set_step_model(curvature_along=4.0, slope=2.0)  # minimiser eta* = 0.5, m_ref = 4 / 8 = 0.5
+    opt.apply(g1, model.trainable_variables)
+    assert float(opt.radius_reference) == 0.5
+    assert float(opt.step_size) == pytest.approx(0.25, rel=1e-15)  # sqrt(2 * 0.25 * 0.5 / 4) = sqrt(0.25) eta*
+    for w, v, new in zip(w0, v1, weights(model)):
+        np.testing.assert_allclose(new, w - 0.25 * v, rtol=1e-12)
+    opt.set_step_model(curvature_along=1.0, slope=2.0)  # eta* = 2; delta_1 = 0.125 x 0.5
+    opt.apply(g2, model.trainable_variables)
+    assert float(opt.radius_reference) == 0.5  # kept from the first step
+    assert float(opt.step_size) == pytest.approx(np.sqrt(2 * 0.0625), rel=1e-15)
+    assert float(opt.current_trust_radius()) == pytest.approx(0.25 * 0.25 * 0.5, rel=1e-15)  # delta_2 m_ref
+
+    # The Kronecker rule without momentum: slope = g.V = q, so m_ref = q / 2 and the first step is
+    # eta = sqrt(2 delta_0 m_ref / q) = sqrt(delta_0) whatever the gradient and curvature scale.
+    for scale in (1.0, 1e-6):
+        model = mlp([2, 2], name="rel")
+        opt = DHKFAC(step_model="kronecker", learning_rate=10.0, trust_radius=0.25, trust_radius_mode="relative")
+        opt.build(model.trainable_variables)
+        opt.update_curvature({"rel/d0": (stats["rel/d0"][0], np.sqrt(scale) * stats["rel/d0"][1])})
+        _, q = opt.precondition([scale * g for g in g1])
+        opt.apply([scale * g for g in g1], model.trainable_variables)
+        assert float(opt.step_size) == pytest.approx(0.5, rel=1e-12)
+        assert float(opt.radius_reference) == pytest.approx(float(q) / 2, rel=1e-12)
+    with pytest.raises(ValueError, match="trust_radius_mode"):
+        DHKFAC(trust_radius_mode="scaled")
+
+
+@pytest.mark.parametrize("mode", ["relative", "absolute"])
+def test_relative_trust_radius_makes_training_independent_of_the_loss_scale(mode):
+    """Scaling the loss by c scales gradients and curvature by c: the preconditioned direction is
+    unchanged, and with a relative trust radius so is every step; an absolute radius is not."""
+    finals = []
+    for c in (1.0, 1e-4):
+        model = mlp([3, 4, 2], activation="tanh", name="scale", seed=13)
+        opt = DHKFAC(step_model="kronecker", momentum=0.5, inverse_period=1, trust_radius=1e-3,
+                     trust_radius_decay=0.9, trust_radius_mode=mode, learning_rate=10.0)
+        opt.build(model.trainable_variables)
+        for step in range(4):
+            rng = np.random.default_rng(200 + step)
+            x, y = rng.normal(size=(6, 3)), rng.normal(size=(6, 2))
+            with tf.GradientTape() as tape:
+                loss = c * tf.reduce_mean(tf.square(model(x) - y))
+            opt.update_curvature({
+                "scale/d0": (with_bias_column(rng.normal(size=(6, 3))), np.sqrt(c) * rng.normal(size=(6, 4))),
+                "scale/d1": (with_bias_column(rng.normal(size=(6, 4))), np.sqrt(c) * rng.normal(size=(6, 2))),
+            })
+            opt.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
+        assert mode == "absolute" or float(opt.step_size) < 10.0  # the trust region binds
+        finals.append(np.concatenate([w.reshape(-1) for w in weights(model)]))
+    if mode == "relative":
+        np.testing.assert_allclose(finals[1], finals[0], rtol=1e-9, atol=1e-12)
+    else:
+        assert np.max(np.abs(finals[1] - finals[0])) > 1e-3
 
 
 def test_momentum_is_heavy_ball_on_the_preconditioned_direction():
@@ -511,7 +580,8 @@ def test_recurrent_policy_blocks_capture_and_identity_preconditioning():
     obs = [{"features": tf.constant(rng.normal(size=(b, 2))), "mask": tf.ones((b, 1), F64)} for _ in range(t)]
     policy(obs[0], tf.zeros((b, 1), F64), policy.initial_state(b, F64))
     variables = policy.trainable_variables
-    opt = DHKFAC(damping=1.0, learning_rate=1.0, trust_radius=1e-4, diagonal_learning_rate=1e-2)
+    opt = DHKFAC(damping=1.0, learning_rate=1.0, trust_radius=1e-4, diagonal_learning_rate=1e-2,
+                 trust_radius_mode="absolute")
     opt.build(variables)
 
     # Blocks from paths match linear_maps(): same variables, same stacking order, same sizes.

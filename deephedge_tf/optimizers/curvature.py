@@ -175,3 +175,13 @@ def subspace_step(matrix, rhs, eta_max, radius=None):
     scale = tf.where(alpha * scale > eta_max, eta_max / tf.where(alpha > 0, alpha, tf.ones_like(alpha)), scale)
     ok = usable & (half_quad > 0) & tf.math.is_finite(half_quad)
     return tf.where(ok, scale * alpha, zero), tf.where(ok, scale * mu, zero)
+
+
+def model_decrease(matrix, rhs):
+    """The decrease ``x* . b / 2`` the quadratic model of :func:`subspace_step` predicts at its
+    unconstrained minimiser ``x*`` (no trust region, no cap); 0 where the model is unusable.  The
+    reference ``m_ref`` of a relative trust radius."""
+    m = tf.convert_to_tensor(matrix)
+    b = tf.convert_to_tensor(rhs, m.dtype)
+    alpha, mu = subspace_step(m, b, float("inf"), None)
+    return 0.5 * (alpha * b[0] + mu * b[1])

@@ -12,8 +12,15 @@ of :mod:`deephedge_tf.optimizers.curvature`:
     P = U_A^T grad U_G;   V = U_A (P / s_d) U_G^T                         (the preconditioned gradient)
     D = V + mu * D_prev                                                   (heavy-ball momentum, mu = 0 by default)
     q = sum_blocks sum s_d * (U_A^T D U_G)^2                              (= D^T C_d D in the eigenbasis)
-    eta = min(eta_max, sqrt(2 delta_k / q)),  delta_k = max(delta_0 decay^k, delta_min)
+    eta = min(eta_max, sqrt(2 delta_k / q)),  delta_k = max(delta_0 decay^k, delta_min) [x m_ref]
     W <- W - eta * D
+
+The trust radius bounds the model's curvature term ``eta^2 q / 2``, i.e. the predicted loss decrease of
+a step, so an absolute ``delta`` is in loss units and must match the loss scale.  With
+``trust_radius_mode="relative"`` (the default) ``delta_k`` is a fraction of ``m_ref``, the predicted
+decrease of the unconstrained model step at the first update (``(g.D)^2 / (2 D^T C D)`` along ``D``;
+the subspace model's minimum with ``step_model="subspace"``): ``delta_0 = 1`` lets the first step be the
+model's minimiser, ``delta_0 = 0.1`` shortens it to ``sqrt(0.1)`` of it, whatever the loss scale.
 
 The Kronecker ``q`` underestimates the true curvature along ``V`` on recurrent policies (RNN-KFAC's
 independence over time), so the model can hand over the *exact* quadratic model of the loss (its GGN
@@ -62,6 +69,7 @@ from deephedge_tf.optimizers.blocks import KroneckerBlock, find_blocks, stack, u
 
 _DAMPING_MODES = ("shrinkage", "tikhonov")
 STEP_MODELS = ("kronecker", "line", "subspace")
+TRUST_RADIUS_MODES = ("relative", "absolute")
 
 
 @dataclasses.dataclass
@@ -113,6 +121,9 @@ class DHKFAC(keras.optimizers.Optimizer):
       trust_radius: ``delta_0`` of the trust region; ``None`` disables it (``eta = eta_max``).
       trust_radius_decay: ``delta_k = max(delta_0 * decay**k, trust_radius_min)``, ``k = iterations``.
       trust_radius_min: the floor ``delta_min`` of the decaying radius.
+      trust_radius_mode: ``"relative"`` (default): ``delta_k`` times ``m_ref``, the predicted loss
+        decrease of the unconstrained model step at the first update (kept in ``radius_reference``), so
+        the settings do not depend on the loss scale; ``"absolute"``: ``delta_k`` in loss units.
       momentum: heavy-ball coefficient ``mu`` on the preconditioned direction, in [0, 1).
       step_model: what sizes the step (the hedger supplies the exact models when training with
         this optimizer; a step without its model falls back to ``"kronecker"``):
@@ -144,9 +155,10 @@ class DHKFAC(keras.optimizers.Optimizer):
         statistics_decay=0.95,
         curvature_period=1,
         inverse_period=10,
-        trust_radius=1e-3,
+        trust_radius=0.1,
         trust_radius_decay=0.999,
         trust_radius_min=1e-5,
+        trust_radius_mode="relative",
         momentum=0.0,
         step_model="line",
         diagonal_learning_rate=1e-3,
@@ -179,6 +191,9 @@ class DHKFAC(keras.optimizers.Optimizer):
                 raise ValueError(f"DHKFAC: trust_radius_decay must be in (0, 1]; got {trust_radius_decay}")
             if not float(trust_radius_min) >= 0.0:
                 raise ValueError(f"DHKFAC: trust_radius_min must be >= 0; got {trust_radius_min}")
+        if trust_radius_mode not in TRUST_RADIUS_MODES:
+            raise ValueError(f"DHKFAC: trust_radius_mode must be one of {TRUST_RADIUS_MODES}; "
+                             f"got {trust_radius_mode!r}")
         if not 0.0 <= float(momentum) < 1.0:
             raise ValueError(f"DHKFAC: momentum must be in [0, 1); got {momentum}")
         if step_model not in STEP_MODELS:
@@ -201,6 +216,7 @@ class DHKFAC(keras.optimizers.Optimizer):
         self.trust_radius = None if trust_radius is None else float(trust_radius)
         self.trust_radius_decay = float(trust_radius_decay)
         self.trust_radius_min = float(trust_radius_min)
+        self.trust_radius_mode = trust_radius_mode
         self.momentum = float(momentum)
         self.step_model = step_model
         self.diagonal_learning_rate = float(diagonal_learning_rate)
@@ -272,6 +288,8 @@ class DHKFAC(keras.optimizers.Optimizer):
         self.model_matrix = self.add_variable((2, 2), "zeros", scalar, name="model_matrix")
         self.model_rhs = self.add_variable((2,), "zeros", scalar, name="model_rhs")
         self.model_valid = self.add_variable((), "zeros", scalar, name="model_valid")
+        # m_ref of trust_radius_mode="relative": set by the first update with a usable model (0: unset).
+        self.radius_reference = self.add_variable((), "zeros", scalar, name="radius_reference")
 
     # ------------------------------------------------------------------ introspection
 
@@ -485,6 +503,15 @@ class DHKFAC(keras.optimizers.Optimizer):
             out[k] = (direction, proj, s_d)
         return out
 
+    def _slope(self, grad_by_index, directions):
+        """``g . D`` summed over the blocks of ``directions`` (the model's slope along the step)."""
+        terms = []
+        for k, (direction, _, _) in directions.items():
+            block = self._kfac_blocks[k]
+            grad = stack(block, [grad_by_index.get(i) for i in block.indices])
+            terms.append(tf.cast(tf.reduce_sum(grad * direction), self._scalar_dtype))
+        return tf.add_n(terms) if terms else tf.zeros((), self._scalar_dtype)
+
     def _quadratic(self, directions):
         """``q = sum_blocks sum s_d * D_eig^2`` in the scalar dtype."""
         terms = [
@@ -574,12 +601,23 @@ class DHKFAC(keras.optimizers.Optimizer):
         self.set_subspace_model([[q, zero], [zero, zero]], [tf.cast(slope, self._scalar_dtype), zero])
 
     def current_trust_radius(self):
-        """``delta_k`` at the current iteration (``None`` without a trust region)."""
+        """``delta_k`` at the current iteration in loss units (``None`` without a trust region).
+        Relative mode: ``delta_k x m_ref``, ``+inf`` until the first update has set ``m_ref``."""
         if self.trust_radius is None:
             return None
-        return curvature.trust_radius(
+        radius = curvature.trust_radius(
             self.iterations, self.trust_radius, self.trust_radius_decay, self.trust_radius_min, self._scalar_dtype
         )
+        if self.trust_radius_mode == "absolute":
+            return radius
+        ref = tf.convert_to_tensor(self.radius_reference)
+        return tf.where(ref > 0, radius * ref, tf.constant(float("inf"), self._scalar_dtype))
+
+    def _update_radius_reference(self, predicted_decrease):
+        """Relative mode: the first finite, positive ``predicted_decrease`` becomes ``m_ref``."""
+        ref = tf.convert_to_tensor(self.radius_reference)
+        usable = tf.math.is_finite(predicted_decrease) & (predicted_decrease > 0)
+        self.assign(self.radius_reference, tf.where((ref > 0) | ~usable, ref, predicted_decrease))
 
     # ------------------------------------------------------------------ applying
 
@@ -609,13 +647,21 @@ class DHKFAC(keras.optimizers.Optimizer):
         grad_by_index = {self._get_variable_index(v): g for g, v in zip(grads, trainable_variables)}
         directions = self._block_directions(grad_by_index, True)
         eta_max = tf.cast(learning_rate, self._scalar_dtype)
+        valid = self.model_valid > 0
+        quad = self._quadratic(directions)
+        if self.trust_radius is not None and self.trust_radius_mode == "relative":
+            # m_ref from this step's model: the exact one where supplied, else the Kronecker q along D.
+            exact = curvature.model_decrease(self.model_matrix, self.model_rhs)
+            slope = self._slope(grad_by_index, directions)
+            kron = tf.square(slope) / (2.0 * tf.where(quad > 0, quad, tf.ones_like(quad)))
+            kron = tf.where((quad > 0) & (slope > 0), kron, tf.zeros_like(kron))
+            self._update_radius_reference(tf.where(valid, exact, kron))
         radius = self.current_trust_radius()
         if radius is None:
             kron_eta = eta_max
         else:
-            kron_eta = curvature.trust_region_step(self._quadratic(directions), eta_max, radius)
+            kron_eta = curvature.trust_region_step(quad, eta_max, radius)
         exact_eta, exact_mu = curvature.subspace_step(self.model_matrix, self.model_rhs, eta_max, radius)
-        valid = self.model_valid > 0
         eta = tf.where(valid, exact_eta, kron_eta)
         mu = tf.where(valid, exact_mu, tf.zeros_like(exact_mu)) if self.adaptive_momentum else None
         self.assign(self.model_valid, tf.zeros_like(self.model_valid))
@@ -672,6 +718,7 @@ class DHKFAC(keras.optimizers.Optimizer):
             "trust_radius": self.trust_radius,
             "trust_radius_decay": self.trust_radius_decay,
             "trust_radius_min": self.trust_radius_min,
+            "trust_radius_mode": self.trust_radius_mode,
             "momentum": self.momentum,
             "step_model": self.step_model,
             "diagonal_learning_rate": self.diagonal_learning_rate,
