@@ -415,9 +415,13 @@ def _train(runner: _Runner, cfg: Config, parts, weights, peak, steps: int, eval_
             if target is not None and val <= target:
                 stopped = "target"
                 break
+    if hasattr(runner.optimizer, "uphill_steps"):  # DH-KFAC steps its exact model blocked
+        extra = dict(uphill_steps=int(runner.optimizer.uphill_steps.numpy()))
+    else:
+        extra = {}
     result = dict(curve=curve, steps_run=len(step_s), wall_s=wall, stopped=stopped, skipped_steps=int(skipped),
                   optimizer_iterations=int(runner.optimizer.iterations.numpy()),
-                  step_time_s=_time_stats(step_s), data_time_s=_time_stats(data_s))
+                  step_time_s=_time_stats(step_s), data_time_s=_time_stats(data_s), **extra)
     if keep_best:
         result["best_weights"] = best_weights
     return result

@@ -443,6 +443,39 @@ def test_line_model_steps_along_the_momentum_direction():
         np.testing.assert_allclose(new, w - 0.25 * d, rtol=1e-12)
 
 
+def test_uphill_model_blocks_the_step_and_missing_model_falls_back_to_kronecker():
+    """With momentum, D = V + mu D_prev can point uphill for a batch (g . D <= 0): the exact model then
+    predicts no decrease along D and the blocks do not move (the Kronecker rule would size a step
+    along an ascent direction).  A non-finite model is ignored: the Kronecker rule sizes the step."""
+    rng = np.random.default_rng(14)
+    model = mlp([2, 2], name="up")
+    opt = DHKFAC(momentum=0.5, step_model="line", trust_radius=1e-2, trust_radius_mode="absolute",
+                 learning_rate=10.0)
+    opt.build(model.trainable_variables)
+    opt.update_curvature({"up/d0": (with_bias_column(rng.normal(size=(5, 2))), rng.normal(size=(5, 2)))})
+    g = [rng.normal(size=(2, 2)), rng.normal(size=(2,))]
+    opt.set_step_model(curvature_along=4.0, slope=2.0)
+    opt.apply(g, model.trainable_variables)
+    w1 = weights(model)
+    d2, _ = opt.step_directions(g)
+    opt.set_step_model(curvature_along=4.0, slope=-1.0)
+    opt.apply(g, model.trainable_variables)
+    assert float(opt.step_size) == 0.0 and int(opt.uphill_steps) == 1 and int(opt.iterations) == 2
+    for w, new in zip(w1, weights(model)):
+        np.testing.assert_array_equal(new, w)
+    # The momentum buffer still holds the direction, as after any heavy-ball step: D3 = V + mu D2.
+    d3, q3 = opt.step_directions(g)
+    v, _ = opt.precondition(g)
+    for a3, a, a2 in zip(d3, v, d2):
+        np.testing.assert_allclose(a3, a + 0.5 * a2, rtol=1e-12)
+    opt.set_step_model(curvature_along=np.nan, slope=1.0)
+    opt.apply(g, model.trainable_variables)
+    eta = min(10.0, np.sqrt(2 * 1e-2 * 0.999**2 / float(q3)))
+    assert float(opt.step_size) == pytest.approx(eta, rel=1e-12) and int(opt.uphill_steps) == 1
+    for w, d, new in zip(w1, d3, weights(model)):
+        np.testing.assert_allclose(new, w - eta * d, rtol=1e-12)
+
+
 def test_update_periods():
     model = mlp([2, 2], name="per")
     opt = DHKFAC(curvature_period=2, inverse_period=4)

@@ -142,8 +142,9 @@ class DHKFAC(keras.optimizers.Optimizer):
 
     State (all Keras optimizer variables, so checkpoints hold them): per block ``A``, ``G``, ``U_A``,
     ``U_G``, ``lam_A``, ``lam_G``, an update count, ``s`` (ekfac) and the momentum buffer (momentum);
-    Adam moments of the diagonal variables; the counters ``skipped_curvature_updates`` and
-    ``skipped_steps``, the iteration of the last eigendecomposition, and ``step_size`` (the last eta).
+    Adam moments of the diagonal variables; the counters ``skipped_curvature_updates``,
+    ``skipped_steps`` and ``uphill_steps`` (see :meth:`set_subspace_model`), the iteration of the last
+    eigendecomposition, and ``step_size`` (the last eta).
     """
 
     def __init__(
@@ -277,6 +278,7 @@ class DHKFAC(keras.optimizers.Optimizer):
         self._adam_v = tuple(self.add_variable_from_reference(var_list[i], "v") for i in diagonal)
         self.skipped_curvature_updates = self.add_variable((), "zeros", "int64", name="skipped_curvature_updates")
         self.skipped_steps = self.add_variable((), "zeros", "int64", name="skipped_steps")
+        self.uphill_steps = self.add_variable((), "zeros", "int64", name="uphill_steps")
         self.last_inverse_iteration = self.add_variable(
             (), keras.initializers.Constant(-1), "int64", name="last_inverse_iteration"
         )
@@ -575,15 +577,22 @@ class DHKFAC(keras.optimizers.Optimizer):
         :meth:`previous_update`), ``rhs = [grad . V, grad . P]``.  The next update takes
         ``W <- W - (alpha V + mu P)`` with ``(alpha, mu)`` minimising ``-x.rhs + x^T matrix x / 2``
         within the trust region and ``alpha <= eta_max`` (see
-        :func:`deephedge_tf.optimizers.curvature.subspace_step`).  A non-finite model is ignored.
+        :func:`deephedge_tf.optimizers.curvature.subspace_step`).  A non-finite model, or one without
+        curvature along ``V``, is ignored (the Kronecker rule sizes the step).  A model that predicts
+        no decrease along ``V`` (``grad . V <= 0``: with heavy-ball momentum the direction can point
+        uphill for this batch) blocks the step: the Kronecker blocks do not move this iteration
+        (counted in ``uphill_steps``), since any step along ``V`` would raise the model loss.
         """
         self._require_built()
         m = tf.reshape(tf.cast(matrix, self._scalar_dtype), (2, 2))
         b = tf.reshape(tf.cast(rhs, self._scalar_dtype), (2,))
-        ok = _all_finite([m, b]) & (m[0, 0] > 0) & (b[0] > 0) & (m[1, 1] >= 0)
+        usable = _all_finite([m, b]) & (m[0, 0] > 0) & (m[1, 1] >= 0)
+        ok = usable & (b[0] > 0)
+        one = tf.ones((), self._scalar_dtype)
         self.assign(self.model_matrix, tf.where(ok, m, tf.zeros_like(m)))
         self.assign(self.model_rhs, tf.where(ok, b, tf.zeros_like(b)))
-        self.assign(self.model_valid, tf.cast(ok, self._scalar_dtype))
+        # 1: size the step with the model; -1: no step (uphill); 0: no model (Kronecker rule).
+        self.assign(self.model_valid, tf.where(ok, one, tf.where(usable, -one, 0.0 * one)))
 
     def set_step_model(self, curvature_along, slope):
         """Exact quadratic model of the loss along this step's preconditioned direction ``V``.
@@ -648,6 +657,7 @@ class DHKFAC(keras.optimizers.Optimizer):
         directions = self._block_directions(grad_by_index, True)
         eta_max = tf.cast(learning_rate, self._scalar_dtype)
         valid = self.model_valid > 0
+        uphill = self.model_valid < 0
         quad = self._quadratic(directions)
         if self.trust_radius is not None and self.trust_radius_mode == "relative":
             # m_ref from this step's model: the exact one where supplied, else the Kronecker q along D.
@@ -662,7 +672,8 @@ class DHKFAC(keras.optimizers.Optimizer):
         else:
             kron_eta = curvature.trust_region_step(quad, eta_max, radius)
         exact_eta, exact_mu = curvature.subspace_step(self.model_matrix, self.model_rhs, eta_max, radius)
-        eta = tf.where(valid, exact_eta, kron_eta)
+        eta = tf.where(valid, exact_eta, tf.where(uphill, tf.zeros_like(kron_eta), kron_eta))
+        self.assign_add(self.uphill_steps, tf.cast(uphill, tf.int64))
         mu = tf.where(valid, exact_mu, tf.zeros_like(exact_mu)) if self.adaptive_momentum else None
         self.assign(self.model_valid, tf.zeros_like(self.model_valid))
         for k, (direction, _, _) in directions.items():
