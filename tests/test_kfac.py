@@ -380,6 +380,12 @@ def test_subspace_step_against_hand_computation():
     # No usable previous step (first step, or collinear with V): the 1-D model along V.
     assert step(np.diag([4.0, 0.0]), [2.0, 0.0]) == pytest.approx([0.5, 0.0], rel=1e-15)
     assert step(np.ones((2, 2)), [2.0, 2.0]) == pytest.approx([2.0, 0.0], rel=1e-15)
+    # Nearly collinear (1 - cos^2 = 5e-5): a 2-D solve in float64, the 1-D model in float32, where
+    # rounding errors of M, amplified by 1 / (1 - cos^2), would make (alpha, mu) noise.
+    near = np.array([[1.0, np.sqrt(1 - 5e-5)], [np.sqrt(1 - 5e-5), 1.0]])
+    assert step(near, [1.0, 0.5])[1] != 0.0
+    m32, b32 = tf.constant(near, tf.float32), tf.constant([1.0, 0.5], tf.float32)
+    assert [float(x) for x in curvature.subspace_step(m32, b32, 10.0)] == pytest.approx([1.0, 0.0], rel=1e-6)
     # No descent along V or no curvature: no step.
     assert step(np.diag([4.0, 1.0]), [-1.0, 1.0]) == [0.0, 0.0]
     assert step(np.zeros((2, 2)), [1.0, 1.0]) == [0.0, 0.0]

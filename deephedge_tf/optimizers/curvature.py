@@ -115,6 +115,12 @@ def damp(s, mode: str, damping: float, epsilon: float):
     return tf.maximum(damped, floor)
 
 
+def _eps(dtype) -> float:
+    import numpy as np
+
+    return float(np.finfo(tf.as_dtype(dtype).as_numpy_dtype).eps)
+
+
 def _tiny(dtype) -> float:
     import numpy as np
 
@@ -149,7 +155,10 @@ def subspace_step(matrix, rhs, eta_max, radius=None):
     that ``alpha <= eta_max``.
 
     When ``P`` carries no information (``M[1, 1] <= 0``, e.g. the first step, or ``V`` and ``P``
-    collinear to rounding: ``det M <= 1e-6 M[0,0] M[1,1]``) the model is one-dimensional:
+    collinear to rounding: ``det M <= tol M[0,0] M[1,1]`` with ``tol = max(1e-6, sqrt(eps))`` of the
+    dtype -- ``det / (M[0,0] M[1,1]) = 1 - cos^2`` of the two directions, and rounding errors of ``M``
+    (relative ``eps`` at least) reach the 2-D solution amplified by ``1 / (1 - cos^2)``, so this bounds
+    them by ``sqrt(eps)``, 3.5e-4 in float32) the model is one-dimensional:
     ``alpha = b_0 / M[0, 0]``, ``mu = 0``.  ``M[0, 0] <= 0`` or ``b_0 <= 0`` gives ``(0, 0)`` (no model:
     callers check validity first).  ``radius=None``: no trust region.
     """
@@ -161,7 +170,8 @@ def subspace_step(matrix, rhs, eta_max, radius=None):
     usable = (a > 0) & (b[0] > 0)
     safe_a = tf.where(usable, a, tf.ones_like(a))
     det = a * d - c * c
-    two_d = (d > 0) & (det > tf.constant(1e-6, dt) * a * d) & usable
+    tol = max(1e-6, _eps(dt) ** 0.5)
+    two_d = (d > 0) & (det > tf.constant(tol, dt) * a * d) & usable
     safe_det = tf.where(two_d, det, tf.ones_like(det))
     alpha = tf.where(two_d, (d * b[0] - c * b[1]) / safe_det, b[0] / safe_a)
     mu = tf.where(two_d, (a * b[1] - c * b[0]) / safe_det, zero)
