@@ -111,20 +111,15 @@ def damp(s, mode: str, damping: float, epsilon: float):
         damped = s + tf.constant(damping, dt)
     else:
         raise ValueError(f"damp: unknown mode {mode!r}")
-    floor = tf.maximum(tf.constant(epsilon, dt) * mean, tf.constant(_tiny(dt), dt))
+    floor = tf.maximum(tf.constant(epsilon, dt) * mean, tf.constant(float(_finfo(dt).tiny), dt))
     return tf.maximum(damped, floor)
 
 
-def _eps(dtype) -> float:
+def _finfo(dtype):
+    """numpy's machine limits of a float dtype (``eps``, ``tiny``, ...)."""
     import numpy as np
 
-    return float(np.finfo(tf.as_dtype(dtype).as_numpy_dtype).eps)
-
-
-def _tiny(dtype) -> float:
-    import numpy as np
-
-    return float(np.finfo(tf.as_dtype(dtype).as_numpy_dtype).tiny)
+    return np.finfo(tf.as_dtype(dtype).as_numpy_dtype)
 
 
 def trust_radius(step, radius0: float, decay: float, radius_min: float, dtype):
@@ -170,7 +165,7 @@ def subspace_step(matrix, rhs, eta_max, radius=None):
     usable = (a > 0) & (b[0] > 0)
     safe_a = tf.where(usable, a, tf.ones_like(a))
     det = a * d - c * c
-    tol = max(1e-6, _eps(dt) ** 0.5)
+    tol = max(1e-6, float(_finfo(dt).eps) ** 0.5)
     two_d = (d > 0) & (det > tf.constant(tol, dt) * a * d) & usable
     safe_det = tf.where(two_d, det, tf.ones_like(det))
     alpha = tf.where(two_d, (d * b[0] - c * b[1]) / safe_det, b[0] / safe_a)
