@@ -486,7 +486,8 @@ class DHKFAC(keras.optimizers.Optimizer):
     # ------------------------------------------------------------------ preconditioning
 
     def _block_directions(self, grad_by_index, with_momentum):
-        """``{block k: (D [da, dg], D in the eigenbasis, damped s)}`` for blocks with a gradient."""
+        """``{block k: (D [da, dg], D in the eigenbasis, damped s, stacked gradient [da, dg])}`` for
+        blocks with a gradient."""
         out = {}
         for k, (block, state) in enumerate(zip(self._kfac_blocks, self._kfac_states)):
             members = [grad_by_index.get(i) for i in block.indices]
@@ -502,22 +503,20 @@ class DHKFAC(keras.optimizers.Optimizer):
                 mu = tf.constant(self.momentum, block.dtype)
                 direction = direction + mu * velocity
                 proj = proj + mu * tf.matmul(tf.matmul(u_a, velocity, transpose_a=True), u_g)
-            out[k] = (direction, proj, s_d)
+            out[k] = (direction, proj, s_d, grad)
         return out
 
-    def _slope(self, grad_by_index, directions):
+    def _slope(self, directions):
         """``g . D`` summed over the blocks of ``directions`` (the model's slope along the step)."""
         terms = []
-        for k, (direction, _, _) in directions.items():
-            block = self._kfac_blocks[k]
-            grad = stack(block, [grad_by_index.get(i) for i in block.indices])
+        for direction, _, _, grad in directions.values():
             terms.append(tf.cast(tf.reduce_sum(grad * direction), self._scalar_dtype))
         return tf.add_n(terms) if terms else tf.zeros((), self._scalar_dtype)
 
     def _quadratic(self, directions):
         """``q = sum_blocks sum s_d * D_eig^2`` in the scalar dtype."""
         terms = [
-            tf.cast(tf.reduce_sum(s_d * tf.square(proj)), self._scalar_dtype) for _, proj, s_d in directions.values()
+            tf.cast(tf.reduce_sum(s_d * tf.square(proj)), self._scalar_dtype) for _, proj, s_d, _ in directions.values()
         ]
         return tf.add_n(terms) if terms else tf.zeros((), self._scalar_dtype)
 
@@ -548,7 +547,7 @@ class DHKFAC(keras.optimizers.Optimizer):
                 f"DHKFAC: got {len(grads)} gradients for {len(self._trainable_variables)} variables"
             )
         directions = self._block_directions({i: g for i, g in enumerate(grads) if g is not None}, with_momentum)
-        return self._per_variable({k: d for k, (d, _, _) in directions.items()}), self._quadratic(directions)
+        return self._per_variable({k: d for k, (d, _, _, _) in directions.items()}), self._quadratic(directions)
 
     def _per_variable(self, by_block):
         """``{block k: stacked [da, dg] tensor}`` split into one slice per variable (``None`` elsewhere),
@@ -592,7 +591,7 @@ class DHKFAC(keras.optimizers.Optimizer):
         self.assign(self.model_matrix, tf.where(ok, m, tf.zeros_like(m)))
         self.assign(self.model_rhs, tf.where(ok, b, tf.zeros_like(b)))
         # 1: size the step with the model; -1: no step (uphill); 0: no model (Kronecker rule).
-        self.assign(self.model_valid, tf.where(ok, one, tf.where(usable, -one, 0.0 * one)))
+        self.assign(self.model_valid, tf.where(ok, one, tf.where(usable, -one, tf.zeros_like(one))))
 
     def set_step_model(self, curvature_along, slope):
         """Exact quadratic model of the loss along this step's preconditioned direction ``V``.
@@ -662,7 +661,7 @@ class DHKFAC(keras.optimizers.Optimizer):
         if self.trust_radius is not None and self.trust_radius_mode == "relative":
             # m_ref from this step's model: the exact one where supplied, else the Kronecker q along D.
             exact = curvature.model_decrease(self.model_matrix, self.model_rhs)
-            slope = self._slope(grad_by_index, directions)
+            slope = self._slope(directions)
             kron = tf.square(slope) / (2.0 * tf.where(quad > 0, quad, tf.ones_like(quad)))
             kron = tf.where((quad > 0) & (slope > 0), kron, tf.zeros_like(kron))
             self._update_radius_reference(tf.where(valid, exact, kron))
@@ -676,7 +675,7 @@ class DHKFAC(keras.optimizers.Optimizer):
         self.assign_add(self.uphill_steps, tf.cast(uphill, tf.int64))
         mu = tf.where(valid, exact_mu, tf.zeros_like(exact_mu)) if self.adaptive_momentum else None
         self.assign(self.model_valid, tf.zeros_like(self.model_valid))
-        for k, (direction, _, _) in directions.items():
+        for k, (direction, _, _, _) in directions.items():
             block, state = self._kfac_blocks[k], self._kfac_states[k]
             members = [self._trainable_variables[i] for i in block.indices]
             step = tf.cast(eta, block.dtype) * direction
