@@ -348,9 +348,6 @@ class Config:
                 "european", "call_spread"):
             raise ConfigError("policy.kind", self.policy.kind, "a policy without a Black-Scholes delta for "
                               f"derivative.kind = {d.kind} (delta needs european or call_spread)")
-        if self.training.optimizer == "dhkfac" and self.policy.kind != "recurrent":
-            raise ConfigError("training.optimizer", "dhkfac", "adam unless policy.kind is recurrent (DH-KFAC "
-                              "needs the recurrent policy's curvature capture)")
         if not (self.hedges.spot.enabled or fg.moneyness or self.hedges.fixed_grid.strikes
                 or self.hedges.variance_swap.enabled):
             raise ConfigError("hedges", to_dict(self.hedges), "at least one hedging instrument")

@@ -31,6 +31,33 @@ from deephedge_tf.features import time_major
 from deephedge_tf.policies.base import policy_rollout
 
 OUTPUT_KEYS = ("pnl", "costs", "gains", "turnover", "actions")
+GGN_MODES = ("exact", "sampled")
+
+
+class CostL2Curvature:
+    """L2 surrogate of the transaction costs' curvature on the actions ``u`` ``[T, B, N]`` (``|u|`` has
+    none): per path ``c2 sum_k sum_n (u_k^n - u_{k-1}^n)^2`` (``u_{-1} = 0``), i.e. ``H_b = 2 c2 D^T D``
+    with ``D`` the time difference.  Pseudo-gradients ``sqrt(2 c2) D^T z``, ``z ~ N(0, I)``.
+    (Duck-typed :class:`deephedge_tf.optimizers.losses.OutputCurvature`; the batch axis is 1.)"""
+
+    def __init__(self, cost_l2: float):
+        self.cost_l2 = float(cost_l2)
+
+    def pseudo_gradient(self, outputs, targets=None, seed=None, sample_weight=None):
+        u = tf.convert_to_tensor(outputs)
+        seed = tf.constant([0, 0], tf.int64) if seed is None else seed
+        z = tf.random.stateless_normal(tf.shape(u), seed, dtype=u.dtype)
+        # (D^T z)_k = z_k - z_{k+1} (z_T = 0).
+        dt_z = z - tf.concat([z[1:], tf.zeros_like(z[:1])], axis=0)
+        return tf.sqrt(tf.constant(2.0 * self.cost_l2, u.dtype)) * dt_z
+
+    def bilinear(self, outputs, u, v, targets=None, sample_weight=None):
+        def diff(x):
+            return x - tf.concat([tf.zeros_like(x[:1]), x[:-1]], axis=0)
+
+        u = tf.convert_to_tensor(u)
+        per_path = tf.reduce_sum(diff(u) * diff(tf.cast(v, u.dtype)), axis=[0, 2])
+        return tf.constant(2.0 * self.cost_l2, u.dtype) * tf.reduce_mean(per_path)
 
 
 @keras.saving.register_keras_serializable(package="deephedge_tf")
@@ -67,20 +94,25 @@ class Hedger(keras.Model):
       policy: a :class:`deephedge_tf.policies.base.Policy`.
       objective: a :class:`deephedge_tf.objectives.Objective` layer: ``objective(pnl, costs)`` is the
         training loss (its own trainable weights, e.g. an OCE intercept, train with the policy).
-      ggn_mode, ggn_cost_l2: GGN surrogate for curvature optimizers ("exact" rank one, or "sampled"
-        with an L2 cost term of weight ggn_cost_l2); see :mod:`deephedge_tf.curvature`.
-      curvature_gamma: variance weight of the surrogate (None: the objective's gamma, else 1).
-      curvature_paths: statistics from the first this-many paths of each batch (None: all).
+      ggn_mode, ggn_cost_l2: curvature for second-order optimizers: the objective's GGN factor in the
+        PnL ("exact"), plus an L2 surrogate of the costs on the actions of weight ggn_cost_l2
+        ("sampled"; :class:`CostL2Curvature`).
+      curvature_paths: statistics and step model from the first this-many paths of each batch
+        (None: all).
+
+    With an optimizer that takes curvature statistics (:class:`deephedge_tf.optimizers.DHKFAC`) the train
+    step is :func:`deephedge_tf.optimizers.train_step.curvature_train_step`: every Dense and LSTM layer of
+    the policy is captured (:mod:`deephedge_tf.optimizers.capture`), whatever the policy.
     """
 
     def __init__(self, policy, objective, ggn_mode: str = "exact", ggn_cost_l2: float = 0.0,
-                 curvature_gamma: float | None = None, curvature_paths: int | None = None, **kwargs):
+                 curvature_paths: int | None = None, **kwargs):
         super().__init__(**kwargs)
         self.policy = policy
         self.objective = objective
-        # Curvature capture for optimizers with update_curvature (DH-KFAC); see deephedge_tf.curvature.
+        if ggn_mode not in GGN_MODES:
+            raise ValueError(f"Hedger: ggn_mode must be one of {GGN_MODES}; got {ggn_mode!r}")
         self.ggn_mode, self.ggn_cost_l2 = ggn_mode, float(ggn_cost_l2)
-        self.curvature_gamma = curvature_gamma
         self.curvature_paths = curvature_paths
         # Keras layers cast floating inputs to their compute dtype: the booking layer must compute in
         # the model's dtype (float64 runs stay float64), and so must the policy and objective.
@@ -158,88 +190,49 @@ class Hedger(keras.Model):
     def _uses_curvature(self) -> bool:
         return hasattr(getattr(self, "optimizer", None), "update_curvature")
 
-    def _gamma(self) -> float:
-        if self.curvature_gamma is not None:
-            return float(self.curvature_gamma)
-        return float(getattr(self.objective, "gamma", 1.0))
+    def _curvature_terms(self, out) -> list:
+        """The outputs whose loss curvature a second-order optimizer uses: the PnL with the objective's
+        GGN factor and, with ``ggn_mode="sampled"``, the actions with the L2 cost surrogate."""
+        from deephedge_tf.optimizers.train_step import CurvatureTerm
 
-    def _forward_with_curvature(self, batch):
-        """Loss, gradients and curvature statistics (handed to the optimizer) in one tape."""
-        from deephedge_tf import curvature
+        terms = [CurvatureTerm(out["pnl"], self.objective.output_curvature())]
+        if self.ggn_mode == "sampled" and self.ggn_cost_l2 > 0.0:
+            terms.append(CurvatureTerm(out["actions"], CostL2Curvature(self.ggn_cost_l2)))
+        return terms
 
-        if not curvature.supports_capture(self.policy):
-            raise ValueError(f"{type(self.optimizer).__name__} needs curvature statistics, which only "
-                             f"policies with step_with_capture/linear_maps provide (the recurrent policy); "
-                             f"{type(self.policy).__name__} has none: use another optimizer")
-        tm = time_major(batch)
-        with tf.GradientTape(persistent=True) as tape:
-            actions, probes, inputs = curvature.capture_rollout(self.policy, tm["obs"], tm["mask"], tape,
-                                                                training=True)
-            out = self._book(tm, actions)
-            loss = self._loss(out)
-        grads = tape.gradient(loss, self.trainable_variables)
-        r = tape.gradient(out["pnl"], actions)  # dPnL/du per path: PnL_b depends on path b's actions only
-        seed = tf.stack([tf.cast(self.optimizer.iterations, tf.int64), tf.constant(7, tf.int64)])
+    def _curvature_train_step(self, batch):
+        from deephedge_tf.optimizers.train_step import curvature_train_step, first_paths
 
-        def statistics():
-            # A second backward pass (the pseudo-gradients); run only when the optimizer updates its
-            # statistics this step.  The persistent tape stays alive while this closure can run.
-            return curvature.pseudo_gradient_statistics(tape, self.policy, r, actions, probes, inputs,
-                                                        self._gamma(), self.ggn_mode, self.ggn_cost_l2, seed,
-                                                        self.curvature_paths)
+        def compute():
+            out = self.unroll(batch, training=True)
+            return self._loss(out), self._curvature_terms(out), out
 
-        return out, loss, grads, (statistics, tm, r)
+        def forward():
+            return self._curvature_terms(self.unroll(first_paths(batch, self.curvature_paths), training=True))
 
-    def _curvature_update(self, captured, grads, variables):
-        """Hands the statistics to the optimizer and, when it takes one, the exact quadratic model of
-        the loss along its preconditioned direction (forward-mode passes of the policy): over
-        ``span{V, previous step}`` or along ``V``, as the optimizer's ``step_model`` asks."""
-        from deephedge_tf import curvature
-
-        statistics, tm, r = captured
-        # The optimizer skips (and counts) non-finite statistics itself.
-        self.optimizer.update_curvature(statistics)
-        opt = self.optimizer
-        cost_l2 = self.ggn_cost_l2 if self.ggn_mode == "sampled" else 0.0
-        mode = getattr(opt, "step_model", None)
-        if mode == "subspace":
-            directions, _ = opt.precondition(grads)
-            matrix, rhs = curvature.subspace_model(self.policy, tm["obs"], tm["mask"], variables, grads,
-                                                   directions, opt.previous_update(), r, self._gamma(), cost_l2,
-                                                   self.curvature_paths)
-            opt.set_subspace_model(matrix, rhs)
-            return
-        if mode != "line":
-            return
-        directions, _ = opt.step_directions(grads)
-        slope = curvature.tree_dot(grads, directions)
-        q = curvature.directional_curvature(self.policy, tm["obs"], tm["mask"], variables, directions, r,
-                                            self._gamma(), cost_l2, self.curvature_paths)
-        opt.set_step_model(q, slope)
+        loss, out, skipped = curvature_train_step(self, compute, forward, self.curvature_paths)
+        return loss, out, skipped
 
     def train_step(self, data):
         batch = data[0] if isinstance(data, tuple) else data
-        variables = self.trainable_variables
-        stats = None
         if self._uses_curvature():
-            out, loss, grads, stats = self._forward_with_curvature(batch)
+            loss, out, skipped = self._curvature_train_step(batch)
         else:
+            variables = self.trainable_variables
             with tf.GradientTape() as tape:
                 out = self.unroll(batch, training=True)
                 loss = self._loss(out)
             grads = tape.gradient(loss, variables)
-        finite = tf.reduce_all(tf.math.is_finite(loss))
-        for g in grads:
-            if g is not None:
-                finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(g)))
+            finite = tf.reduce_all(tf.math.is_finite(loss))
+            for g in grads:
+                if g is not None:
+                    finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(g)))
 
-        def apply():
-            if stats is not None:
-                self._curvature_update(stats, grads, variables)
-            self.optimizer.apply(grads, variables)
-            return tf.constant(0.0, tf.float32)
+            def apply():
+                self.optimizer.apply(grads, variables)
+                return tf.constant(0.0, tf.float32)
 
-        skipped = tf.cond(finite, apply, lambda: tf.constant(1.0, tf.float32))
+            skipped = tf.cond(finite, apply, lambda: tf.constant(1.0, tf.float32))
         self.skipped.update_state(skipped)
         return self._update_metrics(loss, out)
 
@@ -256,7 +249,7 @@ class Hedger(keras.Model):
     def get_config(self):
         return {**super().get_config(),
                 "ggn_mode": self.ggn_mode, "ggn_cost_l2": self.ggn_cost_l2,
-                "curvature_gamma": self.curvature_gamma, "curvature_paths": self.curvature_paths,
+                "curvature_paths": self.curvature_paths,
                 "policy": keras.saving.serialize_keras_object(self.policy),
                 "objective": keras.saving.serialize_keras_object(self.objective)}
 

@@ -41,6 +41,7 @@ import tensorflow as tf
 
 from deephedge_tf.dtypes import to_float
 from deephedge_tf.errors import DeepHedgeError
+from deephedge_tf.optimizers.losses import OutputCurvature
 
 __all__ = [
     "Objective",
@@ -50,6 +51,9 @@ __all__ = [
     "CVaR",
     "EntropicRisk",
     "ExponentialUtility",
+    "VarianceCurvature",
+    "EntropicCurvature",
+    "ShortfallCurvature",
     "indifference_price",
     "make_objective",
     "objective_from_config",
@@ -156,6 +160,11 @@ class Objective(keras.layers.Layer):
         """``-risk(pnl)``: the sure amount (currency units) judged as good as the random ``pnl``."""
         return -self.risk(pnl)
 
+    def output_curvature(self) -> OutputCurvature:
+        """The GGN factor of the training loss w.r.t. ``pnl`` (see
+        :mod:`deephedge_tf.optimizers.losses`); the costs enter the loss linearly (no curvature)."""
+        raise NotImplementedError(f"{type(self).__name__} has no curvature for second-order optimizers")
+
     @property
     def description(self) -> str:
         """Human-readable kind and parameters, e.g. ``"expected_shortfall(alpha=0.99)"``."""
@@ -256,6 +265,9 @@ class MeanVariance(Objective):
         gamma = to_float(self.gamma, pnl.dtype)
         return -tf.reduce_mean(pnl) + gamma * tf.math.reduce_variance(pnl)
 
+    def output_curvature(self):
+        return VarianceCurvature(self.gamma)
+
 
 # ----------------------------------------------------------------------------------------------
 # Expected shortfall (CVaR)
@@ -318,6 +330,9 @@ class ExpectedShortfall(OCEObjective):
     def call(self, pnl, costs=None):
         pnl = _as_pnl(pnl)
         return self.oce_value(pnl, tf.cast(self.intercept, pnl.dtype))
+
+    def output_curvature(self):
+        return ShortfallCurvature(self)
 
     def _sorted_losses_and_m(self, pnl):
         losses = tf.sort(-pnl, direction="DESCENDING")
@@ -391,6 +406,9 @@ class EntropicRisk(OCEObjective):
     def call(self, pnl, costs=None):
         return self._entropic(_as_pnl(pnl))
 
+    def output_curvature(self):
+        return EntropicCurvature(self.a)
+
     def risk(self, pnl):
         return self._entropic(_as_pnl(pnl))
 
@@ -416,6 +434,99 @@ class ExponentialUtility(EntropicRisk):
         overflows to ``-inf`` only where the true value exceeds the dtype's range."""
         pnl = _as_pnl(pnl)
         return -tf.exp(to_float(self.a, pnl.dtype) * self.risk(pnl))
+
+
+# ----------------------------------------------------------------------------------------------
+# Curvature of the training losses w.r.t. the PnL (GGN factors for second-order optimizers)
+# ----------------------------------------------------------------------------------------------
+
+
+class VarianceCurvature(OutputCurvature):
+    """``gamma Var[pnl]`` (biased): ``H = (2 gamma / B) (I - 1 1^T / B)``, centred.
+
+    Per path the diagonal ``B H_bb = 2 gamma (1 - 1/B)`` has rank one: ``u_b = sqrt(2 gamma (1 - 1/B))``
+    exactly.  ``bilinear`` keeps the centring: ``(2 gamma / B) sum_b (u_b - mean u)(v_b - mean v)``.
+
+        >>> import tensorflow as tf
+        >>> c = MeanVariance(gamma=2.0).output_curvature()
+        >>> float(c.bilinear(tf.zeros(4), tf.constant([1., -1., 1., -1.]), tf.constant([1., -1., 1., -1.])))
+        4.0
+    """
+
+    def __init__(self, gamma: float):
+        self.gamma = float(gamma)
+
+    def pseudo_gradient(self, outputs, targets=None, seed=None, sample_weight=None):
+        pnl = tf.convert_to_tensor(outputs)
+        n = tf.cast(tf.shape(pnl)[0], pnl.dtype)
+        return tf.ones_like(pnl) * tf.sqrt(to_float(2.0 * self.gamma, pnl.dtype) * (1.0 - 1.0 / n))
+
+    def bilinear(self, outputs, u, v, targets=None, sample_weight=None):
+        u = tf.convert_to_tensor(u)
+        v = tf.cast(v, u.dtype)
+        n = tf.cast(tf.shape(u)[0], u.dtype)
+        centred = tf.reduce_sum((u - tf.reduce_mean(u)) * (v - tf.reduce_mean(v)))
+        return to_float(2.0 * self.gamma, u.dtype) * centred / n
+
+
+class EntropicCurvature(OutputCurvature):
+    """``(1/a) log mean exp(-a pnl)``: ``H = a (diag(w) - w w^T)``, ``w = softmax(-a pnl)``.
+
+    Per path ``B H_bb = B a w_b (1 - w_b)`` (rank one, exact); ``bilinear`` is the full form
+    ``a (sum w u v - (sum w u)(sum w v))``.
+    """
+
+    def __init__(self, a: float):
+        self.a = float(a)
+
+    def _weights(self, pnl):
+        pnl = tf.convert_to_tensor(pnl)
+        return tf.nn.softmax(-to_float(self.a, pnl.dtype) * pnl)
+
+    def pseudo_gradient(self, outputs, targets=None, seed=None, sample_weight=None):
+        w = self._weights(outputs)
+        n = tf.cast(tf.shape(w)[0], w.dtype)
+        return tf.sqrt(n * to_float(self.a, w.dtype) * w * (1.0 - w))
+
+    def bilinear(self, outputs, u, v, targets=None, sample_weight=None):
+        w = self._weights(outputs)
+        u, v = tf.cast(u, w.dtype), tf.cast(v, w.dtype)
+        a = to_float(self.a, w.dtype)
+        return a * (tf.reduce_sum(w * u * v) - tf.reduce_sum(w * u) * tf.reduce_sum(w * v))
+
+
+class ShortfallCurvature(OutputCurvature):
+    """A smooth surrogate of the expected-shortfall loss's curvature (its Hessian is zero almost
+    everywhere).
+
+    The OCE loss ``w + mean(relu(-pnl - w)) / (1 - alpha)`` has its kink at the value-at-risk.  The
+    surrogate replaces ``relu(x)`` by ``tau softplus(x / tau)``, whose second derivative is
+    ``s(1 - s) / tau`` with ``s = sigmoid(x / tau)``: per path
+    ``B H_bb = s_b (1 - s_b) / (tau (1 - alpha))`` at ``x_b = -pnl_b - w`` (``w`` the objective's current
+    intercept), diagonal across paths.  The width ``tau = smoothing * std(pnl)`` of the batch (default
+    ``smoothing = 0.5``) spreads the curvature over the paths within about two ``tau`` of the VaR; it
+    is held fixed in the derivatives.  The intercept itself takes the optimizer's diagonal step.
+    """
+
+    def __init__(self, objective, smoothing: float = 0.5):
+        self.objective = objective
+        self.smoothing = float(smoothing)
+
+    def _diagonal(self, pnl):
+        pnl = tf.convert_to_tensor(pnl)
+        dt = pnl.dtype
+        tau = to_float(self.smoothing, dt) * tf.math.reduce_std(pnl) + tf.constant(1e-12, dt)
+        x = -pnl - tf.cast(self.objective.intercept, dt)
+        s = tf.sigmoid(x / tau)
+        return s * (1.0 - s) / (tau * to_float(1.0 - self.objective.alpha, dt))
+
+    def pseudo_gradient(self, outputs, targets=None, seed=None, sample_weight=None):
+        return tf.sqrt(self._diagonal(outputs))
+
+    def bilinear(self, outputs, u, v, targets=None, sample_weight=None):
+        d = self._diagonal(outputs)
+        u, v = tf.cast(u, d.dtype), tf.cast(v, d.dtype)
+        return tf.reduce_sum(d * u * v) / tf.cast(tf.shape(d)[0], d.dtype)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -90,7 +90,7 @@ ERROR_CASES = [
     (["policy.kind=no_transaction_band", "derivative.kind=lookback"], "policy.kind", "Black-Scholes delta"),
     (["policy.kind=bs_delta", "derivative.kind=cliquet", "derivative.cliquet.reset_every=10"], "policy.kind",
      "Black-Scholes delta"),
-    (["policy.kind=mlp", "training.optimizer=dhkfac"], "training.optimizer", "recurrent"),
+    (["training.optimizer=newton"], "training.optimizer", "dhkfac"),
     (["policy.kind=bs_delta", "hedges.spot.enabled=false", "hedges.variance_swap.enabled=true"], "policy.kind",
      "hedges.spot.enabled"),
     (["training.kfac.damping=1.5"], "training.kfac.damping", "<= 1.0"),

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deephedge_tf import curvature
 from deephedge_tf.config import from_dict
 from deephedge_tf.errors import ConfigError
 from deephedge_tf.features import make_batch, time_major
-from deephedge_tf.optimizers.blocks import layer_path
+from deephedge_tf.hedger import CostL2Curvature
+from deephedge_tf.optimizers import Recorder, train_step
 from deephedge_tf.training import build_parts, fit_hedger, make_hedger
 
 
@@ -33,75 +33,78 @@ def tiny_hedger_on_three_paths():
     return hedger, batch, time_major(batch)
 
 
-def test_captured_statistics_give_the_exact_per_path_ggn_factor():
-    """sum_t a_t g_t^T of each path equals J_b^T sqrt(2 gamma) dPnL_b/du_b for every block, where J_b is
-    the Jacobian of path b's actions w.r.t. the block's stacked weights (brute force, float64)."""
-    hedger, batch, tm = tiny_hedger_on_three_paths()
+def hedger_statistics(hedger, batch):
+    """Per-block statistics of the hedger's curvature train step on ``batch`` (recorded forward pass,
+    the objective's pseudo-gradients back-propagated to the probes)."""
     with tf.GradientTape(persistent=True) as tape:
-        actions, probes, inputs = curvature.capture_rollout(hedger.policy, tm["obs"], tm["mask"], tape)
-        out = hedger._book(tm, actions)
-    stats, _ = curvature.curvature_statistics(tape, hedger.policy, out["pnl"], actions, probes, inputs,
-                                              gamma=10.0)
-    r = tape.gradient(out["pnl"], actions).numpy()  # [T, B, N]
-    for name, weights, d_in, d_out in hedger.policy.linear_maps():
-        a, g = (x.numpy() for x in stats[layer_path(weights[0])])
-        assert a.shape == (3, 3, d_in + 1) and g.shape == (3, 3, d_out)
-        for b in range(3):
-            with tf.GradientTape() as jt:
-                acts = hedger.unroll(batch)["actions"][:, b, :]  # [T, N]
-            jac = jt.jacobian(acts, weights)  # each [T, N, *w.shape]; a bias is [T, N, d_out]
-            n = acts.shape[-1]
-            stacked = np.concatenate([j.numpy().reshape(3, n, -1, d_out) for j in jac], axis=2)
-            expected = math.sqrt(20.0) * np.einsum("tn,tnij->ij", r[:, b, :], stacked)
-            got = np.einsum("ti,tj->ij", a[:, b], g[:, b])
-            np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12, err_msg=f"{name} path {b}")
+        with Recorder(hedger, tape) as recorder:
+            out = hedger.unroll(batch, training=True)
+    u = hedger.objective.output_curvature().pseudo_gradient(out["pnl"])
+    return recorder.statistics(tape.gradient(out["pnl"], recorder.probes, output_gradients=u))
+
+
+def pnl_jacobians(hedger, batch, variables):
+    """Per variable ``dPnL_b / dw`` ``[B, *w.shape]`` by brute force (float64)."""
+    with tf.GradientTape(persistent=True) as jt:
+        pnl = hedger.unroll(batch)["pnl"]
+    return [j.numpy() for j in jt.jacobian(pnl, variables, experimental_use_pfor=False)]
+
+
+def test_captured_statistics_give_the_exact_per_path_ggn_factor():
+    """sum_t a_t g_t^T of each path equals sqrt(2 gamma (1 - 1/B)) dPnL_b/dW for every block (the
+    variance's exact per-path GGN factor), with dPnL_b/dW by brute force (float64)."""
+    hedger, batch, _ = tiny_hedger_on_three_paths()
+    stats = hedger_statistics(hedger, batch)
+    opt = hedger.optimizer
+    opt.build(hedger.trainable_variables)
+    assert sorted(stats) == sorted(b.name for b in opt.kronecker_blocks)
+    for name, (a, g) in stats.items():
+        block = opt.kronecker_blocks[[b.name for b in opt.kronecker_blocks].index(name)]
+        weights = opt.block_variables(name)
+        jac = pnl_jacobians(hedger, batch, weights)
+        stacked = np.concatenate([j.reshape(3, -1, block.d_out) for j in jac], axis=1)  # [B, dim_a, d_out]
+        got = np.einsum("tbi,tbj->bij", a.numpy(), g.numpy())
+        np.testing.assert_allclose(got, math.sqrt(20.0 * (1 - 1 / 3)) * stacked, rtol=1e-9, atol=1e-12,
+                                   err_msg=name)
+
+
+def exact_model(hedger, batch, variables, tangents_list):
+    """``[[V_i^T C V_j]]`` of the centred variance GGN (2 gamma / B) sum_b (j_b - mean j)(...) by brute force."""
+    jac = pnl_jacobians(hedger, batch, variables)
+    along = np.stack([sum(np.tensordot(j, t.numpy(), axes=t.shape.rank) for j, t in zip(jac, tangents))
+                      for tangents in tangents_list])  # [k, B]
+    centred = along - along.mean(axis=1, keepdims=True)
+    return 2 * 10.0 * centred @ centred.T / along.shape[1]
 
 
 def test_directional_curvature_equals_brute_force_ggn():
-    """V^T J^T H J V from forward mode equals the brute-force value from full Jacobians (float64)."""
-    hedger, batch, tm = tiny_hedger_on_three_paths()
+    """V^T J^T H J V from forward mode (centred variance GGN) equals the brute-force value (float64)."""
+    hedger, batch, _ = tiny_hedger_on_three_paths()
     variables = hedger.policy.trainable_variables
     rng = np.random.default_rng(1)
     tangents = [tf.constant(rng.normal(size=v.shape)) for v in variables]
-    with tf.GradientTape() as tape:
-        tape.watch(tm["obs"]["features"])
-        out = hedger.unroll(batch)
-        pnl = out["pnl"]
-    r = tape.gradient(pnl, out["actions"]).numpy()
-    q = float(curvature.directional_curvature(hedger.policy, tm["obs"], tm["mask"], variables, tangents,
-                                              tf.constant(r), gamma=10.0))
-    expected = 0.0
-    for b in range(3):
-        with tf.GradientTape() as jt:
-            acts = hedger.unroll(batch)["actions"][:, b, :]
-        jac = jt.jacobian(acts, variables)
-        jv = sum(np.tensordot(j.numpy(), t.numpy(), axes=t.shape.rank) for j, t in zip(jac, tangents))
-        expected += 2 * 10.0 * float((r[:, b, :] * jv).sum()) ** 2 / 3
-    assert q == pytest.approx(expected, rel=1e-9)
+
+    def forward():
+        return hedger._curvature_terms(hedger.unroll(batch, training=True))
+
+    q = float(train_step.directional_curvature(hedger, forward, variables, tangents))
+    assert q == pytest.approx(float(exact_model(hedger, batch, variables, [tangents])[0, 0]), rel=1e-9)
 
 
 def test_subspace_model_equals_brute_force_ggn_and_gradient_products():
     """M = [V, P]^T J^T H J [V, P] (two forward-mode passes) and b = [g.V, g.P] against full Jacobians."""
-    hedger, batch, tm = tiny_hedger_on_three_paths()
+    hedger, batch, _ = tiny_hedger_on_three_paths()
     variables = hedger.policy.trainable_variables
     rng = np.random.default_rng(2)
     v = [tf.constant(rng.normal(size=w.shape)) for w in variables]
     p = [tf.constant(rng.normal(size=w.shape)) for w in variables]
     g = [tf.constant(rng.normal(size=w.shape)) for w in variables]
-    with tf.GradientTape() as tape:
-        out = hedger.unroll(batch)
-    r = tape.gradient(out["pnl"], out["actions"]).numpy()
-    matrix, rhs = curvature.subspace_model(hedger.policy, tm["obs"], tm["mask"], variables, g, v, p,
-                                           tf.constant(r), gamma=10.0)
-    along = np.zeros((2, 3))
-    for b in range(3):
-        with tf.GradientTape() as jt:
-            acts = hedger.unroll(batch)["actions"][:, b, :]
-        jac = jt.jacobian(acts, variables)
-        for i, tangents in enumerate((v, p)):
-            jv = sum(np.tensordot(j.numpy(), t.numpy(), axes=t.shape.rank) for j, t in zip(jac, tangents))
-            along[i, b] = (r[:, b, :] * jv).sum()
-    np.testing.assert_allclose(matrix.numpy(), 2 * 10.0 * along @ along.T / 3, rtol=1e-9)
+
+    def forward():
+        return hedger._curvature_terms(hedger.unroll(batch, training=True))
+
+    matrix, rhs = train_step.subspace_model(hedger, forward, variables, g, v, p)
+    np.testing.assert_allclose(matrix.numpy(), exact_model(hedger, batch, variables, [v, p]), rtol=1e-9)
     dots = [sum(float(np.sum(a.numpy() * c.numpy())) for a, c in zip(g, t)) for t in (v, p)]
     np.testing.assert_allclose(rhs.numpy(), dots, rtol=1e-12)
 
@@ -112,6 +115,7 @@ def test_step_model_sets_the_step_to_the_quadratic_minimiser():
     w = keras.Variable(np.ones((2, 3)), name="kernel", dtype="float64")
     opt = DHKFAC(learning_rate=1.0, trust_radius=None)
     opt.build([w])
+    opt.update_curvature({})  # a statistics source that sends nothing this time
     g = tf.constant(np.full((2, 3), 0.5))
     opt.set_step_model(curvature_along=4.0, slope=2.0)  # quadratic minimiser along V: 2 / 4
     opt.apply([g], [w])
@@ -123,16 +127,17 @@ def test_step_model_sets_the_step_to_the_quadratic_minimiser():
     assert float(opt.step_size.numpy()) == pytest.approx(1.0)
 
 
-def test_sampled_ggn_matches_exact_in_expectation_without_l2():
-    r = tf.constant(np.random.default_rng(0).normal(size=(3, 2000, 2)))
-    exact = curvature.action_pseudo_gradients(r, 2.0, "exact").numpy()
-    sampled = curvature.action_pseudo_gradients(r, 2.0, "sampled", cost_l2=0.0,
-                                                seed=tf.constant([1, 2], tf.int64)).numpy()
-    # sampled = exact * z with z ~ N(0, 1) per path: same second moment
-    ratio = (sampled ** 2).sum() / (exact ** 2).sum()
-    assert 0.9 < ratio < 1.1
-    with pytest.raises(ValueError, match="ggn mode"):
-        curvature.action_pseudo_gradients(r, 2.0, "other")
+def test_cost_l2_pseudo_gradients_match_their_bilinear_form():
+    """E[(u . x)^2] = x^T H x for the L2 cost surrogate's sampled u (per path, Monte Carlo), and the
+    bilinear form is 2 c2 mean_b |D x_b|^2."""
+    curv = CostL2Curvature(0.5)
+    x = tf.constant(np.random.default_rng(0).normal(size=(4, 1, 2)))
+    diff = np.diff(np.concatenate([np.zeros((1, 1, 2)), x.numpy()]), axis=0)
+    exact = float(curv.bilinear(None, x, x))
+    assert exact == pytest.approx(2 * 0.5 * np.sum(diff ** 2), rel=1e-12)
+    draws = np.stack([np.sum(curv.pseudo_gradient(x, seed=tf.constant([k, 3], tf.int64)).numpy() * x.numpy())
+                      for k in range(4000)])
+    assert np.mean(draws ** 2) == pytest.approx(exact, rel=0.08)  # 4000 draws of a chi-square: ~2.2% s.e.
 
 
 @pytest.mark.parametrize("extra", [(), ("training.kfac.step_model=subspace", "training.kfac.curvature_period=2")],
@@ -178,6 +183,22 @@ def test_subspace_step_model_excludes_heavy_ball_momentum():
         tiny_cfg("training.kfac.step_model=newton")
 
 
-def test_dhkfac_needs_the_recurrent_policy():
-    with pytest.raises(ConfigError, match="training.optimizer"):
-        tiny_cfg("policy.kind=mlp")
+@pytest.mark.parametrize("kind,objective", [("recurrent", "entropic"), ("mlp", "expected_shortfall"),
+                                            ("no_transaction_band", "mean_variance"),
+                                            ("delta_band", "exponential_utility")])
+def test_dhkfac_trains_every_policy_and_objective(kind, objective):
+    """Every trainable policy kind with DH-KFAC: all its Dense / LSTM layers get curvature, every
+    variable moves, and the loss stays finite (a few steps)."""
+    cfg = tiny_cfg("dtype=float32", f"policy.kind={kind}", f"objective.kind={objective}", "policy.width=8",
+                   "hedges.floating_grid.moneyness=[]", "hedges.floating_grid.maturities=[]",
+                   "training.batch_size=128", "training.batches_per_epoch=3", "training.epochs=1",
+                   "training.validation_paths=128")
+    parts = build_parts(cfg)
+    hedger = make_hedger(cfg, parts)
+    hedger.build_from_batch(make_batch(parts.market.simulate(2), parts.derivative, parts.instruments))
+    before = [v.numpy().copy() for v in hedger.trainable_variables]
+    history = fit_hedger(cfg, hedger, parts, verbose=0)
+    assert np.isfinite(history.history["loss"]).all() and history.history["skipped_steps"] == [0.0]
+    opt = hedger.optimizer
+    assert set(opt.active_blocks) == {b.name for b in opt.kronecker_blocks} and opt.active_blocks
+    assert all(not np.array_equal(a, v.numpy()) for a, v in zip(before, hedger.trainable_variables))

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deephedge_tf.optimizers import DHKFAC, find_blocks, layer_path, with_bias_column
-from deephedge_tf.optimizers import curvature
+from deephedge_tf.optimizers import DHKFAC, Recorder, find_blocks, layer_path, with_bias_column
+from deephedge_tf.optimizers import estimator, steps
 from deephedge_tf.policies import RecurrentPolicy
 
 F64 = tf.float64
@@ -88,6 +88,15 @@ def per_path_curvature(a, g):
     return m.T @ m / a.shape[1]
 
 
+def identity_statistics(name, dim_a, d_out):
+    """Statistics with ``A = I``, ``G = I`` and EKFAC diagonal ``s = 1`` (one path per pair (i, j) with
+    ``a = sqrt(dim_a) e_i``, ``g = sqrt(d_out) e_j``): the block preconditions with the identity."""
+    pairs = [(i, j) for i in range(dim_a) for j in range(d_out)]
+    a = np.stack([np.sqrt(dim_a) * np.eye(dim_a)[i] for i, _ in pairs])[None]
+    g = np.stack([np.sqrt(d_out) * np.eye(d_out)[j] for _, j in pairs])[None]
+    return {name: (a, g)}
+
+
 def weights(model):
     return [v.numpy().copy() for v in model.trainable_variables]
 
@@ -106,10 +115,11 @@ def test_blocks_from_variable_paths_and_clear_errors():
     assert [(b.name, b.dim_a, b.d_out, b.has_bias) for b in blocks] == [("a", 4, 4, True), ("b", 4, 2, False)]
     assert sorted(model.trainable_variables[i].path for i in diagonal) == ["ln/beta", "ln/gamma"]
 
+    # A kernel that is no linear map of rank 2 (a convolution) is no block: the diagonal step.
     conv = keras.Sequential([keras.layers.Conv1D(2, 3, name="conv")], name="c")
     conv.build((None, 5, 1))
-    with pytest.raises(ValueError, match="c/conv/kernel"):
-        DHKFAC().build(conv.trainable_variables)
+    blocks, diagonal = find_blocks(conv.trainable_variables)
+    assert blocks == [] and len(diagonal) == 2
 
 
 def test_config_round_trip():
@@ -184,7 +194,7 @@ def test_rnn_pooling_and_ekfac_diagonal_against_numpy():
     # Basis change carries the old estimate's diagonal into the new basis.
     q_a, _ = np.linalg.qr(rng.normal(size=(3, 3)))
     q_g, _ = np.linalg.qr(rng.normal(size=(3, 3)))
-    carried = curvature.carry_diagonal(tf.constant(st2["s"]), st["U_A"], st["U_G"], q_a, q_g).numpy()
+    carried = estimator.carry_diagonal(tf.constant(st2["s"]), st["U_A"], st["U_G"], q_a, q_g).numpy()
     old = np.kron(st["U_A"], st["U_G"])
     c_old = old @ np.diag(st2["s"].ravel()) @ old.T
     np.testing.assert_allclose(carried, eigenbasis_diagonal(c_old, q_a, q_g), rtol=1e-11)
@@ -276,7 +286,7 @@ def test_shrinkage_tikhonov_and_trust_region_against_hand_computation():
         np.testing.assert_allclose(w1, w0 - eta * v, rtol=1e-11, atol=1e-15)
 
     # delta_k = max(delta_0 decay^k, delta_min)
-    got = [float(curvature.trust_radius(k, 1e-4, 0.5, 3e-5, F64)) for k in range(4)]
+    got = [float(steps.trust_radius(k, 1e-4, 0.5, 3e-5, F64)) for k in range(4)]
     np.testing.assert_allclose(got, [1e-4, 5e-5, 3e-5, 3e-5], rtol=1e-15)
     assert float(opt.current_trust_radius()) == pytest.approx(5e-5, rel=1e-15)  # after one step
 
@@ -370,7 +380,7 @@ def test_momentum_is_heavy_ball_on_the_preconditioned_direction():
 def test_subspace_step_against_hand_computation():
     m, b = np.diag([2.0, 4.0]), np.array([2.0, 4.0])  # unconstrained minimiser (1, 1); x^T M x / 2 = 3
     def step(matrix, rhs, eta_max=10.0, radius=None):
-        return [float(x) for x in curvature.subspace_step(tf.constant(np.asarray(matrix, float)), tf.constant(np.asarray(rhs, float)), eta_max, radius)]
+        return [float(x) for x in steps.subspace_step(tf.constant(np.asarray(matrix, float)), tf.constant(np.asarray(rhs, float)), eta_max, radius)]
 
     assert step(m, b) == pytest.approx([1.0, 1.0], rel=1e-15)
     assert step(m, b, radius=0.75) == pytest.approx([0.5, 0.5], rel=1e-15)  # scaled by sqrt(0.75 / 3)
@@ -385,7 +395,7 @@ def test_subspace_step_against_hand_computation():
     near = np.array([[1.0, np.sqrt(1 - 5e-5)], [np.sqrt(1 - 5e-5), 1.0]])
     assert step(near, [1.0, 0.5])[1] != 0.0
     m32, b32 = tf.constant(near, tf.float32), tf.constant([1.0, 0.5], tf.float32)
-    assert [float(x) for x in curvature.subspace_step(m32, b32, 10.0)] == pytest.approx([1.0, 0.0], rel=1e-6)
+    assert [float(x) for x in steps.subspace_step(m32, b32, 10.0)] == pytest.approx([1.0, 0.0], rel=1e-6)
     # No descent along V or no curvature: no step.
     assert step(np.diag([4.0, 1.0]), [-1.0, 1.0]) == [0.0, 0.0]
     assert step(np.zeros((2, 2)), [1.0, 1.0]) == [0.0, 0.0]
@@ -408,8 +418,9 @@ def test_adaptive_momentum_with_exact_model_is_conjugate_gradients_on_a_quadrati
     def split(x):
         return [tf.constant(x[:4].reshape(2, 2)), tf.constant(x[4:])]
 
-    opt = DHKFAC(learning_rate=1e3, trust_radius=None, step_model="subspace")
-    opt.build(variables)  # no statistics: the factors are identities, V = gradient
+    opt = DHKFAC(learning_rate=1e3, trust_radius=None, step_model="subspace", damping=0.0)
+    opt.build(variables)
+    assert opt.update_curvature(identity_statistics("cg/d0", 3, 2))  # A = G = I, s = 1: V = gradient
     for k in range(n):
         grad = hess @ flat(weights(model)) - c
         v, _ = opt.precondition(split(grad))
@@ -623,44 +634,39 @@ def test_recurrent_policy_blocks_capture_and_identity_preconditioning():
                  trust_radius_mode="absolute")
     opt.build(variables)
 
-    # Blocks from paths match linear_maps(): same variables, same stacking order, same sizes.
-    maps = policy.linear_maps()
-    names = {name: layer_path(ws[0]) for name, ws, _, _ in maps}
-    assert sorted(names.values()) == sorted(blk.name for blk in opt.kronecker_blocks)
-    assert names["block0/lstm"] == "recurrent_policy/block0_lstm"
-    for name, ws, d_in, d_out in maps:
-        block = opt.kronecker_blocks[[blk.name for blk in opt.kronecker_blocks].index(names[name])]
-        assert [v.path for v in opt.block_variables(names[name])] == [v.path for v in ws]
-        assert (block.dim_a, block.d_out) == (d_in + 1, d_out)
-    assert [v.path for v in opt.diagonal_variables] == [v.path for v in policy.unmapped_variables()]
-
-    # Unroll T = 3 with probes; loss = mean over paths, so the per-path pseudo-gradient is B * dL/dprobe.
-    probes = [{name: tf.zeros((b, d_out), F64) for name, _, _, d_out in maps} for _ in range(t)]
+    # Unroll T = 3 under the recorder; loss = mean over paths, so the per-path pseudo-gradient is
+    # B * dL/dprobe.
     with tf.GradientTape(persistent=True) as tape:
-        tape.watch(probes)
-        state, prev, inputs, loss = policy.initial_state(b, F64), tf.zeros((b, 1), F64), [], 0.0
-        for k in range(t):
-            prev, state, captured = policy.step_with_capture(obs[k], prev, state, probes[k])
-            inputs.append(captured)
-            loss = loss + tf.reduce_mean(tf.square(prev - 0.1 * k))
+        with Recorder(policy, tape) as recorder:
+            state, prev, loss = policy.initial_state(b, F64), tf.zeros((b, 1), F64), 0.0
+            for k in range(t):
+                prev, state = policy(obs[k], prev, state)
+                loss = loss + tf.reduce_mean(tf.square(prev - 0.1 * k))
     grads = tape.gradient(loss, variables)
+    captured = recorder.statistics(tape.gradient(loss, recorder.probes))
+    # Every Kronecker block of the variable list is captured, each pooled over the T = 3 calls; the
+    # RMSNorm scale is the only diagonal variable.
+    assert sorted(captured) == sorted(blk.name for blk in opt.kronecker_blocks)
+    assert "recurrent_policy/block0_lstm" in captured
+    # Before statistics arrive no block is active: every variable would take the diagonal step.
+    assert len(opt.diagonal_variables) == len(variables) and opt.active_blocks == ()
     index = {v.path: i for i, v in enumerate(variables)}
-    captured = {}
-    for name, ws, _, _ in maps:
-        a = tf.stack([with_bias_column(inputs[k][name]) for k in range(t)])
-        g = tf.stack([tape.gradient(loss, probes[k][name]) for k in range(t)])
+    for name, (a, g) in captured.items():
+        block = opt.kronecker_blocks[[blk.name for blk in opt.kronecker_blocks].index(name)]
+        assert tuple(a.shape) == (t, b, block.dim_a) and tuple(g.shape) == (t, b, block.d_out)
         # The capture contract: sum_t a_t^T dL/dprobe_t is the stacked weight gradient.
-        stacked = tf.concat([tf.reshape(grads[index[w.path]], (-1, int(g.shape[-1]))) for w in ws], 0)
+        ws = opt.block_variables(name)
+        stacked = tf.concat([tf.reshape(grads[index[w.path]], (-1, block.d_out)) for w in ws], 0)
         np.testing.assert_allclose(tf.einsum("tbi,tbj->ij", a, g), stacked, rtol=1e-10, atol=1e-14)
-        captured[names[name]] = (a, b * g)
-    assert bool(opt.update_curvature(captured))
+    assert bool(opt.update_curvature({name: (a, b * g) for name, (a, g) in captured.items()}))
+    assert [v.path for v in opt.diagonal_variables] == ["recurrent_policy/block0_norm/scale"]
 
     # rho = 1: every block's curvature is mean(s) * I, so V = grad / mean(s) per block.
     directions, q = opt.precondition(grads)
     q_hand = 0.0
-    for name, ws, _, _ in maps:
-        mean_s = float(tf.reduce_mean(opt.block_state(names[name])["s"]))
-        for w in ws:
+    for name in captured:
+        mean_s = float(tf.reduce_mean(opt.block_state(name)["s"]))
+        for w in opt.block_variables(name):
             i = index[w.path]
             np.testing.assert_allclose(directions[i], grads[i] / mean_s, rtol=1e-10)
             q_hand += float(tf.reduce_sum(tf.square(grads[i]))) / mean_s

@@ -179,7 +179,10 @@ def test_recurrent_state_threading():
 
 
 def test_recurrent_capture_matches_weight_gradients():
-    """sum_t [a_t, 1]^T dL/dprobe_t equals the [kernel(s); bias] gradient of every linear map."""
+    """Under the curvature recorder: the same actions, and sum_t [a_t, 1]^T dL/dprobe_t equals the
+    [kernel(s); bias] gradient of every linear map (two input maps, the LSTM cells, the head)."""
+    from deephedge_tf.optimizers import Recorder, find_blocks
+
     keras.utils.set_random_seed(1)
     n, batch, steps = 2, 4, 3
     policy = RecurrentPolicy(n, num_blocks=2, width=4, head_scale=0.5, dtype="float64")
@@ -187,38 +190,36 @@ def test_recurrent_capture_matches_weight_gradients():
     mask[0, 1] = 0.0
     obs_seq = [make_obs(seed=10 + t, batch=batch, n=n, mask=mask) for t in range(steps)]
     run(policy, obs_seq[0])  # build
-    maps = policy.linear_maps()
-    assert [m[0] for m in maps] == ["feature_in", "action_in", "block0/lstm", "block1/lstm", "head"]
-    weights = [v for _, ws, _, _ in maps for v in ws]
-    assert len(weights) + len(policy.unmapped_variables()) == len(policy.trainable_variables)
     target = tf.constant(np.random.default_rng(7).normal(size=(steps, batch, n)))
 
-    probes = [{name: tf.zeros((batch, d_out), tf.float64) for name, _, _, d_out in maps} for _ in range(steps)]
-    with tf.GradientTape(persistent=True) as tape:
-        tape.watch(probes)
+    def unroll():
         prev, state = tf.zeros((batch, n), tf.float64), policy.initial_state(batch, tf.float64)
-        loss, inputs = 0.0, []
+        loss, actions = 0.0, []
         for t in range(steps):  # Python-unrolled, as the hedger does
-            plain, _ = policy(obs_seq[t], prev, state)
-            prev, state, captured = policy.step_with_capture(obs_seq[t], prev, state, probes[t])
-            np.testing.assert_array_equal(prev.numpy(), plain.numpy())  # zero probes change nothing
-            inputs.append(captured)
+            prev, state = policy(obs_seq[t], prev, state)
+            actions.append(prev)
             loss += tf.reduce_sum(tf.square(prev - target[t])) + 0.1 * tf.reduce_sum(prev)
-    grads = tape.gradient(loss, weights)
-    probe_grads = tape.gradient(loss, probes)
+        return loss, tf.stack(actions)
 
-    k = 0
-    for name, ws, d_in, d_out in maps:
-        expected = np.concatenate([g.numpy().reshape(-1, d_out) for g in grads[k : k + len(ws)]], axis=0)
-        k += len(ws)
-        got = np.zeros((d_in + 1, d_out))
-        for t in range(steps):
-            a = inputs[t][name].numpy()
-            assert a.shape == (batch, d_in)
-            a_ext = np.concatenate([a, np.ones((batch, 1))], axis=1)
-            got += a_ext.T @ probe_grads[t][name].numpy()
-        assert np.abs(expected).max() > 1e-3, name  # a vacuous match would prove nothing
-        np.testing.assert_allclose(got, expected, atol=1e-10, rtol=0, err_msg=name)
+    plain_loss, plain_actions = unroll()
+    with tf.GradientTape(persistent=True) as tape:
+        with Recorder(policy, tape) as recorder:
+            loss, actions = unroll()
+    np.testing.assert_array_equal(actions.numpy(), plain_actions.numpy())  # zero probes change nothing
+    stats = recorder.statistics(tape.gradient(loss, recorder.probes))
+    blocks, _ = find_blocks(policy.trainable_variables)
+    assert [b.name.rsplit("/", 1)[-1] for b in blocks] == ["feature_in", "action_in", "block0_lstm",
+                                                           "block1_lstm", "head"]
+    assert list(stats) == [b.name for b in blocks]
+    variables = policy.trainable_variables
+    grads = tape.gradient(loss, variables)
+    for block in blocks:
+        expected = np.concatenate([grads[i].numpy().reshape(-1, block.d_out) for i in block.indices], axis=0)
+        a, g = (x.numpy() for x in stats[block.name])
+        assert a.shape == (steps, batch, block.dim_a)
+        got = np.einsum("tbi,tbj->ij", a, g)
+        assert np.abs(expected).max() > 1e-3, block.name  # a vacuous match would prove nothing
+        np.testing.assert_allclose(got, expected, atol=1e-10, rtol=0, err_msg=block.name)
 
 
 # ----------------------------------------------------------------------------- MLP

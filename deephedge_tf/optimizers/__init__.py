@@ -1,12 +1,32 @@
-"""Optimizers beyond Keras' own: :class:`DHKFAC`, the curvature optimizer of the DH-KFAC paper.
+"""Optimizers beyond Keras' own: :class:`DHKFAC`, the curvature optimizer of the DH-KFAC paper, for any
+Keras model.
 
-    from deephedge_tf.optimizers import DHKFAC, layer_path, with_bias_column
+    from deephedge_tf.optimizers import DHKFAC, with_curvature
+    model = with_curvature(keras_model)          # same weights, a train step that feeds DH-KFAC
+    model.compile(optimizer=DHKFAC(), loss="mse")
+    model.fit(x, y, epochs=..., batch_size=...)
 
-Modules: ``blocks`` (Kronecker blocks from variable paths), ``curvature`` (factor, EKFAC, damping and
-trust-region formulas as pure functions), ``kfac`` (the Keras optimizer).
+The hedger (:class:`deephedge_tf.hedger.Hedger`) runs the same train step itself.
+
+Modules, one concept each:
+
+* ``capture``: probes on pre-activations and recorded inputs of every Dense / LSTM layer of a model
+  (:class:`~deephedge_tf.optimizers.capture.Recorder`, :func:`~deephedge_tf.optimizers.capture.register_capture`);
+* ``losses``: the curvature a loss owns, its GGN factor w.r.t. the model outputs
+  (:class:`~deephedge_tf.optimizers.losses.OutputCurvature`; Keras MSE and cross-entropy; the hedging
+  objectives implement it in :mod:`deephedge_tf.objectives`);
+* ``blocks``: Kronecker blocks derived from variable paths; ``estimator``: factors, eigenbases, EKFAC
+  diagonal, damping (pure functions); ``steps``: trust region and exact-model step sizes;
+* ``kfac``: the Keras optimizer (direction, step size, momentum, state);
+* ``train_step``: the generic train step and :func:`~deephedge_tf.optimizers.train_step.with_curvature`.
 """
 
 from deephedge_tf.optimizers.blocks import KroneckerBlock, find_blocks, layer_path, with_bias_column
+from deephedge_tf.optimizers.capture import Recorder, register_capture
 from deephedge_tf.optimizers.kfac import DHKFAC
+from deephedge_tf.optimizers.losses import OutputCurvature, loss_curvature
+from deephedge_tf.optimizers.train_step import CurvatureModel, curvature_train_step, with_curvature
 
-__all__ = ["DHKFAC", "KroneckerBlock", "find_blocks", "layer_path", "with_bias_column"]
+__all__ = ["DHKFAC", "CurvatureModel", "KroneckerBlock", "OutputCurvature", "Recorder", "curvature_train_step",
+           "find_blocks", "layer_path", "loss_curvature", "register_capture", "with_bias_column",
+           "with_curvature"]

@@ -7,15 +7,16 @@ Variables sharing a layer path form one group.  A group whose leaves are
 * ``{kernel, recurrent_kernel, bias}`` or ``{kernel, recurrent_kernel}`` (our ``LSTMCell``: kernel,
   recurrent kernel and bias add into one pre-activation),
 
-is one :class:`KroneckerBlock`: a linear map on the extended input ``a = [x, (h,) (1)]`` of size
+is a candidate :class:`KroneckerBlock`: a linear map on the extended input ``a = [x, (h,) (1)]`` of size
 ``dim_a = d_in (+ 1)`` with ``d_out`` outputs, whose weights stack vertically into
 
     W = concat([kernel, recurrent_kernel, bias[None, :]], axis=0)      # [dim_a, d_out]
 
 so that the pre-activation is ``a @ W`` and the weight gradient ``sum_t a_t^T g_t``.  Every variable of
-a group without ``kernel`` is *diagonal* (preconditioned elementwise by the optimizer).  A group with
-a ``kernel`` that does not fit (rank != 2, a bias of the wrong length, an unknown extra leaf) is an
-error at build time: silently treating half a layer as diagonal would mis-scale it.
+a group without ``kernel``, or whose members do not fit (rank != 2, a bias of the wrong length, an
+unknown extra leaf), is *diagonal* (preconditioned elementwise by the optimizer).  A candidate block
+becomes active only once the capture (:mod:`deephedge_tf.optimizers.capture`) hands statistics for it
+to the optimizer; until then its variables take the diagonal step too.
 
 The grouping depends only on the variable list, in first-appearance order, so Keras can rebuild the
 optimizer from ``model.trainable_variables`` when it loads a saved model and find the same blocks.
@@ -108,7 +109,12 @@ def find_blocks(variables) -> tuple[list[KroneckerBlock], list[int]]:
         if "kernel" not in leaves or not name:
             diagonal.extend(idx)
             continue
-        blocks.append(_make_block(name, leaves, variables))
+        try:
+            blocks.append(_make_block(name, leaves, variables))
+        except ValueError:
+            # Not a linear map the capture could record (an extra weight, a kernel of rank != 2):
+            # the optimizer's diagonal step, never a Kronecker block without statistics.
+            diagonal.extend(idx)
     diagonal.sort()
     return blocks, diagonal
 

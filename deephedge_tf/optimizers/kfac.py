@@ -3,7 +3,7 @@ decaying trust region (Mueller, Akkari, Gonon & Wood 2024; see ``shared/design/D
 
 Per Kronecker block (a Dense layer, or our LSTMCell: see :mod:`deephedge_tf.optimizers.blocks`), with
 the weights stacked as ``W = [kernel; recurrent_kernel; bias]`` ``[dim_a, d_out]`` and the statistics
-of :mod:`deephedge_tf.optimizers.curvature`:
+of :mod:`deephedge_tf.optimizers.estimator`:
 
     A <- EMA of (1/(T B)) sum a a^T,   G <- EMA of (1/B) sum g g^T        (update_curvature)
     A = U_A diag(lam_A) U_A^T,  G = U_G diag(lam_G) U_G^T                 (every inverse_period steps)
@@ -60,13 +60,15 @@ cross-replica gradient all-reduce, so building under a multi-replica strategy ra
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import keras
 import tensorflow as tf
 
-from deephedge_tf.optimizers import curvature
-from deephedge_tf.optimizers.blocks import KroneckerBlock, find_blocks, stack, unstack
+from deephedge_tf.optimizers import estimator, steps
+from deephedge_tf.optimizers.blocks import KroneckerBlock, find_blocks, layer_path, stack, unstack
 
+_LOG = logging.getLogger("deephedge_tf")
 _DAMPING_MODES = ("shrinkage", "tikhonov")
 STEP_MODELS = ("kronecker", "line", "subspace")
 TRUST_RADIUS_MODES = ("relative", "absolute")
@@ -225,6 +227,11 @@ class DHKFAC(keras.optimizers.Optimizer):
         self.diagonal_beta_2 = float(diagonal_beta_2)
         self.diagonal_epsilon = float(diagonal_epsilon)
         self.epsilon = float(epsilon)
+        # Python state, set when statistics are handed over (at trace time inside a train step): which
+        # blocks have curvature, and whether any statistics source exists at all.
+        self._fed_blocks = set()
+        self._statistics_source = False
+        self._reported = False
 
     # ------------------------------------------------------------------ building
 
@@ -274,8 +281,11 @@ class DHKFAC(keras.optimizers.Optimizer):
             )
         self._kfac_states = tuple(states)
         self._diagonal_indices = tuple(diagonal)
-        self._adam_m = tuple(self.add_variable_from_reference(var_list[i], "m") for i in diagonal)
-        self._adam_v = tuple(self.add_variable_from_reference(var_list[i], "v") for i in diagonal)
+        # Adam moments for every variable: a block whose layer sends no statistics (the capture did not
+        # understand it) takes the diagonal step too, and which blocks do is only known when the train
+        # step is traced.
+        self._adam_m = tuple(self.add_variable_from_reference(v, "m") for v in var_list)
+        self._adam_v = tuple(self.add_variable_from_reference(v, "v") for v in var_list)
         self.skipped_curvature_updates = self.add_variable((), "zeros", "int64", name="skipped_curvature_updates")
         self.skipped_steps = self.add_variable((), "zeros", "int64", name="skipped_steps")
         self.uphill_steps = self.add_variable((), "zeros", "int64", name="uphill_steps")
@@ -313,9 +323,20 @@ class DHKFAC(keras.optimizers.Optimizer):
 
     @property
     def diagonal_variables(self) -> list:
-        """The variables outside any Kronecker block (Adam-preconditioned)."""
+        """The variables that take the diagonal (Adam) step: those outside any Kronecker block, and
+        those of blocks that have received no statistics (see :attr:`active_blocks`)."""
         self._require_built()
-        return [self._trainable_variables[i] for i in self._diagonal_indices]
+        return [self._trainable_variables[i] for i in self._diagonal_step_indices()]
+
+    @property
+    def active_blocks(self) -> tuple:
+        """Names of the blocks preconditioned with curvature: those :meth:`update_curvature` has
+        received statistics for (Python state, fixed when the train step is traced)."""
+        return tuple(b.name for b in self._kfac_blocks if b.name in self._fed_blocks)
+
+    def _diagonal_step_indices(self):
+        inactive = [i for b in self._kfac_blocks if b.name not in self._fed_blocks for i in b.indices]
+        return tuple(sorted(set(self._diagonal_indices) | set(inactive)))
 
     def block_state(self, name: str) -> dict:
         """Current values of block ``name``'s statistics: ``A``, ``G``, ``U_A``, ``U_G``, ``lam_A``,
@@ -372,6 +393,7 @@ class DHKFAC(keras.optimizers.Optimizer):
           bool tensor: whether the statistics were updated.
         """
         self._require_built()
+        self._statistics_source = True
         if callable(captured):
             # Computed only inside the branch where an update is due (curvature_period > 1 skips it).
             def update():
@@ -392,6 +414,7 @@ class DHKFAC(keras.optimizers.Optimizer):
                 )
             a, g = pair
             k = self._block_index[name]
+            self._fed_blocks.add(name)
             block = self._kfac_blocks[k]
             a = self._time_major(a, block, block.dim_a, "a", name)
             g = self._time_major(g, block, block.d_out, "g", name)
@@ -401,7 +424,7 @@ class DHKFAC(keras.optimizers.Optimizer):
     def _update_prepared(self, prepared):
         if not prepared:
             return tf.constant(False)
-        stats = [(k, a, g) + curvature.pooled_factors(a, g) for k, a, g in prepared]
+        stats = [(k, a, g) + estimator.pooled_factors(a, g) for k, a, g in prepared]
         finite = _all_finite([t for item in stats for t in item[1:]])
 
         def skip():
@@ -450,7 +473,7 @@ class DHKFAC(keras.optimizers.Optimizer):
         for k, a, g, _, _ in stats:
             state = self._kfac_states[k]
             if self.ekfac:
-                fresh = curvature.ekfac_diagonal(a, g, state.basis_a, state.basis_g)
+                fresh = estimator.ekfac_diagonal(a, g, state.basis_a, state.basis_g)
                 blended = decay * state.scale + (1.0 - decay) * fresh
                 updated = tf.where(first[k], fresh, blended)
                 # Overflow in the per-path squares is the one way finite inputs give a non-finite s.
@@ -462,13 +485,13 @@ class DHKFAC(keras.optimizers.Optimizer):
     def _recompute_bases(self):
         """Eigendecomposes every block's ``A`` and ``G``; carries ``s`` into the new basis (ekfac)."""
         for state in self._kfac_states:
-            lam_a, u_a, ok_a = curvature.eigenbasis(tf.convert_to_tensor(state.factor_a))
-            lam_g, u_g, ok_g = curvature.eigenbasis(tf.convert_to_tensor(state.factor_g))
+            lam_a, u_a, ok_a = estimator.eigenbasis(tf.convert_to_tensor(state.factor_a))
+            lam_g, u_g, ok_g = estimator.eigenbasis(tf.convert_to_tensor(state.factor_g))
             u_a = tf.where(ok_a, u_a, state.basis_a)
             u_g = tf.where(ok_g, u_g, state.basis_g)
             if self.ekfac:
                 self.assign(
-                    state.scale, curvature.carry_diagonal(state.scale, state.basis_a, state.basis_g, u_a, u_g)
+                    state.scale, estimator.carry_diagonal(state.scale, state.basis_a, state.basis_g, u_a, u_g)
                 )
             self.assign(state.basis_a, u_a)
             self.assign(state.basis_g, u_g)
@@ -491,11 +514,11 @@ class DHKFAC(keras.optimizers.Optimizer):
         out = {}
         for k, (block, state) in enumerate(zip(self._kfac_blocks, self._kfac_states)):
             members = [grad_by_index.get(i) for i in block.indices]
-            if all(m is None for m in members):
+            if all(m is None for m in members) or block.name not in self._fed_blocks:
                 continue
             u_a, u_g = tf.convert_to_tensor(state.basis_a), tf.convert_to_tensor(state.basis_g)
             grad = stack(block, members)
-            s_d = curvature.damp(self._scale(state), self.damping_mode, self.damping, self.epsilon)
+            s_d = estimator.damp(self._scale(state), self.damping_mode, self.damping, self.epsilon)
             proj = tf.matmul(tf.matmul(u_a, grad, transpose_a=True), u_g) / s_d
             direction = tf.matmul(tf.matmul(u_a, proj), u_g, transpose_b=True)
             if with_momentum and self.momentum:  # heavy ball (the subspace model keeps its own step)
@@ -576,7 +599,7 @@ class DHKFAC(keras.optimizers.Optimizer):
         :meth:`previous_update`), ``rhs = [grad . V, grad . P]``.  The next update takes
         ``W <- W - (alpha V + mu P)`` with ``(alpha, mu)`` minimising ``-x.rhs + x^T matrix x / 2``
         within the trust region and ``alpha <= eta_max`` (see
-        :func:`deephedge_tf.optimizers.curvature.subspace_step`).  A non-finite model, or one without
+        :func:`deephedge_tf.optimizers.steps.subspace_step`).  A non-finite model, or one without
         curvature along ``V``, is ignored (the Kronecker rule sizes the step).  A model that predicts
         no decrease along ``V`` (``grad . V <= 0``: with heavy-ball momentum the direction can point
         uphill for this batch) blocks the step: the Kronecker blocks do not move this iteration
@@ -613,7 +636,7 @@ class DHKFAC(keras.optimizers.Optimizer):
         Relative mode: ``delta_k x m_ref``, ``+inf`` until the first update has set ``m_ref``."""
         if self.trust_radius is None:
             return None
-        radius = curvature.trust_radius(
+        radius = steps.trust_radius(
             self.iterations, self.trust_radius, self.trust_radius_decay, self.trust_radius_min, self._scalar_dtype
         )
         if self.trust_radius_mode == "absolute":
@@ -636,6 +659,14 @@ class DHKFAC(keras.optimizers.Optimizer):
             if not self.built:
                 # Built here, outside the tf.cond below: variables cannot be created inside a branch.
                 self.build(trainable_variables)
+        if not self._statistics_source:
+            raise RuntimeError(
+                "DHKFAC: no curvature statistics were handed over before this step, so the update would "
+                "be a plain damped gradient step.  Wrap the model before compiling: "
+                "`model = deephedge_tf.optimizers.with_curvature(model)` (the Hedger does this itself), or "
+                "in a custom loop call `optimizer.update_curvature(...)` before `optimizer.apply(...)` "
+                "(see deephedge_tf.optimizers.capture.Recorder).")
+        self._report_blocks()
         grads = list(grads)
         finite = _all_finite([_dense(g) for g in grads if g is not None])
         parent = super(DHKFAC, self)
@@ -660,7 +691,7 @@ class DHKFAC(keras.optimizers.Optimizer):
         quad = self._quadratic(directions)
         if self.trust_radius is not None and self.trust_radius_mode == "relative":
             # m_ref from this step's model: the exact one where supplied, else the Kronecker q along D.
-            exact = curvature.model_decrease(self.model_matrix, self.model_rhs)
+            exact = steps.model_decrease(self.model_matrix, self.model_rhs)
             slope = self._slope(directions)
             kron = tf.square(slope) / (2.0 * tf.where(quad > 0, quad, tf.ones_like(quad)))
             kron = tf.where((quad > 0) & (slope > 0), kron, tf.zeros_like(kron))
@@ -669,8 +700,8 @@ class DHKFAC(keras.optimizers.Optimizer):
         if radius is None:
             kron_eta = eta_max
         else:
-            kron_eta = curvature.trust_region_step(quad, eta_max, radius)
-        exact_eta, exact_mu = curvature.subspace_step(self.model_matrix, self.model_rhs, eta_max, radius)
+            kron_eta = steps.trust_region_step(quad, eta_max, radius)
+        exact_eta, exact_mu = steps.subspace_step(self.model_matrix, self.model_rhs, eta_max, radius)
         eta = tf.where(valid, exact_eta, tf.where(uphill, tf.zeros_like(kron_eta), kron_eta))
         self.assign_add(self.uphill_steps, tf.cast(uphill, tf.int64))
         mu = tf.where(valid, exact_mu, tf.zeros_like(exact_mu)) if self.adaptive_momentum else None
@@ -690,9 +721,23 @@ class DHKFAC(keras.optimizers.Optimizer):
         if mu is not None:
             self.assign(self.step_momentum, mu)
 
+    def _report_blocks(self):
+        """Logs once which layers get curvature and which take the diagonal step."""
+        if self._reported:
+            return
+        self._reported = True
+        unfed = [b.name for b in self._kfac_blocks if b.name not in self._fed_blocks]
+        diagonal = sorted({layer_path(self._trainable_variables[i]) for i in self._diagonal_indices})
+        _LOG.info("DHKFAC: curvature blocks %s; diagonal (Adam) step for %s", list(self.active_blocks),
+                  diagonal + unfed)
+        if unfed:
+            _LOG.warning("DHKFAC: no curvature statistics for layers %s (the capture does not understand them): "
+                         "they take the diagonal (Adam) step", unfed)
+
     def _diagonal_step(self, grad_by_index):
-        """Adam on the variables outside blocks (bias-corrected with ``t = iterations + 1``)."""
-        if not self._diagonal_indices:
+        """Adam on the variables outside active blocks (bias-corrected with ``t = iterations + 1``)."""
+        indices = self._diagonal_step_indices()
+        if not indices:
             return
         t = tf.cast(self.iterations + 1, tf.float64)
         b1, b2 = self.diagonal_beta_1, self.diagonal_beta_2
@@ -700,7 +745,8 @@ class DHKFAC(keras.optimizers.Optimizer):
         lr_t = self.diagonal_learning_rate * tf.sqrt(1.0 - tf.pow(tf.constant(b2, tf.float64), t)) / (
             1.0 - tf.pow(tf.constant(b1, tf.float64), t)
         )
-        for i, m, v in zip(self._diagonal_indices, self._adam_m, self._adam_v):
+        for i in indices:
+            m, v = self._adam_m[i], self._adam_v[i]
             g = grad_by_index.get(i)
             if g is None:
                 continue

@@ -13,11 +13,9 @@ The small scale also matters for stability: ``prev_action`` reaches the head lin
 residual stream, so with an O(1) head the loop ``u -> action_in -> head -> symexp -> u`` can grow
 exponentially over a few steps.
 
-For curvature optimizers (KFAC-type), :meth:`RecurrentPolicy.step_with_capture` adds a caller-given
-probe to every linear map's pre-activation and returns each map's input, and
-:meth:`RecurrentPolicy.linear_maps` lists the maps with their weights.  With the input extended by a
-ones column, ``a_ext`` ``[B, d_in + 1]``, and ``g = dL/dprobe`` ``[B, d_out]``, the map's gradient is
-``sum_t a_ext_t^T g_t`` = ``concat([kernel(s)..., bias[None]], 0)``'s gradient.
+Every linear map is a Keras layer call (two Dense input maps, the LSTM cells, the Dense head), so a
+curvature optimizer captures them like any other model's (:mod:`deephedge_tf.optimizers.capture`):
+each is one Kronecker block pooled over the time steps.
 """
 
 from __future__ import annotations
@@ -83,87 +81,16 @@ class RecurrentPolicy(Policy):
 
     # ------------------------------------------------------------------ forward pass
 
-    def _forward(self, obs, prev_action, state, probes):
-        """Shared by :meth:`step` and :meth:`step_with_capture` so both compute the same numbers.
-
-        ``probes`` is ``None`` (plain step) or a dict name -> ``[B, d_out]`` (missing names: no probe).
-        Returns ``(raw action [B, N], new state, inputs dict name -> [B, d_in])``.
-        """
+    def step(self, obs, prev_action, state, training=None):
         features = obs["features"]
-        dt = features.dtype
-        prev_action = tf.cast(prev_action, dt)
-        inputs = {}
-
-        def linear(name, layer, a):
-            # Pre-activation computed from the Dense weights directly so a probe can be added to it.
-            inputs[name] = a
-            z = tf.matmul(a, tf.cast(layer.kernel, dt)) + tf.cast(layer.bias, dt)
-            if probes is not None and name in probes:
-                z = z + probes[name]
-            return z
-
-        x = linear("feature_in", self.feature_in, features) + linear("action_in", self.action_in, prev_action)
+        x = self.feature_in(features) + self.action_in(tf.cast(prev_action, features.dtype))
         new_state = []
         for i in range(self.num_blocks):  # static Python loop: fine with autograph off
             h, c = state[2 * i], state[2 * i + 1]
-            xn = self.norms[i](x)
-            name = f"block{i}/lstm"
-            inputs[name] = tf.concat([xn, h], axis=-1)
-            z = self.cells[i].preactivation(xn, h)
-            if probes is not None and name in probes:
-                z = z + probes[name]
-            h_new, c_new = self.cells[i].gates(z, c)
+            h_new, (_, c_new) = self.cells[i](self.norms[i](x), (h, c))
             x = x + h_new
             new_state += [h_new, c_new]
-        action = symexp(linear("head", self.head, x))
-        return action, tuple(new_state), inputs
-
-    def step(self, obs, prev_action, state, training=None):
-        action, new_state, _ = self._forward(obs, prev_action, state, None)
-        return action, new_state
-
-    def step_with_capture(self, obs, prev_action, state, probes):
-        """One step with probes on the pre-activations, for curvature statistics.
-
-        Args:
-          obs, prev_action, state: as for :meth:`call`.
-          probes: dict name -> ``[B, d_out]`` tensor added to that linear map's pre-activation; names
-            from :meth:`linear_maps` (``"feature_in"``, ``"action_in"``, ``"block{i}/lstm"``, ``"head"``).
-            Zero tensors watched by a GradientTape give ``dL/d pre-activation``.
-
-        Returns:
-          ``(action [B, N] (masked, as call), new_state, inputs)``, ``inputs[name]`` the map's input
-          ``[B, d_in]`` without the ones column (LSTM: ``concat([RMSNorm(x), h_prev], -1)``).
-        """
-        if not self.built:
-            self.build({k: tuple(v.shape) for k, v in obs.items()})
-        action, new_state, inputs = self._forward(obs, prev_action, tuple(state), probes)
-        return action * tf.cast(obs["mask"], action.dtype), new_state, inputs
-
-    def linear_maps(self):
-        """The linear maps in forward order: ``[(name, [weights], d_in, d_out), ...]``.
-
-        ``weights`` stack vertically into the ``[d_in + 1, d_out]`` matrix acting on ``[input, 1]``:
-        ``[kernel, bias]`` for a dense map, ``[kernel, recurrent_kernel, bias]`` for an LSTM
-        (``d_in = 2 * width``, ``d_out = 4 * width``).  RMSNorm scales are in no map
-        (see :meth:`unmapped_variables`).  The policy must be built.
-        """
-        if not self.built:
-            raise RuntimeError("RecurrentPolicy.linear_maps: build the policy first (call it once)")
-        w = self.width
-        maps = [
-            ("feature_in", [self.feature_in.kernel, self.feature_in.bias], int(self.feature_in.kernel.shape[0]), w),
-            ("action_in", [self.action_in.kernel, self.action_in.bias], self.num_instruments, w),
-        ]
-        for i, cell in enumerate(self.cells):
-            maps.append((f"block{i}/lstm", [cell.kernel, cell.recurrent_kernel, cell.bias], 2 * w, 4 * w))
-        maps.append(("head", [self.head.kernel, self.head.bias], w, self.num_instruments))
-        return maps
-
-    def unmapped_variables(self):
-        """Trainable variables outside :meth:`linear_maps` (the RMSNorm scales), in forward order."""
-        mapped = {id(v) for _, ws, _, _ in self.linear_maps() for v in ws}
-        return [v for v in self.trainable_variables if id(v) not in mapped]
+        return symexp(self.head(x)), tuple(new_state)
 
     def get_config(self):
         return {

@@ -1,0 +1,175 @@
+"""The curvature a loss owns: its generalised Gauss-Newton (GGN) factor with respect to the model outputs.
+
+A GGN preconditioner is ``C = J^T H J``: ``J`` the Jacobian of the model outputs ``y`` (``[B, ...]``,
+batch first) with respect to the weights, ``H`` the Hessian of the *batch* loss ``L(y)`` with respect to
+``y``.  The model knows ``J``; only the loss knows ``H``.  An :class:`OutputCurvature` supplies it in the
+two forms DH-KFAC needs:
+
+* ``pseudo_gradient(y, targets, seed)``: per sample ``u_b`` (shape of ``y``) with
+  ``E[u_b u_b^T] = B * H_bb``, the sample's diagonal block of ``H`` times the batch size ``B``.
+  Back-propagated through the model (``output_gradients``), it gives the per-path pseudo-gradients of
+  :meth:`DHKFAC.update_curvature <deephedge_tf.optimizers.DHKFAC.update_curvature>` (per path, not divided
+  by ``B``).  Where ``H_bb`` has rank one per sample the factor is exact (no sampling).
+* ``bilinear(y, u, v, targets)``: ``u^T H v`` with the full ``H`` (cross-sample terms included, e.g. the
+  centring of a variance), for ``u = J V1``, ``v = J V2`` from forward-mode passes: the exact quadratic
+  model of the loss along a step.
+
+Cross-sample terms of ``H`` (a variance's centring, an entropic weight normalisation) cannot enter
+per-path statistics; they are in :meth:`OutputCurvature.bilinear`, which sizes the step.
+
+Keras losses: :func:`loss_curvature` maps ``"mse"``, ``"categorical_crossentropy"``,
+``"sparse_categorical_crossentropy"`` (names, classes or functions) to :class:`MeanSquaredErrorCurvature`
+and :class:`CrossEntropyCurvature`.  The hedging objectives (:mod:`deephedge_tf.objectives`) carry their
+own (``objective.output_curvature()``).
+
+    >>> import numpy as np, tensorflow as tf
+    >>> c = loss_curvature("mse")
+    >>> y = tf.zeros((4, 1))
+    >>> float(c.bilinear(y, tf.ones((4, 1)), tf.ones((4, 1))))     # 2/(B K) * sum(u v) = 2
+    2.0
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+
+class OutputCurvature:
+    """Base class: the GGN factor of a loss with respect to the model outputs (see module doc)."""
+
+    def pseudo_gradient(self, outputs, targets=None, seed=None, sample_weight=None):
+        """``u`` (shape of ``outputs``), per sample, with ``E[u_b u_b^T] = B H_bb``."""
+        raise NotImplementedError
+
+    def bilinear(self, outputs, u, v, targets=None, sample_weight=None):
+        """``u^T H v`` (scalar) with the full Hessian ``H`` of the batch loss w.r.t. the outputs."""
+        raise NotImplementedError
+
+
+def _seed(seed):
+    return tf.constant([0, 0], tf.int64) if seed is None else tf.cast(seed, tf.int64)
+
+
+def _flat(x):
+    """``[B, ...]`` -> ``[B, K]`` (``K`` static when the trailing shape is)."""
+    x = tf.convert_to_tensor(x)
+    trailing = x.shape[1:]
+    k = int(trailing.num_elements()) if trailing.is_fully_defined() else -1
+    return tf.reshape(x, [tf.shape(x)[0], k])
+
+
+def _weights(sample_weight, like):
+    """Per-sample weights ``[B]`` (ones when ``None``) in ``like``'s dtype."""
+    if sample_weight is None:
+        return tf.ones(tf.shape(like)[:1], like.dtype)
+    return tf.reshape(tf.cast(sample_weight, like.dtype), [-1])
+
+
+class MeanSquaredErrorCurvature(OutputCurvature):
+    """Keras' mean squared error, ``L = (1/B) sum_b w_b mean_k (y_bk - t_bk)^2``: ``H = 2 w_b / (B K) I``.
+
+    One output per sample (``K = 1``): the factor ``sqrt(2 w_b)`` is exact; ``K > 1``: sampled,
+    ``u_b = sqrt(2 w_b / K) z_b`` with ``z_b ~ N(0, I_K)``.
+    """
+
+    def pseudo_gradient(self, outputs, targets=None, seed=None, sample_weight=None):
+        y = tf.convert_to_tensor(outputs)
+        flat = _flat(y)
+        k = flat.shape[-1]
+        w = _weights(sample_weight, flat)
+        scale = tf.sqrt(2.0 * w / tf.constant(float(k), flat.dtype))[:, None]
+        if k == 1:
+            return tf.reshape(scale * tf.ones_like(flat), tf.shape(y))
+        z = tf.random.stateless_normal(tf.shape(flat), _seed(seed), dtype=flat.dtype)
+        return tf.reshape(scale * z, tf.shape(y))
+
+    def bilinear(self, outputs, u, v, targets=None, sample_weight=None):
+        u, v = _flat(u), _flat(v)
+        w = _weights(sample_weight, u)
+        size = tf.cast(tf.shape(u)[0], u.dtype) * tf.constant(float(u.shape[-1]), u.dtype)
+        return 2.0 * tf.reduce_sum(w[:, None] * u * v) / size
+
+
+class CrossEntropyCurvature(OutputCurvature):
+    """Keras' (sparse) categorical cross-entropy over the last axis, ``L = (1/B) sum_b w_b CE_b``.
+
+    The GGN of cross-entropy is the Fisher of the model's predictive distribution, so the targets do not
+    enter.  Pseudo-gradients are sampled from it: ``y_b ~ Categorical(p_b)`` and ``u_b`` the gradient
+    of ``-log p_b[y_b]`` w.r.t. the output, ``p - e_y`` for logits, ``-e_y / p_y`` for probabilities
+    (back-propagated through a softmax this is again ``p - e_y`` at the logits).  Exact forms:
+    logits ``H_b = (diag(p) - p p^T) / B``, probabilities ``H_b = diag(1 / p) / B`` (the Fisher in
+    probability coordinates; pulled back through a softmax it equals the former).
+
+    Args:
+      from_logits: whether the model outputs logits (else probabilities, clipped to ``[eps, 1]``).
+    """
+
+    def __init__(self, from_logits: bool = False):
+        self.from_logits = bool(from_logits)
+
+    def _probabilities(self, y):
+        if self.from_logits:
+            return tf.nn.softmax(y, axis=-1)
+        eps = tf.constant(keras.config.epsilon(), y.dtype)
+        p = tf.clip_by_value(y, eps, 1.0)
+        return p / tf.reduce_sum(p, axis=-1, keepdims=True)
+
+    def pseudo_gradient(self, outputs, targets=None, seed=None, sample_weight=None):
+        y = tf.convert_to_tensor(outputs)
+        p = self._probabilities(y)
+        classes = p.shape[-1]
+        flat_p = tf.reshape(p, [-1, classes])
+        draw = tf.random.stateless_categorical(tf.math.log(flat_p), 1, _seed(seed))[:, 0]
+        onehot = tf.reshape(tf.one_hot(draw, classes, dtype=y.dtype), tf.shape(y))
+        u = p - onehot if self.from_logits else -onehot / p
+        # Keras averages over every position of a [B, ..., C] output: per sample, 1 / positions.
+        positions = tf.cast(tf.size(p) // (tf.shape(p)[0] * classes), u.dtype)
+        w = _weights(sample_weight, u) / positions
+        return u * tf.reshape(tf.sqrt(w), [-1] + [1] * (u.shape.rank - 1))
+
+    def bilinear(self, outputs, u, v, targets=None, sample_weight=None):
+        y = tf.convert_to_tensor(outputs)
+        p = self._probabilities(y)
+        if self.from_logits:
+            per = tf.reduce_sum(p * u * v, -1) - tf.reduce_sum(p * u, -1) * tf.reduce_sum(p * v, -1)
+        else:
+            per = tf.reduce_sum(u * v / p, -1)
+        per = _flat(per)  # [B, positions]: Keras averages over all of them
+        w = _weights(sample_weight, per)
+        return tf.reduce_sum(w[:, None] * per) / tf.cast(tf.size(per), per.dtype)
+
+
+_MSE_NAMES = ("mse", "mean_squared_error", "MeanSquaredError")
+_CE_NAMES = ("categorical_crossentropy", "CategoricalCrossentropy", "sparse_categorical_crossentropy",
+             "SparseCategoricalCrossentropy")
+SUPPORTED_LOSSES = ("mse", "categorical_crossentropy", "sparse_categorical_crossentropy")
+
+
+def loss_curvature(loss) -> OutputCurvature:
+    """The :class:`OutputCurvature` of a Keras loss given as to ``compile`` (name, class instance or
+    function), or ``loss`` itself when it is one already.
+
+    Raises:
+      ValueError: a loss without a known curvature (names the loss and lists the supported ones).
+    """
+    if isinstance(loss, OutputCurvature):
+        return loss
+    if hasattr(loss, "output_curvature"):
+        return loss.output_curvature()
+    name = loss if isinstance(loss, str) else None
+    if isinstance(loss, keras.losses.Loss):
+        name = type(loss).__name__
+    elif callable(loss) and name is None:
+        name = getattr(loss, "__name__", None)
+    if name in _MSE_NAMES:
+        return MeanSquaredErrorCurvature()
+    if name in _CE_NAMES:
+        from_logits = bool(getattr(loss, "from_logits", False))
+        if isinstance(loss, keras.losses.Loss):
+            from_logits = bool(loss.get_config().get("from_logits", False))
+        return CrossEntropyCurvature(from_logits=from_logits)
+    raise ValueError(
+        f"DHKFAC: no curvature known for the loss {loss!r}; supported: {', '.join(SUPPORTED_LOSSES)} "
+        "(names, keras.losses classes or functions), a deephedge_tf objective, or pass "
+        "with_curvature(model, curvature=<an OutputCurvature>)")

@@ -1,0 +1,250 @@
+"""The train step that feeds a curvature optimizer, for any Keras model.
+
+One step (:func:`curvature_train_step`):
+
+1. forward pass under a :class:`~deephedge_tf.optimizers.capture.Recorder` (probes on the pre-activations
+   of every understood layer) and a persistent tape; the loss and its gradients;
+2. if the loss and gradients are finite: the per-path statistics (pseudo-gradients from the loss's
+   :class:`~deephedge_tf.optimizers.losses.OutputCurvature`, back-propagated to the probes) handed to
+   ``optimizer.update_curvature`` (computed only when the optimizer wants them); the exact quadratic model
+   along the step direction (forward-mode passes over the first ``curvature_paths`` paths) when the
+   optimizer's ``step_model`` asks for one; then ``optimizer.apply``.  Otherwise nothing is written and
+   the step counts as skipped.
+
+:func:`with_curvature` wraps a plain Keras model so that ``fit`` runs this step:
+
+    >>> import keras, numpy as np
+    >>> from deephedge_tf.optimizers import DHKFAC, with_curvature
+    >>> net = keras.Sequential([keras.Input((3,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(1)])
+    >>> model = with_curvature(net)
+    >>> model.compile(optimizer=DHKFAC(), loss="mse")
+    >>> x = np.random.default_rng(0).normal(size=(64, 3)).astype("float32")
+    >>> history = model.fit(x, x[:, :1] ** 2, epochs=2, batch_size=32, verbose=0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import tensorflow as tf
+
+from deephedge_tf.optimizers.capture import Recorder
+from deephedge_tf.optimizers.losses import OutputCurvature, loss_curvature
+
+
+@dataclasses.dataclass
+class CurvatureTerm:
+    """One model output and the curvature of the loss with respect to it."""
+
+    output: object
+    curvature: OutputCurvature
+    targets: object = None
+    sample_weight: object = None
+
+
+def tree_dot(xs, ys):
+    """``sum_i <x_i, y_i>`` in float64 over aligned lists (pairs with a ``None`` are skipped)."""
+    terms = [tf.reduce_sum(tf.cast(x, tf.float64) * tf.cast(y, tf.float64))
+             for x, y in zip(xs, ys) if x is not None and y is not None]
+    return tf.add_n(terms) if terms else tf.zeros((), tf.float64)
+
+
+def _jvps(model, forward, variables, tangents):
+    """``(terms, [J V per term])``: one forward-mode pass of ``forward`` (returns CurvatureTerms)
+    along ``tangents`` (one per variable, ``None`` for none), replayed as captured."""
+    # Keras variables wrap a tf.Variable (.value): forward-mode autodiff watches the wrapped one.
+    pairs = [(getattr(v, "value", v), tf.cast(t, v.dtype)) for v, t in zip(variables, tangents) if t is not None]
+    with tf.autodiff.ForwardAccumulator([v for v, _ in pairs], [t for _, t in pairs]) as acc:
+        with Recorder(model, None):
+            terms = forward()
+    return terms, [acc.jvp(t.output, unconnected_gradients=tf.UnconnectedGradients.ZERO) for t in terms]
+
+
+def ggn_bilinear(terms, jv1, jv2):
+    """``V1^T C V2`` of the exact GGN from the outputs' tangents ``J V1``, ``J V2`` (per term)."""
+    total = [tf.cast(t.curvature.bilinear(t.output, a, b, t.targets, t.sample_weight), tf.float64)
+             for t, a, b in zip(terms, jv1, jv2)]
+    return tf.add_n(total)
+
+
+def directional_curvature(model, forward, variables, tangents):
+    """``V^T C V`` along ``tangents`` (one forward-mode pass of ``forward``, which runs ``model``)."""
+    terms, jv = _jvps(model, forward, variables, tangents)
+    return ggn_bilinear(terms, jv, jv)
+
+
+def subspace_model(model, forward, variables, grads, direction, previous):
+    """``(M [2, 2], b [2])`` of the exact quadratic model over ``span{V, P}``; two forward-mode passes.
+    See :meth:`deephedge_tf.optimizers.DHKFAC.set_subspace_model`."""
+    terms, jv = _jvps(model, forward, variables, direction)
+    _, jp = _jvps(model, forward, variables, previous)
+    vv, vp, pp = ggn_bilinear(terms, jv, jv), ggn_bilinear(terms, jv, jp), ggn_bilinear(terms, jp, jp)
+    matrix = tf.stack([tf.stack([vv, vp]), tf.stack([vp, pp])])
+    return matrix, tf.stack([tree_dot(grads, direction), tree_dot(grads, previous)])
+
+
+def _hand_over_step_model(model, optimizer, grads, variables, forward):
+    mode = getattr(optimizer, "step_model", None)
+    if mode == "subspace":
+        directions, _ = optimizer.precondition(grads)
+        matrix, rhs = subspace_model(model, forward, variables, grads, directions, optimizer.previous_update())
+        optimizer.set_subspace_model(matrix, rhs)
+    elif mode == "line":
+        directions, _ = optimizer.step_directions(grads)
+        optimizer.set_step_model(directional_curvature(model, forward, variables, directions),
+                                 tree_dot(grads, directions))
+
+
+def curvature_train_step(model, compute, forward_for_model, max_paths=None):
+    """One training step of ``model`` with its curvature optimizer (see module doc).
+
+    Args:
+      model: a compiled Keras model whose ``optimizer`` has ``update_curvature`` (DH-KFAC).
+      compute: ``() -> (loss, [CurvatureTerm, ...], aux)``; runs the forward pass (recorded).
+      forward_for_model: ``() -> [CurvatureTerm, ...]``, the same outputs recomputed on the first
+        ``max_paths`` paths (used under forward-mode autodiff for the exact step model).
+      max_paths: paths of the batch whose statistics are kept (``None``: all).
+
+    Returns:
+      ``(loss, aux, skipped)``: ``skipped`` is 1.0 when nothing was written (non-finite loss or
+      gradients), else 0.0.
+    """
+    optimizer = model.optimizer
+    with tf.GradientTape(persistent=True) as tape:
+        with Recorder(model, tape) as recorder:
+            loss, terms, aux = compute()
+    variables = model.trainable_variables  # after the forward pass: a first call creates the weights
+    if not optimizer.built:
+        optimizer.build(variables)  # here, not inside the tf.cond below (no variables in a branch)
+    grads = tape.gradient(loss, variables)
+    seed = tf.stack([tf.cast(optimizer.iterations, tf.int64), tf.constant(7, tf.int64)])
+
+    def statistics():
+        # A second backward pass: the pseudo-gradients at the outputs, per path, back to the probes.  Run
+        # only when the optimizer updates its statistics this step (the persistent tape stays alive).
+        pseudo = [tf.stop_gradient(t.curvature.pseudo_gradient(
+            t.output, t.targets, tf.random.experimental.stateless_fold_in(seed, i), t.sample_weight))
+            for i, t in enumerate(terms)]
+        probe_grads = tape.gradient([t.output for t in terms], recorder.probes, output_gradients=pseudo)
+        return recorder.statistics(probe_grads, max_paths)
+
+    finite = tf.reduce_all(tf.math.is_finite(loss))
+    for g in grads:
+        if g is not None:
+            finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(g))))
+
+    def apply():
+        # The optimizer skips (and counts) non-finite statistics itself.
+        optimizer.update_curvature(statistics)
+        _hand_over_step_model(model, optimizer, grads, variables, forward_for_model)
+        optimizer.apply(grads, variables)
+        return tf.constant(0.0, tf.float32)
+
+    skipped = tf.cond(finite, apply, lambda: tf.constant(1.0, tf.float32))
+    return loss, aux, skipped
+
+
+def first_paths(data, max_paths):
+    """``data`` (any nest of batch-first tensors) cut to its first ``max_paths`` samples."""
+    if max_paths is None:
+        return data
+    return tf.nest.map_structure(lambda x: None if x is None else x[:max_paths], data)
+
+
+@keras.saving.register_keras_serializable(package="deephedge_tf")
+class CurvatureModel(keras.Model):
+    """A Keras model whose ``fit`` feeds a curvature optimizer; made by :func:`with_curvature`.
+
+    Holds the wrapped model (same weights: training one trains the other) and calls it; only the train
+    step differs.  Saves and reloads like any Keras model (``.keras``, weights, SavedModel export).
+
+    Args:
+      model: the Keras model to train (one output tensor).
+      curvature: the loss's :class:`OutputCurvature` (``None``: derived from the compiled loss).
+      curvature_paths: statistics and step model from the first this-many samples of each batch
+        (``None``: all).
+    """
+
+    def __init__(self, model, curvature=None, curvature_paths=None, **kwargs):
+        super().__init__(**kwargs)
+        self.model = model
+        if curvature is not None and not isinstance(curvature, OutputCurvature):
+            raise TypeError(f"with_curvature: curvature must be an OutputCurvature; got {type(curvature).__name__}")
+        self.curvature = curvature
+        if curvature_paths is not None and int(curvature_paths) < 1:
+            raise ValueError(f"with_curvature: curvature_paths must be >= 1 or None; got {curvature_paths}")
+        self.curvature_paths = None if curvature_paths is None else int(curvature_paths)
+
+    def call(self, inputs, training=None):
+        return self.model(inputs, training=training)
+
+    def build(self, input_shape=None):
+        if not self.model.built and input_shape is not None:
+            self.model.build(input_shape)
+        self.built = True
+
+    def _output_curvature(self):
+        if self.curvature is not None:
+            return self.curvature
+        loss = getattr(self, "loss", None)
+        if loss is None:
+            raise ValueError("with_curvature: compile the model with a loss first")
+        if isinstance(loss, (list, tuple, dict)):
+            raise ValueError("with_curvature: one loss for one output is supported; got several "
+                             "(pass curvature=... for a single combined output)")
+        return loss_curvature(loss)
+
+    def train_step(self, data):
+        if not hasattr(self.optimizer, "update_curvature"):
+            return super().train_step(data)  # any other optimizer: Keras' own step
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        curvature = self._output_curvature()
+
+        def terms_for(x_, y_, w_, y_pred):
+            if isinstance(y_pred, (list, tuple, dict)):
+                raise ValueError("with_curvature: the model must have one output tensor; got "
+                                 f"{type(y_pred).__name__}")
+            return [CurvatureTerm(y_pred, curvature, y_, w_)]
+
+        def compute():
+            y_pred = self(x, training=True)
+            loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+            return loss, terms_for(x, y, sample_weight, y_pred), y_pred
+
+        def forward():
+            xs, ys, ws = first_paths((x, y, sample_weight), self.curvature_paths)
+            return terms_for(xs, ys, ws, self(xs, training=True))
+
+        loss, y_pred, _ = curvature_train_step(self, compute, forward, self.curvature_paths)
+        self._loss_tracker.update_state(loss, sample_weight=tf.shape(tf.nest.flatten(x)[0])[0])
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def get_config(self):
+        return {**super().get_config(), "model": keras.saving.serialize_keras_object(self.model),
+                "curvature_paths": self.curvature_paths}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        model = keras.saving.deserialize_keras_object(config.pop("model"))
+        return cls(model, **config)
+
+
+def with_curvature(model, curvature=None, curvature_paths=None) -> CurvatureModel:
+    """``model`` wrapped so that ``compile``/``fit`` with :class:`DHKFAC` get curvature statistics.
+
+    Dense and LSTM layers anywhere inside ``model`` become Kronecker blocks (see
+    :mod:`deephedge_tf.optimizers.capture`); the loss's curvature comes from the compiled loss
+    (``"mse"``, (sparse) categorical cross-entropy) or from ``curvature``.  With any other optimizer
+    the wrapper trains exactly like ``model``.
+
+        >>> import keras
+        >>> from deephedge_tf.optimizers import with_curvature
+        >>> net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        >>> with_curvature(net).model is net
+        True
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"with_curvature: expected a keras.Model; got {type(model).__name__}")
+    return CurvatureModel(model, curvature=curvature, curvature_paths=curvature_paths)

@@ -1,0 +1,109 @@
+"""Curvature capture for any Keras model (deephedge_tf.optimizers.capture): the recorded statistics
+reproduce the weight gradients (sum over uses of a^T dL/dz), the captured forward pass computes the
+same numbers as the model's own, and layers the capture does not understand take the diagonal step."""
+
+import logging
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from deephedge_tf.layers import LSTMCell
+from deephedge_tf.optimizers import DHKFAC, Recorder, find_blocks, with_curvature
+
+F64 = "float64"
+
+
+class PerStep(keras.Model):
+    """Subclassed model with a nested sub-model and one Dense applied at every time step."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = keras.Sequential([keras.layers.Dense(5, activation="tanh", dtype=F64, name="enc")],
+                                        name="encoder")
+        self.cell = LSTMCell(3, name="cell", dtype=F64)
+        self.step_head = keras.layers.Dense(2, name="step_head", dtype=F64)
+
+    def call(self, x):  # x [B, T, d]
+        batch, steps = tf.shape(x)[0], x.shape[1]
+        state = (tf.zeros((batch, 3), F64), tf.zeros((batch, 3), F64))
+        outs = []
+        for t in range(steps):
+            h, state = self.cell(self.encoder(x[:, t]), state)
+            outs.append(self.step_head(h))
+        return tf.stack(outs, axis=1)
+
+
+def sequential_mlp():
+    return keras.Sequential([keras.Input((4,), dtype=F64), keras.layers.Dense(6, activation="relu", dtype=F64),
+                             keras.layers.Dense(3, use_bias=False, dtype=F64)])
+
+
+def functional_mixed():
+    inp = keras.Input((4, 2), dtype=F64)
+    seq = keras.layers.LSTM(3, return_sequences=True, dtype=F64)(inp)
+    back = keras.layers.LSTM(2, go_backwards=True, dtype=F64)(seq)
+    per_position = keras.layers.Dense(2, dtype=F64)(seq)  # rank-3 input: 4 uses per sample
+    out = keras.layers.Concatenate()([back, keras.layers.Flatten()(per_position)])
+    return keras.Model(inp, keras.layers.Dense(1, dtype=F64)(out))
+
+
+CASES = {"sequential": (sequential_mlp, (6, 4)), "functional_lstm": (functional_mixed, (6, 4, 2)),
+         "subclassed_per_step": (PerStep, (6, 4, 2))}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_capture_reproduces_weight_gradients_and_outputs(case):
+    make, shape = CASES[case]
+    keras.utils.set_random_seed(3)
+    model = make()
+    x = tf.constant(np.random.default_rng(0).normal(size=shape))
+    plain = model(x)
+    with tf.GradientTape(persistent=True) as tape:
+        with Recorder(model, tape) as recorder:
+            y = model(x)
+        loss = tf.reduce_sum(tf.sin(y))  # any scalar of the outputs
+    np.testing.assert_allclose(y.numpy(), plain.numpy(), rtol=1e-12, atol=1e-14)  # the same numbers
+    stats = recorder.statistics(tape.gradient(loss, recorder.probes))
+    variables = model.trainable_variables
+    blocks, diagonal = find_blocks(variables)
+    assert sorted(stats) == sorted(b.name for b in blocks) and diagonal == [] and recorder.not_understood == []
+    grads = tape.gradient(loss, variables)
+    for block in blocks:
+        a, g = (t.numpy() for t in stats[block.name])
+        assert a.shape[1:] == (shape[0], block.dim_a) and g.shape[1:] == (shape[0], block.d_out)
+        expected = np.concatenate([grads[i].numpy().reshape(-1, block.d_out) for i in block.indices], axis=0)
+        assert np.abs(expected).max() > 1e-4, block.name
+        np.testing.assert_allclose(np.einsum("tbi,tbj->ij", a, g), expected, rtol=1e-10, atol=1e-13,
+                                   err_msg=block.name)
+    if case == "subclassed_per_step":  # a layer called at every step is one block with T uses
+        assert stats["per_step/step_head"][0].shape[0] == shape[1]
+
+
+def test_unknown_layers_take_the_diagonal_step_and_are_logged(caplog):
+    keras.utils.set_random_seed(0)
+    net = keras.Sequential([keras.Input((6, 1)), keras.layers.Conv1D(2, 3, name="conv"), keras.layers.Flatten(),
+                            keras.layers.Dense(1, name="out")], name="convnet")
+    model = with_curvature(net)
+    model.compile(optimizer=DHKFAC(), loss="mse")
+    x = np.random.default_rng(0).normal(size=(32, 6, 1)).astype("float32")
+    with caplog.at_level(logging.INFO, logger="deephedge_tf"):
+        model.fit(x, x[:, :1, 0], epochs=2, batch_size=16, verbose=0)
+    assert model.optimizer.active_blocks == ("convnet/out",)
+    assert {v.path for v in model.optimizer.diagonal_variables} == {"convnet/conv/kernel", "convnet/conv/bias"}
+    lines = [r.getMessage() for r in caplog.records if "diagonal (Adam) step" in r.getMessage()]
+    assert len(lines) == 1 and "convnet/conv" in lines[0]  # listed once, not per step
+
+
+def test_rnn_that_cannot_be_unrolled_is_a_clear_error():
+    net = keras.Sequential([keras.Input((None, 2)), keras.layers.LSTM(3), keras.layers.Dense(1)])
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, 2])])
+    def captured_forward(x):
+        with tf.GradientTape() as tape:
+            with Recorder(net, tape):
+                return net(x)
+
+    with pytest.raises(ValueError, match="static number of time steps"):
+        captured_forward(tf.zeros((4, 5, 2)))
