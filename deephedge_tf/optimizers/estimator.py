@@ -20,7 +20,6 @@ from __future__ import annotations
 import tensorflow as tf
 
 
-
 def pooled_factors(a, g):
     """RNN-KFAC factors with "expand" pooling over time (Martens, Ba & Johnson 2018).
 
