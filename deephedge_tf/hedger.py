@@ -74,6 +74,11 @@ class MarketStep(keras.layers.Layer):
                 tf.reduce_sum(notional, axis=-1))
 
 
+def _replicas() -> float:
+    """Replicas in sync under the current tf.distribute strategy (1 without one)."""
+    return float(tf.distribute.get_strategy().num_replicas_in_sync)
+
+
 def _first_batch(x):
     """The first batch of a PyDataset, a tf.data.Dataset or an in-memory dict of arrays."""
     if isinstance(x, keras.utils.PyDataset):
@@ -205,13 +210,13 @@ class Hedger(keras.Model):
 
         def compute():
             out = self.unroll(batch, training=True)
-            return self._loss(out), self._curvature_terms(out), out
+            return self._loss(out) / _replicas(), self._curvature_terms(out), out
 
         def forward():
             return self._curvature_terms(self.unroll(first_paths(batch, self.curvature_paths), training=True))
 
         loss, out, skipped = curvature_train_step(self, compute, forward, self.curvature_paths)
-        return loss, out, skipped
+        return loss * _replicas(), out, skipped
 
     def train_step(self, data):
         batch = data[0] if isinstance(data, tuple) else data
@@ -222,7 +227,8 @@ class Hedger(keras.Model):
             with tf.GradientTape() as tape:
                 out = self.unroll(batch, training=True)
                 loss = self._loss(out)
-            grads = tape.gradient(loss, variables)
+            # Under a multi-replica strategy the replicas' gradients are summed: scale each by 1 / replicas.
+            grads = tape.gradient(loss / _replicas(), variables)
             finite = tf.reduce_all(tf.math.is_finite(loss))
             for g in grads:
                 if g is not None:

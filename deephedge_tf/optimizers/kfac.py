@@ -53,8 +53,15 @@ Keras' ``apply`` machinery is kept: ``clipnorm`` / ``clipvalue`` / ``global_clip
 gradients *before* preconditioning, ``weight_decay`` is decoupled (``w -= weight_decay * eta_max * w``),
 ``use_ema`` and ``gradient_accumulation_steps`` work as for any Keras optimizer.  A step whose
 gradients are not all finite writes nothing (no variable, iteration count included) and increments
-``skipped_steps``.  Only one replica: ``_backend_update_step`` is overridden, which skips Keras'
-cross-replica gradient all-reduce, so building under a multi-replica strategy raises.
+``skipped_steps``.
+
+Several replicas (``tf.distribute.MirroredStrategy``): ``update_curvature``, ``set_step_model`` /
+``set_subspace_model`` and ``apply`` may be called in replica context.  Each synchronises the replicas
+once (``merge_call``) and runs the update a single time in cross-replica context: statistics and
+step models are averaged over the replicas (each holds an equal share of the paths), gradients are
+summed (Keras' convention: each replica's gradient of its loss divided by the number of replicas).
+In replica context these calls must not sit inside a ``tf.cond`` branch (``merge_call`` cannot run
+there); the train step of :mod:`deephedge_tf.optimizers.train_step` calls them unconditionally then.
 """
 
 from __future__ import annotations
@@ -94,6 +101,19 @@ def _all_finite(tensors):
     if not flags:
         return tf.constant(True)
     return tf.reduce_all(tf.stack(flags))
+
+
+def _multi_replica_context():
+    """The replica context when running on several replicas (e.g. MirroredStrategy), else ``None``."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync <= 1:
+        return None
+    return ctx
+
+
+def _mean(tensors):
+    """The mean of a list of equally shaped tensors (the per-replica values of a statistic)."""
+    return tensors[0] if len(tensors) == 1 else tf.add_n(tensors) / float(len(tensors))
 
 
 def _dense(g):
@@ -244,12 +264,6 @@ class DHKFAC(keras.optimizers.Optimizer):
         """
         if self.built:
             return
-        strategy = tf.distribute.get_strategy()
-        if strategy.num_replicas_in_sync > 1:
-            raise NotImplementedError(
-                "DHKFAC: multi-replica training is not supported (gradients and curvature statistics "
-                "would need their own all-reduce)"
-            )
         super().build(var_list)
         blocks, diagonal = find_blocks(var_list)
         float_dtypes = {b.dtype for b in blocks} | {tf.as_dtype(var_list[i].dtype) for i in diagonal}
@@ -394,38 +408,57 @@ class DHKFAC(keras.optimizers.Optimizer):
         """
         self._require_built()
         self._statistics_source = True
+        ctx = _multi_replica_context()
+        if ctx is not None:
+            # Several replicas: each hands its own paths' statistics; the update runs once, in
+            # cross-replica context, on the factors averaged over the replicas (equal local batches).
+            stats = captured() if callable(captured) else captured
+
+            def merge(strategy, per_replica):
+                local = [{name: (strategy.experimental_local_results(a)[r], strategy.experimental_local_results(g)[r])
+                          for name, (a, g) in per_replica.items()} for r in range(strategy.num_replicas_in_sync)]
+                prepared = self._prepare(local)
+                if not prepared:
+                    return tf.constant(False)
+                return tf.cond(self.curvature_due(), lambda: self._update_prepared(prepared),
+                               lambda: tf.constant(False))
+
+            return ctx.merge_call(merge, args=(stats,))
         if callable(captured):
             # Computed only inside the branch where an update is due (curvature_period > 1 skips it).
             def update():
-                return self._update_prepared(self._prepare(captured()))
+                return self._update_prepared(self._prepare([captured()]))
 
             return tf.cond(self.curvature_due(), update, lambda: tf.constant(False))
-        prepared = self._prepare(captured)
+        prepared = self._prepare([captured])
         if not prepared:
             return tf.constant(False)
         return tf.cond(self.curvature_due(), lambda: self._update_prepared(prepared), lambda: tf.constant(False))
 
     def _prepare(self, captured):
+        """``[(block index, [a per replica], [g per replica])]`` from one statistics dict per replica."""
         prepared = []
-        for name, pair in captured.items():
+        for name in captured[0]:
             if name not in self._block_index:
                 raise KeyError(
                     f"DHKFAC.update_curvature: no Kronecker block {name!r}; blocks: {sorted(self._block_index)}"
                 )
-            a, g = pair
             k = self._block_index[name]
             self._fed_blocks.add(name)
             block = self._kfac_blocks[k]
-            a = self._time_major(a, block, block.dim_a, "a", name)
-            g = self._time_major(g, block, block.d_out, "g", name)
+            a = [self._time_major(c[name][0], block, block.dim_a, "a", name) for c in captured]
+            g = [self._time_major(c[name][1], block, block.d_out, "g", name) for c in captured]
             prepared.append((k, a, g))
         return prepared
 
     def _update_prepared(self, prepared):
         if not prepared:
             return tf.constant(False)
-        stats = [(k, a, g) + estimator.pooled_factors(a, g) for k, a, g in prepared]
-        finite = _all_finite([t for item in stats for t in item[1:]])
+        stats = []
+        for k, a, g in prepared:
+            factors = [estimator.pooled_factors(x, y) for x, y in zip(a, g)]
+            stats.append((k, a, g, _mean([f[0] for f in factors]), _mean([f[1] for f in factors])))
+        finite = _all_finite([t for _, a, g, fa, fg in stats for t in a + g + [fa, fg]])
 
         def skip():
             self.assign_add(self.skipped_curvature_updates, tf.constant(1, tf.int64))
@@ -473,7 +506,7 @@ class DHKFAC(keras.optimizers.Optimizer):
         for k, a, g, _, _ in stats:
             state = self._kfac_states[k]
             if self.ekfac:
-                fresh = estimator.ekfac_diagonal(a, g, state.basis_a, state.basis_g)
+                fresh = _mean([estimator.ekfac_diagonal(x, y, state.basis_a, state.basis_g) for x, y in zip(a, g)])
                 blended = decay * state.scale + (1.0 - decay) * fresh
                 updated = tf.where(first[k], fresh, blended)
                 # Overflow in the per-path squares is the one way finite inputs give a non-finite s.
@@ -606,6 +639,17 @@ class DHKFAC(keras.optimizers.Optimizer):
         (counted in ``uphill_steps``), since any step along ``V`` would raise the model loss.
         """
         self._require_built()
+        ctx = _multi_replica_context()
+        if ctx is not None:  # each replica's model is on its own paths: their mean, set once
+            def merge(strategy, m, b):
+                self._set_model(_mean(list(strategy.experimental_local_results(m))),
+                                _mean(list(strategy.experimental_local_results(b))))
+
+            ctx.merge_call(merge, args=(tf.convert_to_tensor(matrix), tf.convert_to_tensor(rhs)))
+            return
+        self._set_model(matrix, rhs)
+
+    def _set_model(self, matrix, rhs):
         m = tf.reshape(tf.cast(matrix, self._scalar_dtype), (2, 2))
         b = tf.reshape(tf.cast(rhs, self._scalar_dtype), (2,))
         usable = _all_finite([m, b]) & (m[0, 0] > 0) & (m[1, 1] >= 0)
@@ -667,7 +711,19 @@ class DHKFAC(keras.optimizers.Optimizer):
                 "in a custom loop call `optimizer.update_curvature(...)` before `optimizer.apply(...)` "
                 "(see deephedge_tf.optimizers.capture.Recorder).")
         self._report_blocks()
-        grads = list(grads)
+        ctx = _multi_replica_context()
+        if ctx is not None:
+            # Keras' convention: each replica's gradient of its (1 / replicas)-scaled loss, summed.  The
+            # whole update then runs once in cross-replica context, writing every replica's copy.
+            def merge(strategy, per_replica):
+                summed = [None if g is None else tf.add_n(list(strategy.experimental_local_results(g)))
+                          for g in per_replica]
+                return self._apply_once(summed, trainable_variables)
+
+            return ctx.merge_call(merge, args=(list(grads),))
+        return self._apply_once(list(grads), trainable_variables)
+
+    def _apply_once(self, grads, trainable_variables):
         finite = _all_finite([_dense(g) for g in grads if g is not None])
         parent = super(DHKFAC, self)
 

@@ -101,7 +101,9 @@ def curvature_train_step(model, compute, forward_for_model, max_paths=None):
 
     Args:
       model: a compiled Keras model whose ``optimizer`` has ``update_curvature`` (DH-KFAC).
-      compute: ``() -> (loss, [CurvatureTerm, ...], aux)``; runs the forward pass (recorded).
+      compute: ``() -> (loss, [CurvatureTerm, ...], aux)``; runs the forward pass (recorded).  Under a
+        multi-replica strategy ``loss`` is the replica's loss divided by the number of replicas, as
+        Keras' losses scale it (the replicas' gradients are summed).
       forward_for_model: ``() -> [CurvatureTerm, ...]``, the same outputs recomputed on the first
         ``max_paths`` paths (used under forward-mode autodiff for the exact step model).
       max_paths: paths of the batch whose statistics are kept (``None``: all).
@@ -133,15 +135,33 @@ def curvature_train_step(model, compute, forward_for_model, max_paths=None):
     for g in grads:
         if g is not None:
             finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(g))))
+    replica = tf.distribute.get_replica_context()
+    replicated = replica is not None and replica.num_replicas_in_sync > 1
+    if replicated:
+        # The step model needs the global gradient (the sum of the replicas' gradients of their scaled
+        # losses); apply takes the local ones and sums them itself (Keras' convention).
+        present = [i for i, g in enumerate(grads) if g is not None]
+        summed = replica.all_reduce(tf.distribute.ReduceOp.SUM, [tf.convert_to_tensor(grads[i]) for i in present])
+        global_grads = [None] * len(grads)
+        for i, g in zip(present, summed):
+            global_grads[i] = g
+    else:
+        global_grads = grads
 
     def apply():
         # The optimizer skips (and counts) non-finite statistics itself.
         optimizer.update_curvature(statistics)
-        _hand_over_step_model(model, optimizer, grads, variables, forward_for_model)
+        _hand_over_step_model(model, optimizer, global_grads, variables, forward_for_model)
         optimizer.apply(grads, variables)
         return tf.constant(0.0, tf.float32)
 
-    skipped = tf.cond(finite, apply, lambda: tf.constant(1.0, tf.float32))
+    if replicated:
+        # No tf.cond around the update: the optimizer synchronises replicas (merge_call), which cannot
+        # run inside a cond branch.  It skips non-finite gradients and statistics itself.
+        apply()
+        skipped = 1.0 - tf.cast(finite, tf.float32)
+    else:
+        skipped = tf.cond(finite, apply, lambda: tf.constant(1.0, tf.float32))
     return loss, aux, skipped
 
 
@@ -217,7 +237,8 @@ class CurvatureModel(keras.Model):
             return terms_for(xs, ys, ws, self(xs, training=True))
 
         loss, y_pred, _ = curvature_train_step(self, compute, forward, self.curvature_paths)
-        self._loss_tracker.update_state(loss, sample_weight=tf.shape(tf.nest.flatten(x)[0])[0])
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync  # Keras' losses divide by it
+        self._loss_tracker.update_state(loss * replicas, sample_weight=tf.shape(tf.nest.flatten(x)[0])[0])
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def get_config(self):
