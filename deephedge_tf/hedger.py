@@ -227,8 +227,9 @@ class Hedger(keras.Model):
             with tf.GradientTape() as tape:
                 out = self.unroll(batch, training=True)
                 loss = self._loss(out)
-            # Under a multi-replica strategy the replicas' gradients are summed: scale each by 1 / replicas.
-            grads = tape.gradient(loss / _replicas(), variables)
+                # Under a multi-replica strategy the replicas' gradients are summed: each scaled by 1 / replicas.
+                scaled = loss / _replicas()
+            grads = tape.gradient(scaled, variables)
             finite = tf.reduce_all(tf.math.is_finite(loss))
             for g in grads:
                 if g is not None:
