@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from deephedge_tf.layers import LSTMCell
-from deephedge_tf.optimizers import DHKFAC, Recorder, find_blocks, with_curvature
+from deephedge_tf.optimizers import DHKFAC, Recorder, capture, find_blocks, with_curvature
 
 F64 = "float64"
 
@@ -107,3 +107,74 @@ def test_rnn_that_cannot_be_unrolled_is_a_clear_error():
 
     with pytest.raises(ValueError, match="static number of time steps"):
         captured_forward(tf.zeros((4, 5, 2)))
+
+
+class ScanModel(keras.Model):
+    """A recurrent model whose time loop is a capture.scan (one tf.while_loop), or unrolled in Python."""
+
+    def __init__(self, unrolled=False, **kwargs):
+        super().__init__(**kwargs)
+        self.unrolled = unrolled
+        self.inp = keras.layers.Dense(4, activation="tanh", name="inp", dtype=F64)
+        self.cell = LSTMCell(3, name="cell", dtype=F64)
+        self.out = keras.layers.Dense(1, name="out", dtype=F64)
+
+    def step(self, x_t, carry):
+        h, state = self.cell(self.inp(x_t), carry)
+        return self.out(h), state
+
+    def call(self, x):  # x [B, T, d] -> [T, B, 1]
+        carry = (tf.zeros((tf.shape(x)[0], 3), F64), tf.zeros((tf.shape(x)[0], 3), F64))
+        elems = tf.transpose(x, [1, 0, 2])
+        if self.unrolled:
+            outs = []
+            for t in range(x.shape[1]):
+                o, carry = self.step(elems[t], carry)
+                outs.append(o)
+            return tf.stack(outs)
+        return capture.scan(self.step, elems, carry)[0]
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf.function"])
+def test_scan_loop_in_the_graph_is_captured_like_the_unrolled_loop(graph):
+    """The same weights run as a tf.while_loop (capture.scan) and unrolled: same outputs, the same
+    statistics [T, B, .] per block, and the capture contract holds for the in-graph loop."""
+    x = tf.constant(np.random.default_rng(2).normal(size=(5, 6, 2)))
+    results = []
+    for unrolled in (True, False):
+        keras.utils.set_random_seed(4)
+        model = ScanModel(unrolled=unrolled, name="scan")
+        model(x)
+
+        def run():
+            with tf.GradientTape(persistent=True) as tape:
+                with Recorder(model, tape) as recorder:
+                    y = model(x)
+                loss = tf.reduce_sum(tf.sin(3.0 * y))
+            stats = recorder.statistics(tape.gradient(loss, recorder.probes))
+            return y, stats, tape.gradient(loss, model.trainable_variables)
+
+        y, stats, grads = tf.function(run)() if graph else run()
+        results.append((y.numpy(), {k: (a.numpy(), g.numpy()) for k, (a, g) in stats.items()},
+                        [g.numpy() for g in grads], model))
+    (y_u, s_u, _, _), (y_s, s_s, g_s, model) = results
+    np.testing.assert_allclose(y_s, y_u, rtol=1e-12)
+    assert sorted(s_s) == sorted(s_u) == ["scan/cell", "scan/inp", "scan/out"]
+    for name in s_u:
+        assert s_s[name][0].shape == (6, 5, s_u[name][0].shape[-1])
+        for got, want in zip(s_s[name], s_u[name]):
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-13, err_msg=name)
+    blocks, _ = find_blocks(model.trainable_variables)
+    for block in blocks:
+        a, g = s_s[block.name]
+        expected = np.concatenate([g_s[i].reshape(-1, block.d_out) for i in block.indices], axis=0)
+        np.testing.assert_allclose(np.einsum("tbi,tbj->ij", a, g), expected, rtol=1e-10, atol=1e-13)
+
+
+def test_scan_without_a_recorder_and_in_replay_mode():
+    elems = tf.constant(np.arange(12.0).reshape(4, 3))
+    outs, last = capture.scan(lambda e, s: (s * 2.0 + e, s + e), elems, tf.zeros(3, tf.float64))
+    np.testing.assert_allclose(last.numpy(), elems.numpy().sum(axis=0))
+    np.testing.assert_allclose(outs.numpy()[2], 2 * elems.numpy()[:2].sum(axis=0) + elems.numpy()[2])
+    with pytest.raises(ValueError, match="static"):
+        capture.scan(lambda e, s: (e, s), tf.zeros([0, 2]), tf.zeros([2]))

@@ -76,3 +76,19 @@ def test_console_script_runs_in_a_fresh_process(tmp_path):
                           str(REPO / "configs/bs_call_ntb.yaml")], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert yaml.safe_load(out.stdout)["market"]["model"] == "gbm"
+
+
+def test_train_with_dhkfac_on_a_band_policy_from_the_cli(tmp_path):
+    """`deephedge train CONFIG --set training.optimizer=dhkfac` works for a policy other than the
+    recurrent one (here the no-transaction band under expected shortfall)."""
+    out = tmp_path / "run"
+    code = main(["train", str(REPO / "configs/quickstart.yaml"), "--out", str(out),
+                 "--set", "training.optimizer=dhkfac", "--set", "policy.kind=no_transaction_band",
+                 "--set", "objective.kind=expected_shortfall", "--set", "time.steps=5",
+                 "--set", "hedges.floating_grid.moneyness=[]", "--set", "hedges.floating_grid.maturities=[]",
+                 "--set", "training.epochs=1", "--set", "training.batches_per_epoch=3",
+                 "--set", "training.batch_size=256", "--set", "training.validation_paths=256",
+                 "--set", "evaluation.paths=1024"])
+    assert code == 0
+    history = (out / "history.csv").read_text().splitlines()
+    assert len(history) == 2 and "nan" not in history[1]

@@ -35,12 +35,14 @@ the recorder does not understand are reported in :attr:`Recorder.not_understood`
 their variables its diagonal (Adam) step.
 
 **Loops in the graph.**  A probe must be created outside any ``tf.while_loop`` whose body uses it
-(tensors made inside a loop body are invisible to the tape outside).  The Python-unrolled loops of
-this library (the hedger's decision loop, the RNN unroll above) satisfy this by construction.  A driver
-that runs the time loop in the graph would create each block's probes as a ``[T, B, d_out]`` tensor
-before the loop, read step ``t`` through a ``TensorArray`` (``unstack`` / ``read``: O(T) gradients,
-unlike slicing one tensor per step) and write the recorded inputs into a ``TensorArray`` returned by the
-loop; :meth:`Recorder.statistics` takes ``[T, B, .]`` tensors as they are.
+(tensors made inside a loop body are invisible to the tape outside).  Python-unrolled loops (the
+hedger's decision loop, the RNN unroll above) satisfy this by construction; their compile time grows
+with ``T``.  A time loop written with :func:`scan` runs as one ``tf.while_loop`` and is captured too:
+under a recorder, step 0 runs outside the loop (it finds the layer calls of one step and their shapes),
+each call slot of steps ``1..T-1`` reads its probe from a ``[T - 1, B, d_out]`` tensor made before the
+loop through a ``TensorArray`` (``unstack`` / ``read``: O(T) gradients, unlike slicing one tensor per
+step) and writes its input into a ``TensorArray`` returned by the loop, so the statistics are
+accumulated in the loop and come out ``[T, B, .]`` as for an unrolled loop.
 """
 
 from __future__ import annotations
@@ -184,8 +186,11 @@ class Recorder:
     def __init__(self, model, tape):
         self.model, self.tape = model, tape
         self.probes = []
-        self._calls = []  # (block name, inputs [B, ..., d_in], has_bias)
+        # (block name, inputs, has_bias, time_major): inputs [B, ..., d_in] per call, or [U, B, d_in]
+        # for a call slot of a scan loop (time_major); the probe of the same index has the same layout.
+        self._calls = []
         self._patched = []
+        self._loop = None  # inside a scan body: the step's probes and recorded inputs
         self.not_understood = []
 
     def __enter__(self):
@@ -197,27 +202,81 @@ class Recorder:
                 self._patched.append(layer)
             elif layer.trainable_weights and _owns_weights(layer):
                 self.not_understood.append(layer.path)
+        _ACTIVE.append(self)
         return self
 
     def __exit__(self, *exc):
         for layer in self._patched:
             del layer.call
         self._patched = []
+        _ACTIVE.remove(self)
         return False
 
     def _record(self, layer, inputs, z, has_bias):
         if self.tape is None:
             return z  # replay mode: the same computation (RNNs unrolled), nothing recorded
+        if self._loop is not None:
+            return self._record_in_loop(layer, inputs, z)
         probe = tf.zeros_like(z)
         self.tape.watch(probe)
         self.probes.append(probe)
-        self._calls.append((layer_path(layer.kernel), inputs, has_bias))
+        self._calls.append((layer_path(layer.kernel), inputs, has_bias, False))
         return z + probe
+
+    def _record_in_loop(self, layer, inputs, z):
+        loop = self._loop
+        slot = len(loop["inputs"])
+        names = loop["names"]
+        if slot >= len(names) or names[slot] != layer_path(layer.kernel) or inputs.shape.rank != 2:
+            raise ValueError(
+                "capture.scan: every step must call the same layers in the same order with [B, d] inputs "
+                f"(step 0 called {names}); call {slot} of a later step is {layer_path(layer.kernel)!r} "
+                f"with input shape {tuple(inputs.shape)}")
+        loop["inputs"].append(inputs)
+        return z + loop["probes"][slot].read(loop["t"])
+
+    def _scan(self, fn, elems, initializer, steps):
+        """:func:`scan` with the layer calls of ``fn`` captured (see the module doc, "Loops in the graph")."""
+        start = len(self._calls)
+        out0, state = fn(tf.nest.map_structure(lambda x: x[0], elems), initializer)
+        slots, slot_probes = self._calls[start:], self.probes[start:]
+        if any(c[1].shape.rank != 2 for c in slots):
+            raise ValueError("capture.scan: captured layers inside a scan step need [B, d] inputs")
+        if steps == 1:
+            return tf.nest.map_structure(lambda o: o[None], out0), state
+        rest = steps - 1
+        loop_probes = []
+        for p in slot_probes:
+            lp = tf.zeros(tf.concat([[rest], tf.shape(p)], 0), p.dtype)
+            lp.set_shape([rest] + p.shape.as_list())
+            self.tape.watch(lp)
+            loop_probes.append(lp)
+        probe_arrays = [tf.TensorArray(p.dtype, size=rest, element_shape=p.shape[1:]).unstack(p) for p in loop_probes]
+        names = [c[0] for c in slots]
+
+        def record_step(t, elem, carry):
+            self._loop = {"t": t, "probes": probe_arrays, "names": names, "inputs": []}
+            try:
+                out, carry = fn(elem, carry)
+                inputs = self._loop["inputs"]
+            finally:
+                self._loop = None
+            if len(inputs) != len(names):
+                raise ValueError(f"capture.scan: step 0 called {names}, a later step only "
+                                 f"{names[:len(inputs)]}")
+            return out, carry, inputs
+
+        outputs, state, recorded = _while_scan(record_step, elems, out0, state, rest,
+                                               [c[1] for c in slots])
+        for (name, _, has_bias, _), lp, inputs in zip(slots, loop_probes, recorded):
+            self._calls.append((name, inputs, has_bias, True))
+            self.probes.append(lp)
+        return outputs, state
 
     @property
     def block_names(self) -> list:
         """Names of the blocks recorded so far, in first-call order."""
-        return list(dict.fromkeys(name for name, _, _ in self._calls))
+        return list(dict.fromkeys(c[0] for c in self._calls))
 
     def statistics(self, probe_gradients, max_paths=None) -> dict:
         """``{block name: (a [T, B', dim_a], g [T, B', d_out])}`` from the gradients at :attr:`probes`.
@@ -229,22 +288,100 @@ class Recorder:
         if len(probe_gradients) != len(self.probes):
             raise ValueError(f"Recorder.statistics: {len(probe_gradients)} gradients for {len(self.probes)} probes")
         per_block = {}
-        for (name, x, has_bias), probe, grad in zip(self._calls, self.probes, probe_gradients):
-            x = tf.convert_to_tensor(x)
+        for (name, x, has_bias, time_major), probe, grad in zip(self._calls, self.probes, probe_gradients):
             grad = tf.zeros_like(probe) if grad is None else tf.ensure_shape(grad, probe.shape)
-            a = _uses_first(tf.cast(x, probe.dtype))
+            per_block.setdefault(name, ([], [], has_bias))
+            x = tf.cast(x, probe.dtype)
+            per_block[name][0].append(x if time_major else _uses_first(x))
+            per_block[name][1].append(grad if time_major else _uses_first(grad))
+        out = {}
+        for name, (xs, gs, has_bias) in per_block.items():
+            a, g = _time_major(xs), _time_major(gs)
+            if max_paths is not None:  # cut first: the ones column and the copies only for B' paths
+                a, g = a[:, :max_paths], g[:, :max_paths]
             if has_bias:
                 a = tf.concat([a, tf.ones_like(a[..., :1])], axis=-1)
-            g = _uses_first(grad)
-            if max_paths is not None:
-                a, g = a[:, :max_paths], g[:, :max_paths]
-            per_block.setdefault(name, []).append((a, g))
-        out = {}
-        for name, parts in per_block.items():
-            a = parts[0][0] if len(parts) == 1 else tf.concat([p[0] for p in parts], axis=0)
-            g = parts[0][1] if len(parts) == 1 else tf.concat([p[1] for p in parts], axis=0)
             out[name] = (tf.stop_gradient(a), tf.stop_gradient(g))
         return out
+
+
+def _time_major(parts):
+    """The calls' ``[U, B, d]`` tensors as one ``[T, B, d]`` (T: all uses, in call order)."""
+    if len(parts) == 1:
+        return parts[0]
+    if all(p.shape[0] == 1 for p in parts):  # one use per call: one stack, not T concatenations
+        return tf.stack([p[0] for p in parts], axis=0)
+    return tf.concat(parts, axis=0)
+
+
+_ACTIVE = []  # the recorders whose forward pass is running (innermost last)
+
+
+def scan(fn, elems, initializer):
+    """``(outputs, final state)`` of ``(out_t, state) = fn(elem_t, state)`` over the leading axis of
+    ``elems`` (a nest of ``[T, ...]`` tensors, ``T`` static), as one ``tf.while_loop``: the time loop
+    runs in the graph, so its trace and compile time do not grow with ``T``.  ``outputs`` stacks the
+    ``out_t`` (a nest) along a new leading axis.
+
+    Under a :class:`Recorder` the layers called by ``fn`` are captured like those of an unrolled loop
+    (each is one block with ``T`` uses; see the module doc).  In replay mode (``Recorder(model, None)``,
+    used for forward-mode autodiff, which cannot pass a ``while_loop`` reading variables) the loop is
+    unrolled in Python: the same numbers.
+
+        >>> import tensorflow as tf
+        >>> outs, last = scan(lambda x, s: (s + x, s + x), tf.ones([4, 2]), tf.zeros([2]))
+        >>> outs.shape.as_list(), last.numpy().tolist()
+        ([4, 2], [4.0, 4.0])
+    """
+    steps = tf.nest.flatten(elems)[0].shape[0]
+    if steps is None or steps < 1:
+        raise ValueError(f"capture.scan: the leading (time) axis of elems must be static and >= 1; got {steps}")
+    recorder = _ACTIVE[-1] if _ACTIVE else None
+    if recorder is not None and recorder.tape is None:
+        outs, state = [], initializer
+        for t in range(steps):
+            out, state = fn(tf.nest.map_structure(lambda x: x[t], elems), state)
+            outs.append(out)
+        return tf.nest.map_structure(lambda *o: tf.stack(o, axis=0), *outs), state
+    if recorder is not None:
+        return recorder._scan(fn, elems, initializer, steps)
+    out0, state = fn(tf.nest.map_structure(lambda x: x[0], elems), initializer)
+    if steps == 1:
+        return tf.nest.map_structure(lambda o: o[None], out0), state
+
+    def plain_step(t, elem, carry):
+        out, carry = fn(elem, carry)
+        return out, carry, []
+
+    outputs, state, _ = _while_scan(plain_step, elems, out0, state, steps - 1, [])
+    return outputs, state
+
+
+def _while_scan(step, elems, out0, state, rest, record_like):
+    """Steps ``1..rest`` of a scan as a ``tf.while_loop`` (step 0 already done: ``out0``, ``state``).
+
+    ``step(t, elem, state) -> (out, state, recorded)``, ``t`` counting from 0 for step 1; ``recorded``
+    is a list of tensors shaped like ``record_like``, accumulated into ``[rest, ...]`` TensorArrays.
+    Returns ``(outputs [1 + rest, ...] (nest), final state, [recorded [rest, ...]])``.
+    """
+    flat_elems = tf.nest.flatten(elems)
+    elem_arrays = [tf.TensorArray(x.dtype, size=rest, element_shape=x.shape[1:]).unstack(x[1:]) for x in flat_elems]
+    flat_out0 = tf.nest.flatten(out0)
+    out_arrays = [tf.TensorArray(o.dtype, size=rest, element_shape=o.shape) for o in flat_out0]
+    rec_arrays = [tf.TensorArray(r.dtype, size=rest, element_shape=r.shape) for r in record_like]
+
+    def body(t, carry, outs, recs):
+        elem = tf.nest.pack_sequence_as(elems, [a.read(t) for a in elem_arrays])
+        out, carry, recorded = step(t, elem, carry)
+        outs = [a.write(t, o) for a, o in zip(outs, tf.nest.flatten(out))]
+        recs = [a.write(t, r) for a, r in zip(recs, recorded)]
+        return t + 1, carry, outs, recs
+
+    _, state, outs, recs = tf.while_loop(lambda t, *_: t < rest, body,
+                                         (tf.constant(0), state, out_arrays, rec_arrays),
+                                         maximum_iterations=rest)
+    outputs = [tf.concat([o[None], a.stack()], axis=0) for o, a in zip(flat_out0, outs)]
+    return tf.nest.pack_sequence_as(out0, outputs), state, [a.stack() for a in recs]
 
 
 def _uses_first(x):
