@@ -8,7 +8,9 @@ Subpackages and modules:
   hedger       the keras.Model that unrolls a policy and books trades (Hedger, MarketStep)
   policies     recurrent (action recurrence), MLP, band networks, baselines
   objectives   mean-variance, expected shortfall, entropic risk, exponential utility
-  optimizers   DHKFAC, the second-order optimizer; curvature: its statistics from the hedger
+  optimizers   DHKFAC, the second-order optimizer, for any Keras model: capture (probes on Dense and
+               LSTM layers), losses (each loss's GGN factor), estimator, steps, train_step
+               (with_curvature, the train step the Hedger runs too)
   training     config -> optimizer, datasets, callbacks; data: PathBatches
   evaluation   metrics tables, t-tests, plots
   export       SavedModel with whole-path and one-step serving signatures

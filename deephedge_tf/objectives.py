@@ -163,7 +163,10 @@ class Objective(keras.layers.Layer):
     def output_curvature(self) -> OutputCurvature:
         """The GGN factor of the training loss w.r.t. ``pnl`` (see
         :mod:`deephedge_tf.optimizers.losses`); the costs enter the loss linearly (no curvature)."""
-        raise NotImplementedError(f"{type(self).__name__} has no curvature for second-order optimizers")
+        raise NotImplementedError(
+            f"{type(self).__name__} has no curvature for second-order optimizers (DHKFAC): implement "
+            "output_curvature() returning a deephedge_tf.optimizers.OutputCurvature (pseudo_gradient and "
+            "bilinear w.r.t. the PnL), or train it with Adam")
 
     @property
     def description(self) -> str:

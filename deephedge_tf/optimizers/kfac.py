@@ -395,9 +395,10 @@ class DHKFAC(keras.optimizers.Optimizer):
               actions); a tape gradient of a batch-*mean* quantity w.r.t. the probes is ``g / B``.
               ``B`` may be a sub-batch of the gradient's batch: only its own mean is taken.
 
-            Derive the names from the live variables, ``layer_path(kernel)`` (for the recurrent
-            policy ``layer_path(weights[0])`` of each entry of ``policy.linear_maps()``); do not
-            hard-code them: e.g. a Sequential reloaded from ``.keras`` has paths without its own name.
+            Derive the names from the live variables, ``layer_path(kernel)`` (what
+            :class:`deephedge_tf.optimizers.capture.Recorder` does for every layer it captures); do
+            not hard-code them: e.g. a Sequential reloaded from ``.keras`` has paths without its own
+            name.  Blocks that never receive statistics take the diagonal (Adam) step.
 
         The update runs when :meth:`curvature_due`.  If any ``a``, ``g`` or resulting factor is not
         finite nothing changes and ``skipped_curvature_updates`` is incremented.  The eigenbases are

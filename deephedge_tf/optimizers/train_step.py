@@ -181,7 +181,8 @@ class CurvatureModel(keras.Model):
 
     Args:
       model: the Keras model to train (one output tensor).
-      curvature: the loss's :class:`OutputCurvature` (``None``: derived from the compiled loss).
+      curvature: the loss's :class:`OutputCurvature` (``None``: derived from the compiled loss).  Not
+        saved with the model (it may be any Python object): pass it again after loading.
       curvature_paths: statistics and step model from the first this-many samples of each batch
         (``None``: all).
     """

@@ -1,0 +1,18 @@
+"""The runnable examples in the docstrings of the optimizer modules and the objectives' curvature
+run and print what they say (doctest)."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["deephedge_tf.optimizers.capture", "deephedge_tf.optimizers.losses",
+           "deephedge_tf.optimizers.train_step", "deephedge_tf.objectives"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0
+    assert result.attempted > 0  # the module does carry examples
