@@ -51,8 +51,8 @@ def pnl_jacobians(hedger, batch, variables):
 
 
 def test_captured_statistics_give_the_exact_per_path_ggn_factor():
-    """sum_t a_t g_t^T of each path equals sqrt(2 gamma (1 - 1/B)) dPnL_b/dW for every block (the
-    variance's exact per-path GGN factor), with dPnL_b/dW by brute force (float64)."""
+    """sum_t a_t g_t^T of each path equals sqrt(2 gamma) dPnL_b/dW for every block (the per-path GGN
+    factor of the paper's fixed-mean variance surrogate), with dPnL_b/dW by brute force (float64)."""
     hedger, batch, _ = tiny_hedger_on_three_paths()
     stats = hedger_statistics(hedger, batch)
     opt = hedger.optimizer
@@ -64,21 +64,20 @@ def test_captured_statistics_give_the_exact_per_path_ggn_factor():
         jac = pnl_jacobians(hedger, batch, weights)
         stacked = np.concatenate([j.reshape(3, -1, block.d_out) for j in jac], axis=1)  # [B, dim_a, d_out]
         got = np.einsum("tbi,tbj->bij", a.numpy(), g.numpy())
-        np.testing.assert_allclose(got, math.sqrt(20.0 * (1 - 1 / 3)) * stacked, rtol=1e-9, atol=1e-12,
+        np.testing.assert_allclose(got, math.sqrt(20.0) * stacked, rtol=1e-9, atol=1e-12,
                                    err_msg=name)
 
 
 def exact_model(hedger, batch, variables, tangents_list):
-    """``[[V_i^T C V_j]]`` of the centred variance GGN (2 gamma / B) sum_b (j_b - mean j)(...) by brute force."""
+    """``[[V_i^T C V_j]]`` of the fixed-mean variance GGN (2 gamma / B) sum_b j_b j_b^T by brute force."""
     jac = pnl_jacobians(hedger, batch, variables)
     along = np.stack([sum(np.tensordot(j, t.numpy(), axes=t.shape.rank) for j, t in zip(jac, tangents))
                       for tangents in tangents_list])  # [k, B]
-    centred = along - along.mean(axis=1, keepdims=True)
-    return 2 * 10.0 * centred @ centred.T / along.shape[1]
+    return 2 * 10.0 * along @ along.T / along.shape[1]
 
 
 def test_directional_curvature_equals_brute_force_ggn():
-    """V^T J^T H J V from forward mode (centred variance GGN) equals the brute-force value (float64)."""
+    """V^T J^T H J V from forward mode (fixed-mean variance GGN) equals the brute-force value (float64)."""
     hedger, batch, _ = tiny_hedger_on_three_paths()
     variables = hedger.policy.trainable_variables
     rng = np.random.default_rng(1)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deephedge_tf.objectives import EntropicRisk, ExpectedShortfall, ExponentialUtility, MeanVariance
+from deephedge_tf.objectives import (EntropicRisk, ExpectedShortfall, ExponentialUtility, MeanVariance,
+                                    VarianceCurvature)
 from deephedge_tf.optimizers import loss_curvature
 from deephedge_tf.optimizers.losses import CrossEntropyCurvature, MeanSquaredErrorCurvature
 
@@ -53,17 +54,29 @@ def shortfall_surrogate(objective, tau):
     return loss
 
 
+def fixed_mean_variance(gamma, pnl):
+    """The DH-KFAC paper's surrogate: gamma mean((p - m)^2) with the batch mean m of ``pnl`` held fixed."""
+    m = tf.constant(float(tf.reduce_mean(pnl)), tf.float64)
+    return lambda p: gamma * tf.reduce_mean(tf.square(p - m))
+
+
+class CentredMeanVariance(MeanVariance):
+    def output_curvature(self):
+        return VarianceCurvature(self.gamma, centred=True)
+
+
 def pnl_cases():
     es = ExpectedShortfall(alpha=0.6, w_init=0.1, dtype="float64")
     return [
-        ("mean_variance", MeanVariance(gamma=3.0), lambda o: (lambda p: o(p))),
+        ("mean_variance", MeanVariance(gamma=3.0), "fixed_mean"),
+        ("mean_variance_centred", CentredMeanVariance(gamma=3.0), lambda o: (lambda p: o(p))),
         ("entropic", EntropicRisk(a=2.0), lambda o: (lambda p: o(p))),
         ("exponential_utility", ExponentialUtility(a=0.7), lambda o: (lambda p: o(p))),
         ("expected_shortfall", es, None),
     ]
 
 
-@pytest.mark.parametrize("case", range(4), ids=[c[0] for c in pnl_cases()])
+@pytest.mark.parametrize("case", range(5), ids=[c[0] for c in pnl_cases()])
 def test_objective_curvature_against_brute_force_ggn(case):
     name, objective, loss_of = pnl_cases()[case]
     net = tiny_net(1)
@@ -72,6 +85,8 @@ def test_objective_curvature_against_brute_force_ggn(case):
     curvature = objective.output_curvature()
     if loss_of is None:  # ES: the surrogate with tau = 0.5 std(pnl), held fixed
         loss_fn = shortfall_surrogate(objective, tf.constant(0.5 * float(tf.math.reduce_std(pnl)), tf.float64))
+    elif loss_of == "fixed_mean":
+        loss_fn = fixed_mean_variance(objective.gamma, pnl)
     else:
         loss_fn = loss_of(objective)
     hess = output_hessian(loss_fn, tf.identity(pnl))
