@@ -7,7 +7,7 @@ target later; the fixed-mean form is now the library's default, so the patch bel
 Usage (repo root): .venv/bin/python benchmarks/kfac_fixed_mean_check.py 1 2   (reads
 runs/kfac_vs_adam_generic/results.json for the targets)
 """
-import dataclasses, json, sys, math
+import dataclasses, json, sys
 import tensorflow as tf
 from deephedge_tf import benchmark as bm
 from deephedge_tf.config import load_config
