@@ -103,7 +103,7 @@ def _all_finite(tensors):
     return tf.reduce_all(tf.stack(flags))
 
 
-def _multi_replica_context():
+def multi_replica_context():
     """The replica context when running on several replicas (e.g. MirroredStrategy), else ``None``."""
     ctx = tf.distribute.get_replica_context()
     if ctx is None or ctx.num_replicas_in_sync <= 1:
@@ -409,7 +409,7 @@ class DHKFAC(keras.optimizers.Optimizer):
         """
         self._require_built()
         self._statistics_source = True
-        ctx = _multi_replica_context()
+        ctx = multi_replica_context()
         if ctx is not None:
             # Several replicas: each hands its own paths' statistics; the update runs once, in
             # cross-replica context, on the factors averaged over the replicas (equal local batches).
@@ -640,7 +640,7 @@ class DHKFAC(keras.optimizers.Optimizer):
         (counted in ``uphill_steps``), since any step along ``V`` would raise the model loss.
         """
         self._require_built()
-        ctx = _multi_replica_context()
+        ctx = multi_replica_context()
         if ctx is not None:  # each replica's model is on its own paths: their mean, set once
             def merge(strategy, m, b):
                 self._set_model(_mean(list(strategy.experimental_local_results(m))),
@@ -712,7 +712,7 @@ class DHKFAC(keras.optimizers.Optimizer):
                 "in a custom loop call `optimizer.update_curvature(...)` before `optimizer.apply(...)` "
                 "(see deephedge_tf.optimizers.capture.Recorder).")
         self._report_blocks()
-        ctx = _multi_replica_context()
+        ctx = multi_replica_context()
         if ctx is not None:
             # Keras' convention: each replica's gradient of its (1 / replicas)-scaled loss, summed.  The
             # whole update then runs once in cross-replica context, writing every replica's copy.

@@ -30,6 +30,7 @@ import keras
 import tensorflow as tf
 
 from deephedge_tf.optimizers.capture import Recorder
+from deephedge_tf.optimizers.kfac import multi_replica_context
 from deephedge_tf.optimizers.losses import OutputCurvature, loss_curvature
 
 
@@ -135,8 +136,8 @@ def curvature_train_step(model, compute, forward_for_model, max_paths=None):
     for g in grads:
         if g is not None:
             finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(g))))
-    replica = tf.distribute.get_replica_context()
-    replicated = replica is not None and replica.num_replicas_in_sync > 1
+    replica = multi_replica_context()
+    replicated = replica is not None
     if replicated:
         # The step model needs the global gradient (the sum of the replicas' gradients of their scaled
         # losses); apply takes the local ones and sums them itself (Keras' convention).
