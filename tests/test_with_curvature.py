@@ -109,3 +109,24 @@ def test_dhkfac_defaults_reach_a_tuned_adams_loss_in_fewer_steps():
     curve = train_curve(DHKFAC(), True, steps)
     reached = [s for s, loss in sorted(curve.items()) if loss <= target]
     assert reached and reached[0] <= steps // 2, (target, curve)
+
+
+def test_bad_arguments_name_what_is_allowed():
+    from deephedge_tf.hedger import Hedger
+    from deephedge_tf.objectives import MeanVariance
+    from deephedge_tf.policies import MLPPolicy
+
+    with pytest.raises(TypeError, match="expected a keras.Model"):
+        with_curvature(keras.layers.Dense(1))
+    with pytest.raises(TypeError, match="curvature must be an OutputCurvature"):
+        with_curvature(regression_net(), curvature="mse")
+    with pytest.raises(ValueError, match="curvature_paths must be >= 1"):
+        with_curvature(regression_net(), curvature_paths=0)
+    with pytest.raises(ValueError, match="ggn_mode must be one of"):
+        Hedger(MLPPolicy(1), MeanVariance(), ggn_mode="full")
+    inp = keras.Input((4,))
+    two = keras.Model(inp, [keras.layers.Dense(1)(inp), keras.layers.Dense(1)(inp)])
+    model = with_curvature(two)
+    model.compile(optimizer=DHKFAC(), loss="mse")
+    with pytest.raises(ValueError, match="one output tensor"):
+        model.fit(X, (Y, Y), epochs=1, verbose=0)
