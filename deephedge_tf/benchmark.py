@@ -11,9 +11,9 @@ validation-loss target on the same paths and seeds.  Procedure:
    The seed's **target** is ``--target-factor`` x the best validation loss of this run (per seed: the
    target is then reached by Adam in every seed, and both optimizers of a seed are compared on the same
    validation set).
-3. **DH-KFAC**, per seed: the config with ``training.optimizer = dhkfac``, ``training.learning_rate =
-   --kfac-lr`` (its maximum step size eta_max; 1 is the damped Newton step), no warm-up, decay or
-   clipping, then ``--kfac-set`` overrides; it stops at the first evaluation at or below the seed's
+3. **DH-KFAC**, per seed: the config with ``training.optimizer = dhkfac``, ``training.kfac.max_step =
+   --kfac-lr`` (its maximum step size eta_max; 1 is the damped Newton step; Adam's schedule and clipping
+   do not apply to it), then ``--kfac-set`` overrides; it stops at the first evaluation at or below the seed's
    target, or after ``--kfac-steps``.
 
 Both optimizers of a seed start from the same initial weights and draw the same training batches:
@@ -109,18 +109,25 @@ def add_benchmark_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--lrs", type=float, nargs="+", default=list(DEFAULTS["lrs"]),
                    help="Adam peak learning rates swept (one value: no sweep)")
     p.add_argument("--kfac-lr", type=float, default=DEFAULTS["kfac_lr"],
-                   help="DH-KFAC's maximum step size eta_max (training.learning_rate of its runs)")
+                   help="DH-KFAC's maximum step size eta_max (training.kfac.max_step of its runs)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for both optimizers (repeatable)")
     p.add_argument("--kfac-set", dest="kfac_overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for the DH-KFAC runs only, e.g. training.kfac.damping=0.3 (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    from deephedge_tf.benchmark_suite import add_suite_parser
+
+    add_suite_parser(sub)
     return bench
 
 
 def run_benchmark(args) -> int:
     """Runs the benchmark selected by parsed arguments; exit status 0, or 2 on a usage or config error
     (message on stderr), like the other ``deephedge`` commands."""
+    if getattr(args, "benchmark_command", None) == "suite":
+        from deephedge_tf.benchmark_suite import run_suite_command
+
+        return run_suite_command(args)
     if getattr(args, "benchmark_command", None) != "kfac-vs-adam":
         print(f"deephedge: error: unknown benchmark {getattr(args, 'benchmark_command', None)!r}", file=sys.stderr)
         return 2
@@ -223,10 +230,8 @@ def _check_same_task(base: Config, kfac: Config, kfac_overrides) -> None:
 
 
 def _kfac_overrides(kfac_lr: float, extra: Sequence[str]) -> list[str]:
-    # eta_max of DH-KFAC is a cap on a step sized by the trust region and the exact quadratic model: a
-    # schedule or clipping tuned for Adam's raw-gradient steps would only distort it.  --kfac-set wins.
-    return ["training.optimizer=dhkfac", f"training.learning_rate={kfac_lr!r}", "training.warmup_steps=0",
-            "training.decay_rate=1.0", "training.clipnorm=null", *extra]
+    # DH-KFAC takes no Adam schedule or clipping (training.kfac.max_step caps its step).  --kfac-set wins.
+    return ["training.optimizer=dhkfac", f"training.kfac.max_step={kfac_lr!r}", *extra]
 
 
 # -- one optimizer, traced once ----------------------------------------------------------------------
@@ -583,8 +588,7 @@ def _protocol(cfg: Config, kfac_cfg: Config) -> dict:
                 fixed_training_paths=None if t.fresh_paths else t.batch_size * t.batches_per_epoch,
                 validation_paths=n_valid, adam=dict(warmup_steps=t.warmup_steps, decay_rate=t.decay_rate,
                                                      decay_steps=t.decay_steps, clipnorm=t.clipnorm),
-                dhkfac=dict(learning_rate=kfac_cfg.training.learning_rate,
-                            clipnorm=kfac_cfg.training.clipnorm, **dataclasses.asdict(k)),
+                dhkfac=dataclasses.asdict(k),
                 jit_compile=t.jit_compile, dtype=cfg.dtype)
 
 

@@ -233,9 +233,21 @@ class ObjectiveConfig:
 
 @dataclasses.dataclass(frozen=True)
 class KFACConfig:
-    damping: float = param(0.1, "shrinkage intensity rho of every block towards tr(C)/d I (tikhonov: lambda)",
-                           ge=0.0)
-    damping_mode: Literal["shrinkage", "tikhonov"] = param("shrinkage", "damping of the curvature blocks")
+    preconditioner: Literal["kronecker", "gauss_newton"] = param(
+        "kronecker", "step direction: Kronecker-factored EKFAC blocks (kronecker, the paper's) or the exact damped "
+        "Gauss-Newton step in sample space (gauss_newton: Woodbury solve on jacobian_rows paths, "
+        "Levenberg-Marquardt damping)")
+    max_step: float = param(1.0, "largest step size eta_max (1: the damped Newton / Gauss-Newton step); the Adam "
+                            "settings training.learning_rate, warmup, decay and clipnorm do not apply to dhkfac", gt=0.0)
+    damping: Optional[float] = param(
+        None, "shrinkage intensity rho of every block towards tr(C)/d I (tikhonov: lambda; levenberg_marquardt: "
+        "initial lambda as a multiple of the GGN's mean diagonal; null: 0.1, levenberg_marquardt 1.0)", ge=0.0)
+    damping_mode: Optional[Literal["shrinkage", "tikhonov", "levenberg_marquardt"]] = param(
+        None, "damping of the curvature (null: shrinkage for kronecker, levenberg_marquardt for gauss_newton)")
+    jacobian_rows: int = param(256, "gauss_newton: paths whose Jacobian rows enter the Woodbury solve (memory: "
+                               "rows x weights floats)", ge=1)
+    damping_floor: float = param(1e-2, "gauss_newton: floor of lambda as a multiple of the GGN's mean diagonal",
+                                 ge=0.0)
     ekfac: bool = param(True, "re-estimate the diagonal in the Kronecker eigenbasis (EKFAC)")
     statistics_decay: float = param(0.95, "EMA decay of the curvature statistics", ge=0.0, lt=1.0)
     curvature_period: int = param(1, "steps between curvature statistics updates", units="steps", ge=1)
@@ -264,7 +276,16 @@ class KFACConfig:
                                            ge=1)
 
     def check(self, key):
-        if self.damping_mode == "shrinkage" and self.damping > 1.0:
+        mode = self.damping_mode or ("levenberg_marquardt" if self.preconditioner == "gauss_newton" else "shrinkage")
+        if (mode == "levenberg_marquardt") != (self.preconditioner == "gauss_newton"):
+            raise ConfigError(f"{key}.damping_mode", mode, "levenberg_marquardt exactly when preconditioner is "
+                              "gauss_newton")
+        if self.preconditioner == "gauss_newton" and (self.momentum or self.step_model == "subspace"):
+            raise ConfigError(f"{key}.preconditioner", self.preconditioner, "kronecker when momentum > 0 or "
+                              "step_model is subspace (gauss_newton takes neither)")
+        if mode == "levenberg_marquardt" and self.damping is not None and not self.damping > 0.0:
+            raise ConfigError(f"{key}.damping", self.damping, "> 0 for levenberg_marquardt damping")
+        if mode == "shrinkage" and self.damping is not None and self.damping > 1.0:
             raise ConfigError(f"{key}.damping", self.damping, "<= 1.0 for shrinkage damping")
         if self.momentum and self.step_model == "subspace":
             raise ConfigError(f"{key}.momentum", self.momentum, "0 when step_model is subspace (it chooses "
@@ -276,15 +297,16 @@ class KFACConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
-    optimizer: Literal["adam", "dhkfac"] = param("adam", "optimizer ('dhkfac': the second-order DH-KFAC; "
-                                                 "learning_rate is then its maximum step size)")
-    learning_rate: float = param(1e-3, "peak learning rate (dhkfac: maximum step size eta_max)", gt=0.0)
+    optimizer: Literal["adam", "dhkfac"] = param("adam", "optimizer ('dhkfac': the second-order DH-KFAC, set up "
+                                                 "by training.kfac; learning_rate, warmup, decay and clipnorm are "
+                                                 "Adam's)")
+    learning_rate: float = param(1e-3, "Adam's peak learning rate (dhkfac: see training.kfac.max_step)", gt=0.0)
     warmup_steps: int = param(0, "linear learning-rate warm-up", units="steps", ge=0)
     decay_rate: float = param(1.0, "exponential decay factor per decay_steps after warm-up (1: none)",
                               gt=0.0, le=1.0)
     decay_steps: int = param(1000, "steps over which the learning rate decays by decay_rate", units="steps",
                              ge=1)
-    clipnorm: Optional[float] = param(None, "clip each gradient to this norm (null: no clipping)", gt=0.0)
+    clipnorm: Optional[float] = param(None, "Adam: clip each gradient to this norm (null: no clipping)", gt=0.0)
     batch_size: int = param(2048, "paths per training step", ge=1)
     batches_per_epoch: int = param(10, "training steps per epoch", ge=1)
     epochs: int = param(20, "epochs", ge=1)

@@ -2,7 +2,7 @@
 
     export_hedger(hedger, batch, "models/hedge-v1")      # shapes and dtype from one example batch
     # or, without a batch:
-    export_policy(policy_or_hedger, "models/hedge-v1", num_steps=30, num_features=4)
+    export_policy(policy_or_hedger, "models/hedge-v1", num_steps=30, num_features=3)
 
 Elsewhere (no ``deephedge_tf`` import needed)::
 

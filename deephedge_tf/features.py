@@ -18,9 +18,11 @@ them; at the Keras boundary (datasets, ``fit``, ``predict``) they travel batch-m
 
 Network features (all O(1) in size, so no normalisation layer is needed):
   * ``time``: fraction of the horizon elapsed, ``k / T``;
-  * ``log_spot``: ``log(S_k / S_0)``;
+  * ``log_spot``: ``log(S_k / S_0)``, or for options with a strike (European, call spread, lookback)
+    ``log_moneyness``: ``log(S_k / K)`` in its place.  Not both: with ``S_0`` the same on every path
+    they differ by the constant ``log(S_0 / K)``, so together with a bias they would make the inputs
+    linearly dependent (a singular curvature factor for second-order optimizers, nothing gained);
   * ``vol``: ``sqrt(v_k)``, the observed (model or realised) volatility;
-  * ``log_moneyness``: ``log(S_k / K)`` for options with a strike (European, call spread, lookback);
   * cliquet only: ``log_period``: ``log(S_k / S_last_reset)`` and ``payoff_now``: the payoff if the
     cliquet matured now (capped returns of completed periods plus the current one, floored).
 """
@@ -38,9 +40,8 @@ from deephedge_tf.pricing.black_scholes import bs_delta, bs_gamma
 
 def feature_names(derivative) -> tuple[str, ...]:
     """Names of the network features, in column order, for ``derivative``."""
-    names = ("time", "log_spot", "vol")
-    if isinstance(derivative, (EuropeanOption, CallSpread, LookbackCall)):
-        names += ("log_moneyness",)
+    spot = "log_spot" if _reference_strike(derivative) is None else "log_moneyness"
+    names = ("time", spot, "vol")
     if isinstance(derivative, Cliquet):
         names += ("log_period", "payoff_now")
     return names
@@ -84,10 +85,9 @@ def observations(paths: MarketPaths, derivative) -> dict:
     maturity = derivative.maturity_steps or steps
     tau = tf.maximum(tf.cast(maturity, dtype) - k, 0.0) * to_float(paths.dt, dtype) * tf.ones_like(s)
     vol = tf.sqrt(tf.maximum(v, 0.0))
-    cols = [k / steps * tf.ones_like(s), tf.math.log(s / paths.spot[0]), vol]
     strike = _reference_strike(derivative)
-    if strike is not None:
-        cols.append(tf.math.log(s / to_float(strike, dtype)))
+    reference = paths.spot[0] if strike is None else to_float(strike, dtype)
+    cols = [k / steps * tf.ones_like(s), tf.math.log(s / reference), vol]
     if isinstance(derivative, Cliquet):
         cols.extend(_cliquet_features(paths.spot, derivative, steps))
     delta, gamma = liability_greeks(derivative, s, tau, vol)

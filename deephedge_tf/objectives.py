@@ -41,7 +41,7 @@ import tensorflow as tf
 
 from deephedge_tf.dtypes import to_float
 from deephedge_tf.errors import DeepHedgeError
-from deephedge_tf.optimizers.losses import OutputCurvature
+from deephedge_tf.optimizers.losses import OutputCurvature, RowFactor, scalar_rows
 
 __all__ = [
     "Objective",
@@ -475,6 +475,12 @@ class VarianceCurvature(OutputCurvature):
             scale = scale * (1.0 - 1.0 / tf.cast(tf.shape(pnl)[0], pnl.dtype))
         return tf.ones_like(pnl) * tf.sqrt(scale)
 
+    def jacobian_rows(self, outputs, targets=None, seed=None, sample_weight=None) -> RowFactor:
+        pnl = tf.convert_to_tensor(outputs)
+        n = tf.cast(tf.shape(pnl)[0], pnl.dtype)
+        weight = tf.ones_like(pnl) * to_float(2.0 * self.gamma, pnl.dtype) / n
+        return scalar_rows(pnl, weight, tf.ones_like(pnl) / n if self.centred else None)
+
     def bilinear(self, outputs, u, v, targets=None, sample_weight=None):
         u = tf.convert_to_tensor(u)
         v = tf.cast(v, u.dtype)
@@ -501,6 +507,11 @@ class EntropicCurvature(OutputCurvature):
         w = self._weights(outputs)
         n = tf.cast(tf.shape(w)[0], w.dtype)
         return tf.sqrt(n * to_float(self.a, w.dtype) * w * (1.0 - w))
+
+    def jacobian_rows(self, outputs, targets=None, seed=None, sample_weight=None) -> RowFactor:
+        # a (diag(w) - w w^T) = (I - 1 w^T)^T a diag(w) (I - 1 w^T), since sum(w) = 1.
+        w = self._weights(outputs)
+        return scalar_rows(outputs, to_float(self.a, w.dtype) * w, w)
 
     def bilinear(self, outputs, u, v, targets=None, sample_weight=None):
         w = self._weights(outputs)
@@ -536,6 +547,10 @@ class ShortfallCurvature(OutputCurvature):
 
     def pseudo_gradient(self, outputs, targets=None, seed=None, sample_weight=None):
         return tf.sqrt(self._diagonal(outputs))
+
+    def jacobian_rows(self, outputs, targets=None, seed=None, sample_weight=None) -> RowFactor:
+        d = self._diagonal(outputs)
+        return scalar_rows(outputs, d / tf.cast(tf.shape(d)[0], d.dtype))
 
     def bilinear(self, outputs, u, v, targets=None, sample_weight=None):
         d = self._diagonal(outputs)

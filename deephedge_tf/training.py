@@ -76,14 +76,16 @@ def make_optimizer(cfg: Config):
     if t.optimizer == "dhkfac":
         from deephedge_tf.optimizers import DHKFAC
 
+        # Adam's schedule and clipping are for raw-gradient steps; DH-KFAC sizes its own (eta_max caps it).
         k = t.kfac
-        return DHKFAC(learning_rate=lr, damping=k.damping, damping_mode=k.damping_mode, ekfac=k.ekfac,
+        return DHKFAC(learning_rate=k.max_step, damping=k.damping, damping_mode=k.damping_mode, ekfac=k.ekfac,
                       statistics_decay=k.statistics_decay, curvature_period=k.curvature_period,
                       inverse_period=k.inverse_period, trust_radius=k.trust_radius,
                       trust_radius_decay=k.trust_radius_decay, trust_radius_min=k.trust_radius_min,
                       trust_radius_mode=k.trust_radius_mode,
                       momentum=k.momentum, step_model=k.step_model,
-                      diagonal_learning_rate=k.diagonal_learning_rate, **kwargs)
+                      diagonal_learning_rate=k.diagonal_learning_rate, preconditioner=k.preconditioner,
+                      jacobian_rows=k.jacobian_rows, damping_floor=k.damping_floor)
     raise AssertionError(f"unhandled optimizer {t.optimizer!r}")  # config validation forbids it
 
 

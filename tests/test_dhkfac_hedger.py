@@ -121,9 +121,9 @@ def test_step_model_sets_the_step_to_the_quadratic_minimiser():
     assert float(opt.step_size.numpy()) == pytest.approx(0.5)
     opt.apply([g], [w])  # the model is consumed by one step; without it eta = eta_max
     assert float(opt.step_size.numpy()) == pytest.approx(1.0)
-    opt.set_step_model(curvature_along=float("nan"), slope=2.0)  # invalid models are ignored
+    opt.set_step_model(curvature_along=float("nan"), slope=2.0)  # a non-finite model blocks the step
     opt.apply([g], [w])
-    assert float(opt.step_size.numpy()) == pytest.approx(1.0)
+    assert float(opt.step_size.numpy()) == 0.0 and int(opt.uphill_steps.numpy()) == 1
 
 
 def test_cost_l2_pseudo_gradients_match_their_bilinear_form():
@@ -139,9 +139,14 @@ def test_cost_l2_pseudo_gradients_match_their_bilinear_form():
     assert np.mean(draws ** 2) == pytest.approx(exact, rel=0.08)  # 4000 draws of a chi-square: ~2.2% s.e.
 
 
-@pytest.mark.parametrize("extra", [(), ("training.kfac.step_model=subspace", "training.kfac.curvature_period=2")],
-                         ids=["line-model", "subspace-model-period-2"])
+@pytest.mark.parametrize("extra", [("training.kfac.max_step=1e-3",),
+                                   ("training.kfac.max_step=1e-3", "training.kfac.step_model=subspace",
+                                    "training.kfac.curvature_period=2"),
+                                   ("training.kfac.preconditioner=gauss_newton",)],
+                         ids=["line-model", "subspace-model-period-2", "gauss-newton"])
 def test_dhkfac_train_step_under_xla_matches_plain(extra):
+    # Kronecker: short steps (max_step 1e-3), so that float32 rounding differences between XLA and the
+    # plain graph are not amplified by three full-length steps of a tiny recurrent net.
     cfg = tiny_cfg("dtype=float32", "time.steps=4", *extra)
     parts = build_parts(cfg)
     batch = make_batch(parts.market.simulate(64), parts.derivative, parts.instruments)
@@ -182,16 +187,26 @@ def test_subspace_step_model_excludes_heavy_ball_momentum():
         tiny_cfg("training.kfac.step_model=newton")
 
 
+@pytest.mark.parametrize("preconditioner", ["kronecker", "gauss_newton"])
 @pytest.mark.parametrize("kind,objective", [("recurrent", "entropic"), ("mlp", "expected_shortfall"),
                                             ("no_transaction_band", "mean_variance"),
                                             ("delta_band", "exponential_utility")])
-def test_dhkfac_trains_every_policy_and_objective(kind, objective):
+def test_dhkfac_trains_every_policy_and_objective(kind, objective, preconditioner):
     """Every trainable policy kind with DH-KFAC: all its Dense / LSTM layers get curvature, every
-    variable moves, and the loss stays finite (a few steps)."""
+    variable moves, and the loss stays finite (a few steps).  The Kronecker preconditioner runs with
+    max_step 1e-3: at its default 1 its first step sends the recurrent policy on the entropic objective
+    to a non-finite loss (the failure the Gauss-Newton preconditioner addresses; see issue 10 in
+    BENCHMARKS.md), which is not what this test is about."""
+    if preconditioner == "gauss_newton" and objective in ("entropic", "expected_shortfall"):
+        # Known (issue 10, open): on these objectives Levenberg-Marquardt rejects the first steps (the
+        # realised loss rises where the line model predicts a decrease), so in three steps the blocks
+        # do not move.
+        pytest.xfail("Gauss-Newton rejects its first steps on entropic / expected-shortfall (issue 10)")
+    short = ["training.kfac.max_step=1e-3"] if preconditioner == "kronecker" else []
     cfg = tiny_cfg("dtype=float32", f"policy.kind={kind}", f"objective.kind={objective}", "policy.width=8",
                    "hedges.floating_grid.moneyness=[]", "hedges.floating_grid.maturities=[]",
                    "training.batch_size=128", "training.batches_per_epoch=3", "training.epochs=1",
-                   "training.validation_paths=128")
+                   "training.validation_paths=128", f"training.kfac.preconditioner={preconditioner}", *short)
     parts = build_parts(cfg)
     hedger = make_hedger(cfg, parts)
     hedger.build_from_batch(make_batch(parts.market.simulate(2), parts.derivative, parts.instruments))

@@ -7,7 +7,8 @@ import importlib
 import pytest
 
 MODULES = ["deephedge_tf.optimizers.capture", "deephedge_tf.optimizers.losses",
-           "deephedge_tf.optimizers.train_step", "deephedge_tf.objectives"]
+           "deephedge_tf.optimizers.train_step", "deephedge_tf.optimizers.woodbury", "deephedge_tf.objectives",
+           "deephedge_tf.benchmark_suite"]
 
 
 @pytest.mark.parametrize("name", MODULES)

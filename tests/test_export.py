@@ -130,7 +130,7 @@ def test_reloaded_without_the_library_reproduces_the_hedger(setup, exported, tmp
 
     meta = json.loads(str(results[f"{out / 'recurrent'}/metadata"]))
     assert meta["num_steps"] == STEPS and meta["num_instruments"] == 2 and meta["dtype"] == "float32"
-    assert meta["feature_names"] == list(names["feature_names"]) and meta["num_features"] == 4
+    assert meta["feature_names"] == list(names["feature_names"]) and meta["num_features"] == 3
     assert meta["instrument_names"] == list(names["instrument_names"])
     assert meta["state_shapes"] == [[None, 8], [None, 8]] and meta["policy"] == "RecurrentPolicy"
     assert json.loads((out / "recurrent" / METADATA_FILE).read_text()) == meta
@@ -140,7 +140,7 @@ def test_reloaded_without_the_library_reproduces_the_hedger(setup, exported, tmp
 
 def _path_inputs(batch_size=5, steps=STEPS, dtype=tf.float32):
     x = {k: tf.zeros([batch_size, steps], dtype) for k in PATH_INPUTS}
-    x["features"] = tf.zeros([batch_size, steps, 4], dtype)
+    x["features"] = tf.zeros([batch_size, steps, 3], dtype)
     x["mask"] = tf.ones([batch_size, steps, 2], dtype)
     return x
 
@@ -153,10 +153,10 @@ def test_wrong_inputs_are_clear_errors(exported):
     # Wrong T: the signature would run a wrong-length path; the in-graph check names input and shape
     # (whichever input's check runs first: they run in parallel).
     names = "|".join(PATH_INPUTS)
-    wrong_t = rf"Shape of tensor ({names}) \[5,11(,4|,2)?\] is not compatible with expected shape \[\?,10(,4|,2)?\]"
+    wrong_t = rf"Shape of tensor ({names}) \[5,11(,3|,2)?\] is not compatible with expected shape \[\?,10(,3|,2)?\]"
     with pytest.raises(tf.errors.InvalidArgumentError, match=wrong_t):
         sig(**_path_inputs(steps=11))
-    with pytest.raises(TypeError, match=r"shape=\(5, 11, 4\).*shape=\(None, 10, 4\).*name='features'"):
+    with pytest.raises(TypeError, match=r"shape=\(5, 11, 3\).*shape=\(None, 10, 3\).*name='features'"):
         fn(**_path_inputs(steps=11))
     # float64 for a float32 model: the restored function names the input; the signature the dtypes.
     with pytest.raises(TypeError, match=r"float64, name='features'\) to TensorSpec.*float32"):
@@ -225,16 +225,16 @@ def test_bad_export_arguments(setup, tmp_path):
     with pytest.raises(DeepHedgeError, match="feature_names has 2 entries"):
         export_hedger(hedger, batch, tmp_path / "a", feature_names=["x", "y"])
     with pytest.raises(DeepHedgeError, match="num_instruments=3 but the policy trades 2"):
-        export_policy(hedger, tmp_path / "b", num_steps=STEPS, num_features=4, num_instruments=3)
+        export_policy(hedger, tmp_path / "b", num_steps=STEPS, num_features=3, num_instruments=3)
     as64 = tf.nest.map_structure(lambda x: tf.cast(x, tf.float64), batch)
     with pytest.raises(DeepHedgeError, match="the batch is float64 but the policy computes in float32"):
         export_hedger(hedger, as64, tmp_path / "c")
     with pytest.raises(DeepHedgeError, match="dtype=float64 but the policy computes in float32"):
-        export_policy(hedger, tmp_path / "e", num_steps=STEPS, num_features=4, dtype="float64")
+        export_policy(hedger, tmp_path / "e", num_steps=STEPS, num_features=3, dtype="float64")
     mlp = make_hedger(cfg, parts, policy_kind="mlp", compile=False)
-    mlp(batch)  # built for F = 4
-    with pytest.raises(DeepHedgeError, match="MLPPolicy does not accept num_features=5"):
-        export_policy(mlp, tmp_path / "f", num_steps=STEPS, num_features=5)
+    mlp(batch)  # built for F = 3
+    with pytest.raises(DeepHedgeError, match="MLPPolicy does not accept num_features=4"):
+        export_policy(mlp, tmp_path / "f", num_steps=STEPS, num_features=4)
     with pytest.raises(DeepHedgeError, match="expected a Policy or a Hedger"):
-        export_policy(object(), tmp_path / "d", num_steps=STEPS, num_features=4)
+        export_policy(object(), tmp_path / "d", num_steps=STEPS, num_features=3)
     assert not any(tmp_path.iterdir())

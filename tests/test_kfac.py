@@ -460,10 +460,11 @@ def test_line_model_steps_along_the_momentum_direction():
         np.testing.assert_allclose(new, w - 0.25 * d, rtol=1e-12)
 
 
-def test_uphill_model_blocks_the_step_and_missing_model_falls_back_to_kronecker():
+def test_uphill_or_non_finite_model_blocks_the_step_and_a_flat_one_falls_back_to_kronecker():
     """With momentum, D = V + mu D_prev can point uphill for a batch (g . D <= 0): the exact model then
     predicts no decrease along D and the blocks do not move (the Kronecker rule would size a step
-    along an ascent direction).  A non-finite model is ignored: the Kronecker rule sizes the step."""
+    along an ascent direction).  A non-finite model blocks the step too (the Kronecker q it corrects
+    underestimates the curvature); one without curvature along D leaves the step to the Kronecker rule."""
     rng = np.random.default_rng(14)
     model = mlp([2, 2], name="up")
     opt = DHKFAC(momentum=0.5, step_model="line", trust_radius=1e-2, trust_radius_mode="absolute",
@@ -487,9 +488,15 @@ def test_uphill_model_blocks_the_step_and_missing_model_falls_back_to_kronecker(
         np.testing.assert_allclose(a3, a + 0.5 * a2, rtol=1e-12)
     opt.set_step_model(curvature_along=np.nan, slope=1.0)
     opt.apply(g, model.trainable_variables)
-    eta = min(10.0, np.sqrt(2 * 1e-2 * 0.999**2 / float(q3)))
-    assert float(opt.step_size) == pytest.approx(eta, rel=1e-12) and int(opt.uphill_steps) == 1
-    for w, d, new in zip(w1, d3, weights(model)):
+    assert float(opt.step_size) == 0.0 and int(opt.uphill_steps) == 2
+    for w, new in zip(w1, weights(model)):
+        np.testing.assert_array_equal(new, w)
+    d4, q4 = opt.step_directions(g)  # the buffer moved on once more (D4 = V + mu D3)
+    opt.set_step_model(curvature_along=0.0, slope=1.0)
+    opt.apply(g, model.trainable_variables)
+    eta = min(10.0, np.sqrt(2 * 1e-2 * 0.999**3 / float(q4)))
+    assert float(opt.step_size) == pytest.approx(eta, rel=1e-12) and int(opt.uphill_steps) == 2
+    for w, d, new in zip(w1, d4, weights(model)):
         np.testing.assert_allclose(new, w - eta * d, rtol=1e-12)
 
 

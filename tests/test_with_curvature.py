@@ -130,3 +130,29 @@ def test_bad_arguments_name_what_is_allowed():
     model.compile(optimizer=DHKFAC(), loss="mse")
     with pytest.raises(ValueError, match="one output tensor"):
         model.fit(X, (Y, Y), epochs=1, verbose=0)
+
+
+def test_step_model_describes_the_clipped_step():
+    """apply clips the gradients (here per variable: not a uniform rescaling) before preconditioning.
+    The exact line model must be taken along that direction D with the loss's true gradient g: the step
+    eta D then minimises the exact quadratic model along itself, g . D = eta D^T C D (float64, brute-force
+    GGN C = (2 / B) J^T J of the MSE)."""
+    keras.utils.set_random_seed(3)
+    net = keras.Sequential([keras.Input((4,), dtype="float64"), keras.layers.Dense(5, activation="tanh", dtype="float64"),
+                            keras.layers.Dense(1, dtype="float64")])
+    x, y = X[:32].astype(np.float64), Y[:32].astype(np.float64)
+    with tf.GradientTape(persistent=True) as tape:
+        out = net(tf.constant(x))[:, 0]
+        loss = tf.reduce_mean(tf.square(out - y[:, 0]))
+    g = np.concatenate([t.numpy().ravel() for t in tape.gradient(loss, net.trainable_variables)])
+    jac = np.concatenate([j.numpy().reshape(32, -1) for j in
+                          tape.jacobian(out, net.trainable_variables, experimental_use_pfor=False)], axis=1)
+    ggn = 2.0 / 32 * jac.T @ jac
+    w0 = np.concatenate([v.numpy().ravel() for v in net.trainable_variables])
+    model = with_curvature(net)
+    opt = DHKFAC(learning_rate=1e6, trust_radius=None, step_model="line", clipnorm=1e-3)
+    model.compile(optimizer=opt, loss=keras.losses.MeanSquaredError(dtype="float64"))
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False)
+    step = w0 - np.concatenate([v.numpy().ravel() for v in net.trainable_variables])
+    assert np.abs(step).max() > 0
+    assert g @ step == pytest.approx(step @ ggn @ step, rel=1e-6)

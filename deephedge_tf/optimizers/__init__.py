@@ -17,6 +17,8 @@ Modules, one concept each:
   objectives implement it in :mod:`deephedge_tf.objectives`);
 * ``blocks``: Kronecker blocks derived from variable paths; ``estimator``: factors, eigenbases, EKFAC
   diagonal, damping (pure functions); ``steps``: trust region and exact-model step sizes;
+* ``woodbury``: the exact damped Gauss-Newton step in sample space and its Levenberg-Marquardt rule
+  (``preconditioner="gauss_newton"``; pure functions);
 * ``kfac``: the Keras optimizer (direction, step size, momentum, state);
 * ``train_step``: the generic train step and :func:`~deephedge_tf.optimizers.train_step.with_curvature`.
 """

@@ -305,6 +305,21 @@ class Recorder:
         return out
 
 
+    def path_count(self):
+        """The batch size ``B`` of the recorded forward pass (int32 scalar tensor)."""
+        if not self._calls:
+            raise ValueError("Recorder.path_count: nothing was recorded")
+        _, x, _, time_major = self._calls[0]
+        return tf.shape(x)[1] if time_major else tf.shape(x)[0]
+
+    def per_path_gradients(self, probe_gradients, max_paths=None) -> dict:
+        """``{block name: M [B', dim_a, d_out]}``, ``M_b = sum_t a_tb g_tb^T``: path ``b``'s share of the
+        weight gradient of whatever was back-propagated to the probes (its Jacobian row when that was
+        one output per path), from :meth:`statistics`' ``a`` and ``g``."""
+        return {name: tf.einsum("tba,tbg->bag", a, g)
+                for name, (a, g) in self.statistics(probe_gradients, max_paths).items()}
+
+
 def _time_major(parts):
     """The calls' ``[U, B, d]`` tensors as one ``[T, B, d]`` (T: all uses, in call order)."""
     if len(parts) == 1:

@@ -35,6 +35,19 @@ along the step, by forward-mode autodiff; :meth:`set_step_model`, :meth:`set_sub
 ``eta_max`` is Keras' ``learning_rate`` (a float or a schedule).  The step size ``eta`` is shared by
 all blocks: the trust region bounds the quadratic model's curvature term of the whole update.
 
+``preconditioner="gauss_newton"`` replaces the Kronecker direction by the exact damped Gauss-Newton step
+in sample space (:mod:`deephedge_tf.optimizers.woodbury`): the model hands over per-path Jacobian rows
+``R`` (:meth:`set_jacobian_rows`, at most ``jacobian_rows`` paths per loss term) and
+
+    d = (R^T R + lambda I)^{-1} g                                         (Woodbury, n x n Cholesky)
+    eta = min(eta_max, g.d / (d^T C d + lambda |d|^2))                    (d^T C d: exact line model)
+    rho = (L(W) - L(W - eta d)) / (eta g.d - eta^2 d^T C d / 2)           (:meth:`judge_step`)
+    lambda <- lambda * 2/3 (rho > 3/4), * 3/2 (rho < 1/4); rho < 0: the step is undone, lambda * 2
+
+(Levenberg-Marquardt, Martens & Grosse 2015, sec. 6.5), ``lambda >= damping_floor * tr(C) / P`` and
+``lambda_0 = damping * tr(C) / P`` (``P`` the weights with rows).  No Kronecker statistics, no trust
+region: the damping adapts to how well the model predicted the last step.
+
 Variables outside any block (RMSNorm scales, an objective's intercept, ...) are *diagonal*: they take
 an Adam step (``diagonal_learning_rate``, ``diagonal_beta_1/2``, ``diagonal_epsilon``) of their own.
 No curvature estimate exists for them, so they neither enter ``q`` nor use ``eta``: the GGN-scaled
@@ -72,11 +85,12 @@ import logging
 import keras
 import tensorflow as tf
 
-from deephedge_tf.optimizers import estimator, steps
+from deephedge_tf.optimizers import estimator, steps, woodbury
 from deephedge_tf.optimizers.blocks import KroneckerBlock, find_blocks, layer_path, stack, unstack
 
 _LOG = logging.getLogger("deephedge_tf")
-_DAMPING_MODES = ("shrinkage", "tikhonov")
+_DAMPING_MODES = ("shrinkage", "tikhonov", "levenberg_marquardt")
+PRECONDITIONERS = ("kronecker", "gauss_newton")
 STEP_MODELS = ("kronecker", "line", "subspace")
 TRUST_RADIUS_MODES = ("relative", "absolute")
 
@@ -93,7 +107,7 @@ class _BlockState:
     eig_g: keras.Variable  # lam_G [dg]
     count: keras.Variable  # int64 scalar: curvature updates received (0: the next one initialises)
     scale: keras.Variable | None  # s [da, dg], EKFAC diagonal in the eigenbasis (ekfac=True)
-    velocity: keras.Variable | None  # heavy ball: D_prev [da, dg]; step_model subspace: the last step
+    velocity: keras.Variable | None  # heavy ball: D_prev [da, dg]; subspace / gauss_newton: the last step
 
 
 def _all_finite(tensors):
@@ -129,9 +143,18 @@ class DHKFAC(keras.optimizers.Optimizer):
     Args:
       learning_rate: ``eta_max``, the cap on the step size (float or LearningRateSchedule).  1.0 is
         the (damped) Newton step.
-      damping: ``rho`` in [0, 1] for ``damping_mode="shrinkage"``, ``lambda >= 0`` for ``"tikhonov"``.
-      damping_mode: ``"shrinkage"`` (paper eq. 11: ``s <- (1 - rho) s + rho mean(s)`` per block) or
-        ``"tikhonov"`` (``s <- s + lambda``).
+      damping: ``rho`` in [0, 1] for ``damping_mode="shrinkage"``, ``lambda >= 0`` for ``"tikhonov"``,
+        ``lambda_0 / (tr(C) / P) > 0`` for ``"levenberg_marquardt"``.  ``None``: 0.1 (shrinkage and
+        tikhonov), 1.0 (levenberg_marquardt).
+      damping_mode: ``"shrinkage"`` (paper eq. 11: ``s <- (1 - rho) s + rho mean(s)`` per block),
+        ``"tikhonov"`` (``s <- s + lambda``) or ``"levenberg_marquardt"`` (adapted from the reduction
+        ratio; the Gauss-Newton preconditioner's damping).  ``None``: ``"shrinkage"`` for the Kronecker
+        preconditioner, ``"levenberg_marquardt"`` for Gauss-Newton.
+      preconditioner: ``"kronecker"`` (the paper's KFAC / EKFAC blocks) or ``"gauss_newton"`` (the exact
+        damped Gauss-Newton step in sample space; see the module doc).
+      jacobian_rows: Gauss-Newton: at most this many paths' Jacobian rows per loss term (memory
+        ``rows x weights`` floats).
+      damping_floor: Gauss-Newton: ``lambda >= damping_floor * tr(C) / P``.
       ekfac: re-estimate the eigenbasis diagonal from per-path pseudo-gradients (George et al. 2018);
         ``False`` uses ``lam_A lam_G^T`` (plain KFAC in the eigenbasis).
       statistics_decay: EMA decay of ``A``, ``G`` and ``s`` (``new = decay * old + (1 - decay) * batch``;
@@ -166,14 +189,15 @@ class DHKFAC(keras.optimizers.Optimizer):
     ``U_G``, ``lam_A``, ``lam_G``, an update count, ``s`` (ekfac) and the momentum buffer (momentum);
     Adam moments of the diagonal variables; the counters ``skipped_curvature_updates``,
     ``skipped_steps`` and ``uphill_steps`` (see :meth:`set_subspace_model`), the iteration of the last
-    eigendecomposition, and ``step_size`` (the last eta).
+    eigendecomposition, and ``step_size`` (the last eta).  Gauss-Newton: ``lm_damping`` (lambda),
+    ``predicted_decrease`` and ``reduction_ratio`` of the last step, ``rejected_steps``.
     """
 
     def __init__(
         self,
         learning_rate=1.0,
-        damping=0.1,
-        damping_mode="shrinkage",
+        damping=None,
+        damping_mode=None,
         ekfac=True,
         statistics_decay=0.95,
         curvature_period=1,
@@ -189,15 +213,37 @@ class DHKFAC(keras.optimizers.Optimizer):
         diagonal_beta_2=0.999,
         diagonal_epsilon=1e-8,
         epsilon=1e-12,
+        preconditioner="kronecker",
+        jacobian_rows=256,
+        damping_floor=1e-2,
         name="dhkfac",
         **kwargs,
     ):
         if isinstance(learning_rate, int) and not isinstance(learning_rate, bool):
             learning_rate = float(learning_rate)  # Keras accepts only float constants
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        if preconditioner not in PRECONDITIONERS:
+            raise ValueError(f"DHKFAC: preconditioner must be one of {PRECONDITIONERS}; got {preconditioner!r}")
+        gauss_newton = preconditioner == "gauss_newton"
+        if damping_mode is None:
+            damping_mode = "levenberg_marquardt" if gauss_newton else "shrinkage"
         if damping_mode not in _DAMPING_MODES:
             raise ValueError(f"DHKFAC: damping_mode must be one of {_DAMPING_MODES}; got {damping_mode!r}")
+        if gauss_newton != (damping_mode == "levenberg_marquardt"):
+            raise ValueError("DHKFAC: damping_mode='levenberg_marquardt' goes with preconditioner='gauss_newton' "
+                             f"and only with it; got damping_mode={damping_mode!r}, preconditioner={preconditioner!r}")
+        if gauss_newton and (float(momentum) or step_model == "subspace"):
+            raise ValueError("DHKFAC: preconditioner='gauss_newton' takes no momentum and no subspace step model; "
+                             f"got momentum={momentum}, step_model={step_model!r}")
+        if int(jacobian_rows) != jacobian_rows or int(jacobian_rows) < 1:
+            raise ValueError(f"DHKFAC: jacobian_rows must be an integer >= 1; got {jacobian_rows}")
+        if not float(damping_floor) >= 0.0:
+            raise ValueError(f"DHKFAC: damping_floor must be >= 0; got {damping_floor}")
+        if damping is None:  # lambda_0 = the GGN's mean diagonal (Levenberg-Marquardt adapts it from there)
+            damping = 1.0 if damping_mode == "levenberg_marquardt" else 0.1
         damping = float(damping)
+        if damping_mode == "levenberg_marquardt" and not damping > 0.0:
+            raise ValueError(f"DHKFAC: levenberg_marquardt damping (lambda_0 / mean diagonal) must be > 0; got {damping}")
         if damping_mode == "shrinkage" and not 0.0 <= damping <= 1.0:
             raise ValueError(f"DHKFAC: shrinkage damping (rho) must be in [0, 1]; got {damping}")
         if damping_mode == "tikhonov" and not damping >= 0.0:
@@ -247,6 +293,11 @@ class DHKFAC(keras.optimizers.Optimizer):
         self.diagonal_beta_2 = float(diagonal_beta_2)
         self.diagonal_epsilon = float(diagonal_epsilon)
         self.epsilon = float(epsilon)
+        self.preconditioner = preconditioner
+        self.jacobian_rows = int(jacobian_rows)
+        self.damping_floor = float(damping_floor)
+        self._rows = None  # Gauss-Newton: {block index: rows [n, da, dg]} of this step (trace-time Python)
+        self._stepped_blocks = ()  # Gauss-Newton: the blocks the traced update moved (judge_step undoes them)
         # Python state, set when statistics are handed over (at trace time inside a train step): which
         # blocks have curvature, and whether any statistics source exists at all.
         self._fed_blocks = set()
@@ -290,7 +341,7 @@ class DHKFAC(keras.optimizers.Optimizer):
                     count=var("count", (), "zeros", "int64"),
                     scale=var("s", (da, dg), "ones") if self.ekfac else None,
                     velocity=var("momentum", (da, dg), "zeros")
-                    if self.momentum or self.adaptive_momentum else None,
+                    if self.momentum or self.adaptive_momentum or self.gauss_newton else None,
                 )
             )
         self._kfac_states = tuple(states)
@@ -316,8 +367,18 @@ class DHKFAC(keras.optimizers.Optimizer):
         self.model_valid = self.add_variable((), "zeros", scalar, name="model_valid")
         # m_ref of trust_radius_mode="relative": set by the first update with a usable model (0: unset).
         self.radius_reference = self.add_variable((), "zeros", scalar, name="radius_reference")
+        # Gauss-Newton: lambda (0: not yet set), the last step's predicted decrease and reduction ratio.
+        self.lm_damping = self.add_variable((), "zeros", "float64", name="lm_damping")
+        self.predicted_decrease = self.add_variable((), "zeros", "float64", name="predicted_decrease")
+        self.reduction_ratio = self.add_variable((), "zeros", "float64", name="reduction_ratio")
+        self.rejected_steps = self.add_variable((), "zeros", "int64", name="rejected_steps")
 
     # ------------------------------------------------------------------ introspection
+
+    @property
+    def gauss_newton(self) -> bool:
+        """Whether the direction is the sample-space Gauss-Newton step (``preconditioner="gauss_newton"``)."""
+        return self.preconditioner == "gauss_newton"
 
     @property
     def adaptive_momentum(self) -> bool:
@@ -603,6 +664,10 @@ class DHKFAC(keras.optimizers.Optimizer):
             raise ValueError(
                 f"DHKFAC: got {len(grads)} gradients for {len(self._trainable_variables)} variables"
             )
+        if self.gauss_newton:
+            d, _, rows, _ = self._gauss_newton_directions({i: g for i, g in enumerate(grads) if g is not None})
+            return self._per_variable(d), tf.cast(tf.reduce_sum(tf.square(woodbury.apply_rows(rows, d))),
+                                                  self._scalar_dtype)
         directions = self._block_directions({i: g for i, g in enumerate(grads) if g is not None}, with_momentum)
         return self._per_variable({k: d for k, (d, _, _, _) in directions.items()}), self._quadratic(directions)
 
@@ -616,6 +681,98 @@ class DHKFAC(keras.optimizers.Optimizer):
             for i, part in zip(block.indices, unstack(block, stacked, shapes)):
                 out[i] = part
         return out
+
+    def clipped(self, grads):
+        """``grads`` clipped as :meth:`apply` clips them (``clipnorm`` / ``global_clipnorm`` /
+        ``clipvalue``): the gradients a step model must use to describe the step that is taken."""
+        return self._clip_gradients(list(grads))
+
+    def set_jacobian_rows(self, rows):
+        """Hands over this step's sample-space GGN factor (``preconditioner="gauss_newton"``).
+
+        Args:
+          rows: dict ``block name -> R [n, dim_a, d_out]``: ``n`` rows with ``sum_n r_n r_n^T = C``, the
+            GGN of the mean loss (exactly or in expectation), each stacked like the block's weights
+            (kernel, recurrent kernel, bias).  Blocks left out take the diagonal (Adam) step.
+
+        Valid for the next :meth:`step_directions` / :meth:`apply` of the same traced step.  Non-finite
+        rows are replaced by zeros (counted in ``skipped_curvature_updates``).
+        """
+        self._require_built()
+        if not self.gauss_newton:
+            raise RuntimeError("DHKFAC.set_jacobian_rows: only with preconditioner='gauss_newton'")
+        if multi_replica_context() is not None:
+            raise NotImplementedError("DHKFAC: preconditioner='gauss_newton' runs on one replica; under a "
+                                      "multi-replica strategy use preconditioner='kronecker'")
+        self._statistics_source = True
+        prepared = {}
+        for name, r in rows.items():
+            if name not in self._block_index:
+                raise KeyError(f"DHKFAC.set_jacobian_rows: no Kronecker block {name!r}; blocks: "
+                               f"{sorted(self._block_index)}")
+            k = self._block_index[name]
+            block = self._kfac_blocks[k]
+            r = tf.cast(tf.convert_to_tensor(r), block.dtype)
+            if r.shape.rank != 3 or tuple(r.shape[1:]) != (block.dim_a, block.d_out):
+                raise ValueError(f"DHKFAC.set_jacobian_rows: rows of block {name!r} must be "
+                                 f"[n, {block.dim_a}, {block.d_out}]; got {tuple(r.shape)}")
+            self._fed_blocks.add(name)
+            prepared[k] = r
+        finite = _all_finite(list(prepared.values()))
+        self.assign_add(self.skipped_curvature_updates, tf.cast(~finite, tf.int64))
+        self._rows = {k: tf.where(finite, r, tf.zeros_like(r)) for k, r in prepared.items()}
+
+    def _gauss_newton_directions(self, grad_by_index):
+        """``({k: d}, {k: stacked g}, {k: rows}, lambda)`` for the blocks with rows and a gradient."""
+        if self._rows is None:
+            raise RuntimeError("DHKFAC: preconditioner='gauss_newton' needs set_jacobian_rows(...) before each "
+                               "step (with_curvature / the Hedger's train step do this)")
+        rows, grads = {}, {}
+        for k, r in self._rows.items():
+            block = self._kfac_blocks[k]
+            members = [grad_by_index.get(i) for i in block.indices]
+            if all(m is None for m in members):
+                continue
+            rows[k], grads[k] = r, stack(block, members)
+        if not rows:
+            return {}, {}, {}, tf.ones((), tf.float64)
+        lam = self._current_damping(rows)
+        return woodbury.gauss_newton_direction(rows, grads, lam), grads, rows, lam
+
+    def _current_damping(self, rows):
+        """``lambda`` for this step: the adapted one (``damping x tr(C) / P`` at first), floored at
+        ``damping_floor x tr(C) / P``; 1 when the rows are all zero."""
+        size = sum(self._kfac_blocks[k].dim_a * self._kfac_blocks[k].d_out for k in rows)
+        mean = woodbury.row_norms_squared(rows) / float(size)
+        lam = tf.convert_to_tensor(self.lm_damping)
+        lam = tf.where(lam > 0, lam, self.damping * mean)
+        lam = tf.maximum(lam, self.damping_floor * mean)
+        return tf.where(lam > 0, lam, tf.ones_like(lam))
+
+    def judge_step(self, loss_before, loss_after):
+        """Gauss-Newton: adapts ``lambda`` from the reduction ratio of the step just applied (same batch,
+        loss before and after it; see the module doc) and undoes the step if the ratio is negative or not
+        finite (counted in ``rejected_steps``).  The diagonal (Adam) variables keep their step."""
+        self._require_built()
+        if not self.gauss_newton:
+            raise RuntimeError("DHKFAC.judge_step: only with preconditioner='gauss_newton'")
+        pred = tf.convert_to_tensor(self.predicted_decrease)
+        taken = pred > 0
+        actual = tf.cast(loss_before, tf.float64) - tf.cast(loss_after, tf.float64)
+        ratio = actual / tf.where(taken, pred, tf.ones_like(pred))
+        lam = tf.convert_to_tensor(self.lm_damping)
+        new_lam, rejected = woodbury.levenberg_marquardt(lam, ratio)
+        rejected = rejected & taken
+        for k in self._stepped_blocks:
+            block, state = self._kfac_blocks[k], self._kfac_states[k]
+            members = [self._trainable_variables[i] for i in block.indices]
+            undo = tf.where(rejected, tf.convert_to_tensor(state.velocity), tf.zeros_like(state.velocity))
+            for variable, part in zip(members, unstack(block, undo, [v.shape for v in members])):
+                self.assign_add(variable, part)
+        self.assign(self.lm_damping, tf.where(taken, new_lam, lam))
+        self.assign(self.reduction_ratio, tf.where(taken, ratio, tf.zeros_like(ratio)))
+        self.assign_add(self.rejected_steps, tf.cast(rejected, tf.int64))
+        return rejected
 
     def previous_update(self):
         """The last applied step of every block variable (``W_new = W_old - step``; ``None`` for the
@@ -633,11 +790,12 @@ class DHKFAC(keras.optimizers.Optimizer):
         :meth:`previous_update`), ``rhs = [grad . V, grad . P]``.  The next update takes
         ``W <- W - (alpha V + mu P)`` with ``(alpha, mu)`` minimising ``-x.rhs + x^T matrix x / 2``
         within the trust region and ``alpha <= eta_max`` (see
-        :func:`deephedge_tf.optimizers.steps.subspace_step`).  A non-finite model, or one without
-        curvature along ``V``, is ignored (the Kronecker rule sizes the step).  A model that predicts
-        no decrease along ``V`` (``grad . V <= 0``: with heavy-ball momentum the direction can point
-        uphill for this batch) blocks the step: the Kronecker blocks do not move this iteration
-        (counted in ``uphill_steps``), since any step along ``V`` would raise the model loss.
+        :func:`deephedge_tf.optimizers.steps.subspace_step`).  A model without curvature along ``V`` is
+        ignored (the Kronecker rule sizes the step).  A model that predicts no decrease along ``V``
+        (``grad . V <= 0``: with heavy-ball momentum the direction can point uphill for this batch), or
+        one that is not finite, blocks the step: the Kronecker blocks do not move this iteration
+        (counted in ``uphill_steps``), since any step along ``V`` would raise the model loss, and the
+        Kronecker ``q`` the model corrects underestimates the curvature (its step can reach ``eta_max``).
         """
         self._require_built()
         ctx = multi_replica_context()
@@ -653,13 +811,17 @@ class DHKFAC(keras.optimizers.Optimizer):
     def _set_model(self, matrix, rhs):
         m = tf.reshape(tf.cast(matrix, self._scalar_dtype), (2, 2))
         b = tf.reshape(tf.cast(rhs, self._scalar_dtype), (2,))
-        usable = _all_finite([m, b]) & (m[0, 0] > 0) & (m[1, 1] >= 0)
+        finite = _all_finite([m, b])
+        usable = finite & (m[0, 0] > 0) & (m[1, 1] >= 0)
         ok = usable & (b[0] > 0)
         one = tf.ones((), self._scalar_dtype)
         self.assign(self.model_matrix, tf.where(ok, m, tf.zeros_like(m)))
         self.assign(self.model_rhs, tf.where(ok, b, tf.zeros_like(b)))
-        # 1: size the step with the model; -1: no step (uphill); 0: no model (Kronecker rule).
-        self.assign(self.model_valid, tf.where(ok, one, tf.where(usable, -one, tf.zeros_like(one))))
+        # 1: size the step with the model; -1: no step (uphill, or a model that is not finite: the
+        # Kronecker rule it was meant to correct is not safe either); 0: no curvature along V (the
+        # Kronecker rule within the trust region).
+        blocked = (usable | ~finite) & ~ok
+        self.assign(self.model_valid, tf.where(ok, one, tf.where(blocked, -one, tf.zeros_like(one))))
 
     def set_step_model(self, curvature_along, slope):
         """Exact quadratic model of the loss along this step's preconditioned direction ``V``.
@@ -741,6 +903,9 @@ class DHKFAC(keras.optimizers.Optimizer):
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         # Replaces the per-variable loop: a block's kernel(s) and bias are preconditioned together.
         grad_by_index = {self._get_variable_index(v): g for g, v in zip(grads, trainable_variables)}
+        if self.gauss_newton:
+            self._gauss_newton_update(grad_by_index, learning_rate)
+            return
         directions = self._block_directions(grad_by_index, True)
         eta_max = tf.cast(learning_rate, self._scalar_dtype)
         valid = self.model_valid > 0
@@ -777,6 +942,40 @@ class DHKFAC(keras.optimizers.Optimizer):
         self.assign(self.step_size, eta)
         if mu is not None:
             self.assign(self.step_momentum, mu)
+
+    def _gauss_newton_update(self, grad_by_index, learning_rate):
+        """``W <- W - eta d`` with the Woodbury direction and the damped line model (module doc)."""
+        directions, grads, rows, lam = self._gauss_newton_directions(grad_by_index)
+        f64 = tf.float64
+        eta = tf.zeros((), f64)
+        if directions:
+            # Slope with the gradients apply hands over (clipped, if clipping is set; the train step's
+            # line model uses the true gradient, which is what counts where a model is handed over).
+            slope = tf.add_n([tf.reduce_sum(tf.cast(grads[k] * d, f64)) for k, d in directions.items()])
+            slope = tf.where(self.model_valid > 0, tf.cast(self.model_rhs[0], f64), slope)
+            norm2 = tf.add_n([tf.reduce_sum(tf.square(tf.cast(d, f64))) for d in directions.values()])
+            sample = tf.reduce_sum(tf.square(woodbury.apply_rows(rows, directions)))
+            valid = self.model_valid > 0
+            quad = tf.where(valid, tf.cast(self.model_matrix[0, 0], f64), sample)
+            denom = quad + lam * norm2
+            ok = (slope > 0) & (denom > 0) & tf.math.is_finite(slope) & tf.math.is_finite(denom)
+            eta = tf.where(ok, slope / tf.where(ok, denom, tf.ones_like(denom)), tf.zeros_like(slope))
+            eta = tf.minimum(eta, tf.cast(learning_rate, f64))
+            self.assign(self.predicted_decrease, eta * slope - 0.5 * eta * eta * quad)
+            self.assign(self.lm_damping, lam)
+            for k, direction in directions.items():
+                block, state = self._kfac_blocks[k], self._kfac_states[k]
+                members = [self._trainable_variables[i] for i in block.indices]
+                step = tf.cast(eta, block.dtype) * direction
+                for variable, part in zip(members, unstack(block, step, [v.shape for v in members])):
+                    self.assign_sub(variable, part)
+                self.assign(state.velocity, step)
+        else:
+            self.assign(self.predicted_decrease, tf.zeros((), f64))
+        self._stepped_blocks = tuple(directions)
+        self.assign(self.model_valid, tf.zeros_like(self.model_valid))
+        self._diagonal_step(grad_by_index)
+        self.assign(self.step_size, tf.cast(eta, self._scalar_dtype))
 
     def _report_blocks(self):
         """Logs once which layers get curvature and which take the diagonal step."""
@@ -839,4 +1038,7 @@ class DHKFAC(keras.optimizers.Optimizer):
             "diagonal_beta_2": self.diagonal_beta_2,
             "diagonal_epsilon": self.diagonal_epsilon,
             "epsilon": self.epsilon,
+            "preconditioner": self.preconditioner,
+            "jacobian_rows": self.jacobian_rows,
+            "damping_floor": self.damping_floor,
         }

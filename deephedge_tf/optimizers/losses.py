@@ -14,8 +14,15 @@ two forms DH-KFAC needs:
   centring of a variance), for ``u = J V1``, ``v = J V2`` from forward-mode passes: the exact quadratic
   model of the loss along a step.
 
+* ``jacobian_rows(y, targets, seed)``: a :class:`RowFactor`, the recipe for rows ``r_b`` of the
+  sample-space factor ``C ~= sum_b r_b r_b^T`` that the Gauss-Newton step rule solves with exactly
+  (Woodbury): per path the weight gradient of ``cotangent_b . y_b``, times ``scale_b``, centred with
+  weights ``centre``.  Exact (cross-sample terms included) where each sample has one output; sampled from
+  the pseudo-gradients otherwise.
+
 Cross-sample terms of ``H`` (a variance's centring, an entropic weight normalisation) cannot enter
-per-path statistics; they are in :meth:`OutputCurvature.bilinear`, which sizes the step.
+per-path statistics; they are in :meth:`OutputCurvature.bilinear`, which sizes the step, and in the
+centring of :meth:`OutputCurvature.jacobian_rows`.
 
 Keras losses: :func:`loss_curvature` maps ``"mse"``, ``"categorical_crossentropy"``,
 ``"sparse_categorical_crossentropy"`` (names, classes or functions) to :class:`MeanSquaredErrorCurvature`
@@ -31,8 +38,37 @@ own (``objective.output_curvature()``).
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import tensorflow as tf
+
+
+@dataclasses.dataclass
+class RowFactor:
+    """How to form the rows of the sample-space factor of ``C = J^T H J`` (batch of ``B`` samples).
+
+    With ``j_b`` the weight gradient of ``cotangent_b . y_b`` (one backward pass of ``cotangent`` gives
+    all of them), the rows are
+
+        r_b = scale_b * (j_b - sum_b' centre_b' j_b')        (no centring when ``centre`` is None)
+
+    and ``sum_b r_b r_b^T = C`` exactly, or in expectation when ``cotangent`` is sampled.  ``scale``
+    is ``[B]`` or ``None`` (then ``1 / sqrt(B)``: ``cotangent`` is a pseudo-gradient, ``E[u u^T] = B
+    H_bb``); ``centre`` is ``[B]`` weights summing to one.
+    """
+
+    cotangent: object
+    scale: object = None
+    centre: object = None
+
+
+def scalar_rows(outputs, weight, centre=None) -> RowFactor:
+    """Rows of a loss whose Hessian over one output per sample is ``(I - 1 c^T)^T diag(weight) (I - 1 c^T)``
+    (``centre`` c; identity without): ``r_b = sqrt(weight_b) (j_b - sum c j)`` with ``j_b = dy_b / dw``."""
+    y = tf.convert_to_tensor(outputs)
+    return RowFactor(tf.ones_like(y), tf.sqrt(tf.reshape(weight, [-1])),
+                     None if centre is None else tf.reshape(centre, [-1]))
 
 
 class OutputCurvature:
@@ -41,6 +77,11 @@ class OutputCurvature:
     def pseudo_gradient(self, outputs, targets=None, seed=None, sample_weight=None):
         """``u`` (shape of ``outputs``), per sample, with ``E[u_b u_b^T] = B H_bb``."""
         raise NotImplementedError
+
+    def jacobian_rows(self, outputs, targets=None, seed=None, sample_weight=None) -> RowFactor:
+        """The :class:`RowFactor` of the sample-space GGN factor.  Default: the pseudo-gradients
+        (exact for the diagonal blocks ``H_bb`` where they are, cross-sample terms left out)."""
+        return RowFactor(self.pseudo_gradient(outputs, targets, seed, sample_weight))
 
     def bilinear(self, outputs, u, v, targets=None, sample_weight=None):
         """``u^T H v`` (scalar) with the full Hessian ``H`` of the batch loss w.r.t. the outputs."""
@@ -83,6 +124,13 @@ class MeanSquaredErrorCurvature(OutputCurvature):
             return tf.reshape(scale * tf.ones_like(flat), tf.shape(y))
         z = tf.random.stateless_normal(tf.shape(flat), _seed(seed), dtype=flat.dtype)
         return tf.reshape(scale * z, tf.shape(y))
+
+    def jacobian_rows(self, outputs, targets=None, seed=None, sample_weight=None) -> RowFactor:
+        flat = _flat(outputs)
+        if flat.shape[-1] != 1:
+            return super().jacobian_rows(outputs, targets, seed, sample_weight)
+        w = _weights(sample_weight, flat)
+        return scalar_rows(outputs, 2.0 * w / tf.cast(tf.shape(flat)[0], flat.dtype))
 
     def bilinear(self, outputs, u, v, targets=None, sample_weight=None):
         u, v = _flat(u), _flat(v)

@@ -87,12 +87,15 @@ def subspace_model(model, forward, variables, grads, direction, previous):
 
 def _hand_over_step_model(model, optimizer, grads, variables, forward):
     mode = getattr(optimizer, "step_model", None)
+    # The direction is the one apply will take, from the gradients as apply clips them; the model's slope
+    # is that of the loss, the true gradient along it.
+    clipped = optimizer.clipped(grads) if hasattr(optimizer, "clipped") else grads
     if mode == "subspace":
-        directions, _ = optimizer.precondition(grads)
+        directions, _ = optimizer.precondition(clipped)
         matrix, rhs = subspace_model(model, forward, variables, grads, directions, optimizer.previous_update())
         optimizer.set_subspace_model(matrix, rhs)
     elif mode == "line":
-        directions, _ = optimizer.step_directions(grads)
+        directions, _ = optimizer.step_directions(clipped)
         optimizer.set_step_model(directional_curvature(model, forward, variables, directions),
                                  tree_dot(grads, directions))
 
@@ -132,6 +135,11 @@ def curvature_train_step(model, compute, forward_for_model, max_paths=None):
         probe_grads = tape.gradient([t.output for t in terms], recorder.probes, output_gradients=pseudo)
         return recorder.statistics(probe_grads, max_paths)
 
+    def jacobian_rows():
+        # The Gauss-Newton preconditioner's sample-space factor: one backward pass per term (its row
+        # cotangent), per-path weight gradients of the first `jacobian_rows` paths, scaled and centred.
+        return _jacobian_rows(terms, tape, recorder, optimizer.jacobian_rows, seed)
+
     finite = tf.reduce_all(tf.math.is_finite(loss))
     for g in grads:
         if g is not None:
@@ -149,11 +157,19 @@ def curvature_train_step(model, compute, forward_for_model, max_paths=None):
     else:
         global_grads = grads
 
+    gauss_newton = getattr(optimizer, "gauss_newton", False)
+
     def apply():
         # The optimizer skips (and counts) non-finite statistics itself.
-        optimizer.update_curvature(statistics)
+        if gauss_newton:
+            optimizer.set_jacobian_rows(jacobian_rows())
+        else:
+            optimizer.update_curvature(statistics)
         _hand_over_step_model(model, optimizer, global_grads, variables, forward_for_model)
         optimizer.apply(grads, variables)
+        if gauss_newton:
+            # Levenberg-Marquardt: the realised decrease on the same batch (one more forward pass).
+            optimizer.judge_step(loss, compute()[0])
         return tf.constant(0.0, tf.float32)
 
     if replicated:
@@ -164,6 +180,34 @@ def curvature_train_step(model, compute, forward_for_model, max_paths=None):
     else:
         skipped = tf.cond(finite, apply, lambda: tf.constant(1.0, tf.float32))
     return loss, aux, skipped
+
+
+def _jacobian_rows(terms, tape, recorder, cap, seed):
+    """``{block: R [n, dim_a, d_out]}``: the rows of every term's :class:`RowFactor`, at most ``cap``
+    paths each, concatenated over the terms (see :mod:`deephedge_tf.optimizers.woodbury`)."""
+    paths = tf.cast(recorder.path_count(), tf.float64)
+    per_block = {}
+    for i, term in enumerate(terms):
+        factor = term.curvature.jacobian_rows(term.output, term.targets,
+                                              tf.random.experimental.stateless_fold_in(seed, 100 + i),
+                                              term.sample_weight)
+        probe_grads = tape.gradient(term.output, recorder.probes,
+                                    output_gradients=tf.stop_gradient(tf.cast(factor.cotangent, term.output.dtype)))
+        for name, m in recorder.per_path_gradients(probe_grads, cap).items():
+            n = tf.shape(m)[0]
+            kept = tf.cast(n, tf.float64)
+            if factor.centre is not None:
+                # Centred on the kept paths: their weights renormalised to one.
+                c = tf.cast(factor.centre[:n], m.dtype)
+                c = c / tf.reduce_sum(c)
+                m = m - tf.einsum("n,nij->ij", c, m)[None]
+            # n of B paths stand for all of them: sum over the kept rows x B / n.
+            if factor.scale is None:
+                scale = tf.fill([n], tf.cast(tf.sqrt(1.0 / kept), m.dtype))
+            else:
+                scale = tf.cast(factor.scale[:n], m.dtype) * tf.cast(tf.sqrt(paths / kept), m.dtype)
+            per_block.setdefault(name, []).append(scale[:, None, None] * m)
+    return {name: parts[0] if len(parts) == 1 else tf.concat(parts, axis=0) for name, parts in per_block.items()}
 
 
 def first_paths(data, max_paths):

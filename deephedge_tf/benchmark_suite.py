@@ -1,0 +1,297 @@
+"""The optimizer suite: ``deephedge benchmark suite --out DIR [--tasks ...] [--seeds ...]``.
+
+Runs the kfac-vs-adam protocol of :mod:`deephedge_tf.benchmark` on every task of a suite manifest
+(default ``configs/suite/suite.yaml``: task configs, per-task budgets and the goal) and writes
+
+* ``DIR/<task>/results.json`` and ``DIR/<task>/learning_curves.png``: each task's full results;
+* ``DIR/suite.json``: one row per task and seed (steps and wall time of both optimizers to the target,
+  their ratios, whether the goal is met) and the per-step times;
+* ``DIR/suite.md``: the same table in Markdown, for BENCHMARKS.md;
+* ``DIR/learning_curves.png``: validation loss against training steps, one panel per task.
+
+A task's DH-KFAC runs use the optimizer's defaults (the task configs carry no ``training.kfac``
+section; the manifest refuses one) unless ``--kfac-set`` overrides them for the whole suite, e.g. to
+report the paper's algorithm beside the default.
+
+Manifest keys: ``seeds``, ``target_factor``, ``goal: {step_ratio, wall_ratio}`` and ``tasks: {name:
+{config, adam_steps, kfac_steps, sweep_steps, lrs, eval_every (10), goal (overrides)}}``; ``config`` is
+relative to the manifest's folder.
+
+    >>> manifest = load_manifest()          # configs/suite/suite.yaml
+    >>> sorted(manifest.tasks)[:2], manifest.goal_for("cliquet_small")["step_ratio"]
+    (['buehler_heston_cvar', 'cliquet_small'], 0.2)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import yaml
+
+from deephedge_tf.errors import ConfigError, DeepHedgeError
+
+DEFAULT_MANIFEST = Path(__file__).resolve().parent.parent / "configs" / "suite" / "suite.yaml"
+_TASK_KEYS = {"config", "adam_steps", "kfac_steps", "sweep_steps", "lrs", "eval_every", "goal"}
+_GOAL_KEYS = {"step_ratio", "wall_ratio"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    name: str
+    config: Path
+    adam_steps: int
+    kfac_steps: int
+    sweep_steps: int
+    lrs: tuple
+    eval_every: int = 10
+    goal: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    path: Path
+    seeds: tuple
+    target_factor: float
+    goal: dict
+    tasks: dict  # name -> Task, in manifest order
+
+    def goal_for(self, task: str) -> dict:
+        """The suite's goal with the task's own entries on top."""
+        return {**self.goal, **self.tasks[task].goal}
+
+
+def _positive_int(key, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(key, value, "an integer >= 1")
+    return value
+
+
+def _goal(key, value):
+    if not isinstance(value, dict) or not set(value) <= _GOAL_KEYS:
+        raise ConfigError(key, value, f"a mapping with keys among {sorted(_GOAL_KEYS)}")
+    for k, v in value.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise ConfigError(f"{key}.{k}", v, "a number > 0")
+    return {k: float(v) for k, v in value.items()}
+
+
+def load_manifest(path=DEFAULT_MANIFEST) -> Manifest:
+    """Reads and validates a suite manifest (see the module doc); every error names the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("--suite", str(path), "an existing suite manifest (YAML)")
+    raw = yaml.safe_load(path.read_text())
+    if not isinstance(raw, dict) or not set(raw) <= {"seeds", "target_factor", "goal", "tasks"}:
+        raise ConfigError("suite", raw if not isinstance(raw, dict) else sorted(raw),
+                          "a mapping with keys seeds, target_factor, goal, tasks")
+    seeds = raw.get("seeds", [0, 1, 2])
+    if not isinstance(seeds, list) or not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
+        raise ConfigError("suite.seeds", seeds, "a non-empty list of integers")
+    factor = raw.get("target_factor", 1.01)
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 1.0:
+        raise ConfigError("suite.target_factor", factor, "a number > 1")
+    goal = _goal("suite.goal", raw.get("goal", {"step_ratio": 0.25, "wall_ratio": 0.5}))
+    if set(goal) != _GOAL_KEYS:
+        raise ConfigError("suite.goal", goal, f"both of {sorted(_GOAL_KEYS)}")
+    tasks_raw = raw.get("tasks")
+    if not isinstance(tasks_raw, dict) or not tasks_raw:
+        raise ConfigError("suite.tasks", tasks_raw, "a non-empty mapping of task names to task entries")
+    tasks = {}
+    for name, entry in tasks_raw.items():
+        key = f"suite.tasks.{name}"
+        if not isinstance(entry, dict) or not set(entry) <= _TASK_KEYS or "config" not in entry:
+            raise ConfigError(key, entry, f"a mapping with 'config' and keys among {sorted(_TASK_KEYS)}")
+        config = path.parent / str(entry["config"])
+        if not config.is_file():
+            raise ConfigError(f"{key}.config", entry["config"], f"a config file relative to {path.parent}")
+        lrs = entry.get("lrs", [1e-3, 3e-3, 1e-2])
+        if not isinstance(lrs, list) or not lrs or any(
+                isinstance(x, bool) or not isinstance(x, (int, float)) or not x > 0 for x in lrs):
+            raise ConfigError(f"{key}.lrs", lrs, "a non-empty list of numbers > 0")
+        tasks[name] = Task(
+            name=name, config=config,
+            adam_steps=_positive_int(f"{key}.adam_steps", entry.get("adam_steps", 600)),
+            kfac_steps=_positive_int(f"{key}.kfac_steps", entry.get("kfac_steps", 200)),
+            sweep_steps=_positive_int(f"{key}.sweep_steps", entry.get("sweep_steps", 150)),
+            lrs=tuple(float(x) for x in lrs),
+            eval_every=_positive_int(f"{key}.eval_every", entry.get("eval_every", 10)),
+            goal=_goal(f"{key}.goal", entry.get("goal", {})))
+    return Manifest(path=path, seeds=tuple(seeds), target_factor=float(factor), goal=goal, tasks=tasks)
+
+
+def _check_task_config(task: Task) -> None:
+    """A suite task must leave DH-KFAC at its defaults: no ``training.kfac`` section."""
+    raw = yaml.safe_load(task.config.read_text()) or {}
+    training = raw.get("training") or {}
+    if "kfac" in training:
+        raise ConfigError(f"{task.config.name}: training.kfac", training["kfac"],
+                          "no kfac section in a suite task (DH-KFAC runs with its defaults; use --kfac-set "
+                          "to change them for the whole suite)")
+
+
+def select(manifest: Manifest, tasks: Optional[Sequence[str]]) -> list:
+    """The manifest's tasks named in ``tasks`` (all when ``None``), in manifest order."""
+    if tasks is None:
+        return list(manifest.tasks.values())
+    unknown = [t for t in tasks if t not in manifest.tasks]
+    if unknown:
+        raise ConfigError("--tasks", unknown, f"tasks of {manifest.path.name}: {', '.join(manifest.tasks)}")
+    return [manifest.tasks[t] for t in manifest.tasks if t in tasks]
+
+
+def suite_rows(task: Task, results: dict, goal: dict) -> list:
+    """One row per seed of a task's kfac-vs-adam results, judged against ``goal``."""
+    rows = []
+    for r in results["summary"]["per_seed"]:
+        step_ok = r["step_ratio"] is not None and r["step_ratio"] <= goal["step_ratio"]
+        wall_ok = r["wall_ratio"] is not None and r["wall_ratio"] <= goal["wall_ratio"]
+        rows.append(dict(task=task.name, seed=r["seed"], target=r["target"], adam_lr=results["sweep"]["best_lr"],
+                         adam_steps=r["adam_steps_to_target"], adam_wall_s=r["adam_wall_s_to_target"],
+                         kfac_steps=r["kfac_steps_to_target"], kfac_wall_s=r["kfac_wall_s_to_target"],
+                         step_ratio=r["step_ratio"], wall_ratio=r["wall_ratio"],
+                         kfac_best_val_loss=r["kfac_best_val_loss"], goal_steps=step_ok, goal_wall=wall_ok,
+                         goal_met=step_ok and wall_ok))
+    return rows
+
+
+def run_suite(out, *, manifest=DEFAULT_MANIFEST, tasks: Optional[Sequence[str]] = None,
+              seeds: Optional[Sequence[int]] = None, kfac_overrides: Sequence[str] = (),
+              log: Optional[Callable[[str], None]] = None) -> dict:
+    """Runs the suite (see the module doc); returns the ``suite.json`` dict.  Raises
+    :class:`ConfigError` for a bad manifest, task selection or task config before any training."""
+    from deephedge_tf.benchmark import _jsonable, _write_atomic, kfac_vs_adam
+
+    m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+    chosen = select(m, tasks)
+    seeds = tuple(m.seeds if seeds is None else seeds)
+    for task in chosen:
+        _check_task_config(task)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError("--out", str(out), "a directory (this path is a file)")
+    log = log or (lambda msg: None)
+    rows, per_task = [], {}
+    for task in chosen:
+        log(f"== suite task {task.name} ({task.config.name}), seeds {list(seeds)}")
+        results = kfac_vs_adam(task.config, out / task.name, seeds=seeds, adam_steps=task.adam_steps,
+                               kfac_steps=task.kfac_steps, sweep_steps=task.sweep_steps,
+                               eval_every=task.eval_every, target_factor=m.target_factor, lrs=task.lrs,
+                               kfac_overrides=kfac_overrides, log=log)
+        goal = m.goal_for(task.name)
+        rows += suite_rows(task, results, goal)
+        per_task[task.name] = dict(config=str(task.config), goal=goal, total_wall_s=results["total_wall_s"],
+                                   per_step_time=results["summary"]["per_step_time"],
+                                   first_call=results["first_call"],
+                                   curves=[dict(optimizer=r["optimizer"], seed=r["seed"], target=r["target"],
+                                                curve=[(p["step"], p["val_loss"]) for p in r["curve"]])
+                                           for r in results["runs"]])
+    summary = dict(benchmark="suite", manifest=str(m.path), seeds=list(seeds), kfac_overrides=list(kfac_overrides),
+                   target_factor=m.target_factor, rows=rows, tasks=per_task,
+                   goal_met=all(r["goal_met"] for r in rows))
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out / "suite.json", (json.dumps(_jsonable(summary), indent=2) + "\n").encode())
+    _write_atomic(out / "suite.md", suite_markdown(summary).encode())
+    plot_suite(summary, out / "learning_curves.png")
+    return summary
+
+
+def suite_markdown(summary: dict) -> str:
+    """The suite table (one row per task and seed) and per-step times, as Markdown."""
+
+    def f(x, spec):
+        return "-" if x is None else format(x, spec)
+
+    lines = ["| task | seed | Adam lr | target | Adam steps | DH-KFAC steps | step ratio | Adam wall s | "
+             "DH-KFAC wall s | wall ratio | goal |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in summary["rows"]:
+        lines.append(f"| {r['task']} | {r['seed']} | {r['adam_lr']:g} | {r['target']:.4e} | "
+                     f"{f(r['adam_steps'], 'd')} | {f(r['kfac_steps'], 'd')} | {f(r['step_ratio'], '.2f')} | "
+                     f"{f(r['adam_wall_s'], '.1f')} | {f(r['kfac_wall_s'], '.1f')} | {f(r['wall_ratio'], '.2f')} | "
+                     f"{'met' if r['goal_met'] else 'missed'} |")
+    lines += ["", "| task | Adam step | DH-KFAC step | ratio | goal (steps / wall) |", "|---|---:|---:|---:|---|"]
+    for name, t in summary["tasks"].items():
+        a, k = t["per_step_time"]["adam"]["step_median_s"], t["per_step_time"]["dhkfac"]["step_median_s"]
+        lines.append(f"| {name} | {a * 1e3:.0f} ms | {k * 1e3:.0f} ms | {k / a:.2f} | "
+                     f"{t['goal']['step_ratio']:g} / {t['goal']['wall_ratio']:g} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_suite(summary: dict, path) -> str:
+    """Validation loss vs training steps, one panel per task (both optimizers, every seed, targets)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from deephedge_tf.benchmark import _write_atomic
+
+    names = list(summary["tasks"])
+    cols = min(3, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig = Figure(figsize=(5.0 * cols, 3.8 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    styles = ["-", "--", ":", "-."]
+    colors = {"adam": "C0", "dhkfac": "C3"}
+    for ax, name in zip(axes, names):
+        curves = summary["tasks"][name]["curves"]
+        seeds = sorted({c["seed"] for c in curves})
+        for c in curves:
+            xs = [p[0] for p in c["curve"]]
+            ys = [p[1] if p[1] is not None and math.isfinite(p[1]) else float("nan") for p in c["curve"]]
+            ax.plot(xs, ys, linestyle=styles[seeds.index(c["seed"]) % 4], color=colors[c["optimizer"]],
+                    linewidth=1.2, label=f"{'DH-KFAC' if c['optimizer'] == 'dhkfac' else 'Adam'}, seed {c['seed']}")
+        for c in curves:
+            if c["optimizer"] == "adam":
+                ax.axhline(c["target"], color="0.4", linewidth=0.7, linestyle=styles[seeds.index(c["seed"]) % 4])
+        if all(p[1] is None or p[1] > 0 for c in curves for p in c["curve"]):
+            ax.set_yscale("log")
+        ax.set_title(name)
+        ax.set_xlabel("training steps")
+        ax.set_ylabel("validation loss")
+        ax.grid(True, alpha=0.3, which="both")
+    axes[0].legend(fontsize="x-small")
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    path = Path(path)
+    _write_atomic(path, buf.getvalue())
+    return str(path)
+
+
+def add_suite_parser(sub) -> None:
+    """Adds ``suite`` to the ``benchmark`` subcommands."""
+    import argparse
+
+    p = sub.add_parser("suite", help="the kfac-vs-adam protocol on every task of the optimizer suite",
+                       description="Runs `benchmark kfac-vs-adam` on each task of a suite manifest (default "
+                       "configs/suite/suite.yaml: task configs, budgets, goal) with DH-KFAC's defaults; writes "
+                       "suite.json, suite.md and learning_curves.png, one table over all tasks and seeds.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", required=True, help="output directory (created)")
+    p.add_argument("--suite", default=str(DEFAULT_MANIFEST), help="suite manifest (YAML)")
+    p.add_argument("--tasks", nargs="+", default=None, help="task names (default: all)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the manifest's)")
+    p.add_argument("--kfac-set", dest="kfac_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override of every DH-KFAC run, e.g. training.kfac.preconditioner=kronecker")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def run_suite_command(args) -> int:
+    from deephedge_tf.benchmark import _stderr
+
+    try:
+        summary = run_suite(args.out, manifest=args.suite, tasks=args.tasks, seeds=args.seeds,
+                            kfac_overrides=args.kfac_overrides, log=None if args.quiet else _stderr)
+    except DeepHedgeError as e:
+        print(f"deephedge: error: {e}", file=sys.stderr)
+        return 2
+    print(suite_markdown(summary))
+    print(f"goal {'met' if summary['goal_met'] else 'NOT met'} on every task and seed")
+    return 0

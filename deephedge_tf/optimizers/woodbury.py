@@ -1,0 +1,79 @@
+"""The damped Gauss-Newton step in sample space (Woodbury), and its Levenberg-Marquardt damping.
+
+The GGN of a loss over ``B`` paths has rank at most ``B``: ``C = R^T R`` with one row ``r_n`` per path
+(:class:`~deephedge_tf.optimizers.losses.RowFactor`).  On a sub-batch of ``n`` rows the damped
+Gauss-Newton direction is solved exactly in sample space:
+
+    d = (R^T R + lambda I)^{-1} g = (g - R^T y) / lambda,   (R R^T + lambda I) y = R g
+
+an ``n x n`` Cholesky solve (float64) instead of a ``P x P`` one.  Inside the span of the rows ``d`` is
+the damped Newton step; outside it ``g / lambda``.  ``lambda I`` is the same in every direction, so
+weights behind a small output layer are not blown up the way a Kronecker-factored inverse blows them up.
+
+Rows, gradients and directions are per Kronecker block, stacked as the optimizer stacks them
+(``[n, dim_a, d_out]`` rows, ``[dim_a, d_out]`` gradients); a block's tensor is the layer's kernel,
+recurrent kernel and bias.  Pure tensor functions; the state (``lambda``) lives in the optimizer.
+
+    >>> import tensorflow as tf
+    >>> rows = {"w": tf.constant([[[1.0], [0.0]]])}           # one row r = (1, 0): C = diag(1, 0)
+    >>> grads = {"w": tf.constant([[2.0], [2.0]])}
+    >>> d = gauss_newton_direction(rows, grads, tf.constant(1.0, tf.float64))
+    >>> [round(float(x), 3) for x in tf.reshape(d["w"], [-1])]   # (C + I)^-1 g
+    [1.0, 2.0]
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def gram(rows: dict):
+    """``R R^T`` ``[n, n]`` in float64, summed over the blocks of ``rows``."""
+    terms = [tf.cast(tf.einsum("nij,mij->nm", r, r), tf.float64) for r in rows.values()]
+    return tf.add_n(terms)
+
+
+def row_norms_squared(rows: dict):
+    """``|R|_F^2 = tr(R^T R)`` (float64): the trace of the sample-space GGN."""
+    return tf.add_n([tf.reduce_sum(tf.square(tf.cast(r, tf.float64))) for r in rows.values()])
+
+
+def apply_rows(rows: dict, directions: dict):
+    """``R d`` ``[n]`` (float64) for per-block ``directions``."""
+    return tf.add_n([tf.cast(tf.einsum("nij,ij->n", rows[k], directions[k]), tf.float64) for k in rows])
+
+
+def gauss_newton_direction(rows: dict, grads: dict, damping):
+    """``d = (R^T R + damping I)^{-1} g`` per block (Woodbury; see the module doc).
+
+    Args:
+      rows: ``{block: [n, dim_a, d_out]}``, the rows of the factor ``C = R^T R``.
+      grads: ``{block: [dim_a, d_out]}``, the same blocks.
+      damping: ``lambda > 0`` (float64 scalar).
+
+    Returns:
+      ``{block: d [dim_a, d_out]}`` in each block's dtype.
+    """
+    lam = tf.cast(damping, tf.float64)
+    k = gram(rows)
+    n = tf.shape(k)[0]
+    rg = apply_rows(rows, grads)
+    chol = tf.linalg.cholesky(k + lam * tf.eye(n, dtype=tf.float64))
+    y = tf.linalg.cholesky_solve(chol, rg[:, None])[:, 0]
+    out = {}
+    for key, r in rows.items():
+        g = grads[key]
+        back = tf.einsum("n,nij->ij", tf.cast(y, r.dtype), r)
+        out[key] = (g - back) / tf.cast(lam, g.dtype)
+    return out
+
+
+def levenberg_marquardt(damping, ratio, lower=0.25, upper=0.75, shrink=2.0 / 3.0, grow=1.5, reject_grow=2.0):
+    """``(new damping, rejected)`` from the reduction ratio ``rho`` = actual / predicted decrease
+    (Martens & Grosse 2015, sec. 6.5): ``rho > upper``: ``lambda * shrink``; ``rho < lower``:
+    ``lambda * grow``; ``rho < 0`` or not finite: the step is rejected and ``lambda * reject_grow``."""
+    ratio = tf.cast(ratio, damping.dtype)
+    rejected = ~tf.math.is_finite(ratio) | (ratio < 0)
+    factor = tf.where(ratio > upper, shrink, tf.where(ratio < lower, grow, 1.0))
+    factor = tf.where(rejected, tf.cast(reject_grow, damping.dtype), tf.cast(factor, damping.dtype))
+    return damping * factor, rejected

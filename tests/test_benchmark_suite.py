@@ -1,0 +1,102 @@
+"""`deephedge benchmark suite`: the shipped manifest and task configs, a tiny two-task suite end to end,
+and manifest errors that name the key.  No timing assertions (speed is reported, never tested)."""
+
+import json
+
+import pytest
+import yaml
+
+from deephedge_tf.benchmark import main
+from deephedge_tf.benchmark_suite import DEFAULT_MANIFEST, load_manifest, run_suite
+from deephedge_tf.config import load_config
+from deephedge_tf.errors import ConfigError
+
+TINY = {
+    "seed": 0, "market": {"model": "gbm"}, "time": {"steps": 4},
+    "policy": {"num_blocks": 1, "width": 4}, "objective": {"gamma": 10.0},
+    "training": {"batch_size": 128, "batches_per_epoch": 3, "validation_paths": 256},
+}
+
+
+def test_shipped_suite_covers_the_required_tasks_without_kfac_overrides():
+    m = load_manifest(DEFAULT_MANIFEST)
+    assert len(m.tasks) >= 5
+    kinds = {}
+    for task in m.tasks.values():
+        cfg = load_config(task.config)
+        assert "kfac" not in (yaml.safe_load(task.config.read_text())["training"]), task.name
+        assert cfg.training.optimizer == "adam"
+        kinds[task.name] = (cfg.market.model, cfg.derivative.kind, cfg.policy.kind, cfg.objective.kind)
+    values = set(kinds.values())
+    assert ("gbm", "european", "no_transaction_band", "entropic") in values
+    assert ("heston", "european", "mlp", "expected_shortfall") in values
+    assert any(k[1] == "cliquet" for k in values)
+    assert any(k[1] in ("lookback", "call_spread") and k[2] == "recurrent" for k in values)
+    assert m.goal_for("cliquet_small")["step_ratio"] == 0.20 and m.goal_for("quickstart")["wall_ratio"] == 0.5
+
+
+@pytest.fixture(scope="module")
+def tiny_suite(tmp_path_factory):
+    root = tmp_path_factory.mktemp("suite")
+    (root / "a.yaml").write_text(yaml.safe_dump(TINY))
+    (root / "b.yaml").write_text(yaml.safe_dump({**TINY, "objective": {"kind": "entropic", "a": 1.0},
+                                                 "policy": {"kind": "mlp", "num_layers": 1, "width": 4}}))
+    task = dict(adam_steps=4, kfac_steps=4, sweep_steps=2, lrs=[0.01], eval_every=2)
+    manifest = root / "suite.yaml"
+    manifest.write_text(yaml.safe_dump({"seeds": [0, 1], "target_factor": 1.5,
+                                        "goal": {"step_ratio": 0.25, "wall_ratio": 0.5},
+                                        "tasks": {"a": {"config": "a.yaml", **task},
+                                                  "b": {"config": "b.yaml", **task, "goal": {"step_ratio": 1.0}}}}))
+    return root, manifest
+
+
+def test_tiny_suite_writes_one_table_over_tasks_and_seeds(tiny_suite):
+    root, manifest = tiny_suite
+    out = root / "out"
+    summary = run_suite(out, manifest=manifest, seeds=[0, 1])
+    assert [(r["task"], r["seed"]) for r in summary["rows"]] == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+    on_disk = json.loads((out / "suite.json").read_text())
+    assert on_disk["rows"] == json.loads(json.dumps(summary["rows"]))
+    for r in summary["rows"]:
+        per_task = json.loads((out / r["task"] / "results.json").read_text())
+        row = next(x for x in per_task["summary"]["per_seed"] if x["seed"] == r["seed"])
+        assert r["kfac_steps"] == row["kfac_steps_to_target"] and r["adam_steps"] == row["adam_steps_to_target"]
+        goal = {"a": 0.25, "b": 1.0}[r["task"]]
+        assert r["goal_steps"] == (r["step_ratio"] is not None and r["step_ratio"] <= goal)
+    assert summary["tasks"]["b"]["goal"] == {"step_ratio": 1.0, "wall_ratio": 0.5}
+    table = (out / "suite.md").read_text()
+    for task in ("a", "b"):
+        assert all(f"\n| {task} | {seed} | " in table for seed in (0, 1))
+        assert table.count(f"\n| {task} | ") == 3  # two seeds and its per-step time
+    assert (out / "learning_curves.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("edit, key", [
+    ({"seeds": []}, "suite.seeds"),
+    ({"target_factor": 1.0}, "suite.target_factor"),
+    ({"goal": {"steps": 0.2}}, "suite.goal"),
+    ({"tasks": {"a": {"config": "missing.yaml"}}}, "suite.tasks.a.config"),
+    ({"tasks": {"a": {"config": "a.yaml", "adam_steps": 0}}}, "suite.tasks.a.adam_steps"),
+    ({"tasks": {"a": {"config": "a.yaml", "lrs": [-1]}}}, "suite.tasks.a.lrs"),
+    ({"tasks": {"a": {"config": "a.yaml", "budget": 3}}}, "suite.tasks.a"),
+])
+def test_manifest_errors_name_the_key(tiny_suite, tmp_path, edit, key):
+    root, manifest = tiny_suite
+    raw = {**yaml.safe_load(manifest.read_text()), **edit}
+    bad = root / f"bad_{tmp_path.name}.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_manifest(bad)
+
+
+def test_a_task_config_with_kfac_settings_is_refused_and_cli_exits_2(tiny_suite, tmp_path, capsys):
+    root, manifest = tiny_suite
+    (root / "k.yaml").write_text(yaml.safe_dump({**TINY, "training": {**TINY["training"], "kfac": {"damping": 0.5}}}))
+    raw = yaml.safe_load(manifest.read_text())
+    raw["tasks"] = {"k": {"config": "k.yaml"}}
+    bad = root / "with_kfac.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="training.kfac"):
+        run_suite(tmp_path / "o", manifest=bad)
+    assert main(["suite", "--out", str(tmp_path / "o2"), "--suite", str(manifest), "--tasks", "zzz"]) == 2
+    assert "--tasks" in capsys.readouterr().err and not (tmp_path / "o2").exists()

@@ -1,0 +1,200 @@
+"""The Gauss-Newton preconditioner (sample-space Woodbury step, Levenberg-Marquardt damping) against
+dense float64 references: the rows' R^T R against a brute-force GGN J^T H J (H by differentiating the
+loss twice), the direction against a dense solve, the damping rule and the undo of a rejected step."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from deephedge_tf.objectives import EntropicRisk, VarianceCurvature
+from deephedge_tf.optimizers import DHKFAC, Recorder, with_curvature
+from deephedge_tf.optimizers.losses import MeanSquaredErrorCurvature
+from deephedge_tf.optimizers.train_step import CurvatureTerm, _jacobian_rows
+from deephedge_tf.optimizers.woodbury import gauss_newton_direction, levenberg_marquardt
+
+B = 6
+
+
+def tiny_net(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((3,), dtype="float64"),
+                             keras.layers.Dense(4, activation="tanh", dtype="float64"),
+                             keras.layers.Dense(1, dtype="float64")])
+
+
+def flat_rows(rows, net):
+    """Rows ``{block: [n, da, dg]}`` as ``[n, P]`` in the variable order kernel, bias per layer."""
+    parts = []
+    for layer in net.layers:
+        r = rows[layer.kernel.path.rsplit("/", 1)[0]].numpy()
+        d_in = layer.kernel.shape[0]
+        parts += [r[:, :d_in].reshape(r.shape[0], -1), r[:, d_in]]
+    return np.concatenate(parts, axis=1)
+
+
+def brute_force_ggn(net, x, loss_of_pnl):
+    with tf.GradientTape(persistent=True) as tape:
+        pnl = net(x)[:, 0]
+    jac = tape.jacobian(pnl, net.trainable_variables, experimental_use_pfor=False)
+    jac = np.concatenate([j.numpy().reshape(B, -1) for j in jac], axis=1)
+    y = tf.identity(pnl)
+    with tf.GradientTape(persistent=True) as outer:
+        outer.watch(y)
+        with tf.GradientTape() as inner:
+            inner.watch(y)
+            loss = loss_of_pnl(y)
+        grad = inner.gradient(loss, y)
+    hess = outer.jacobian(grad, y, experimental_use_pfor=False).numpy()
+    return jac.T @ hess @ jac
+
+
+def sample_rows(net, x, curvature, cap=None):
+    with tf.GradientTape(persistent=True) as tape:
+        with Recorder(net, tape) as recorder:
+            pnl = net(x)[:, 0]
+    term = CurvatureTerm(pnl, curvature)
+    return _jacobian_rows([term], tape, recorder, cap or B, tf.constant([0, 1], tf.int64))
+
+
+CASES = [
+    ("variance_fixed_mean", VarianceCurvature(3.0), None),
+    ("variance_centred", VarianceCurvature(3.0, centred=True), lambda p: 3.0 * tf.math.reduce_variance(p)),
+    ("entropic", EntropicRisk(a=2.0).output_curvature(), EntropicRisk(a=2.0)),
+    ("mse", MeanSquaredErrorCurvature(), lambda p: tf.reduce_mean(tf.square(p - 0.3))),
+]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)), ids=[c[0] for c in CASES])
+def test_rows_reproduce_the_brute_force_ggn(case):
+    name, curvature, loss = CASES[case]
+    net = tiny_net()
+    x = tf.constant(np.random.default_rng(1).normal(size=(B, 3)))
+    if loss is None:  # the paper's surrogate: the batch mean held fixed
+        m = float(tf.reduce_mean(net(x)))
+        loss = lambda p: 3.0 * tf.reduce_mean(tf.square(p - m))  # noqa: E731
+    ggn = brute_force_ggn(net, x, loss)
+    r = flat_rows(sample_rows(net, x, curvature), net)
+    np.testing.assert_allclose(r.T @ r, ggn, rtol=1e-9, atol=1e-12 * np.abs(ggn).max())
+    assert np.abs(ggn).max() > 1e-3
+
+
+def test_rows_of_a_sub_batch_stand_for_the_whole_batch():
+    """With the first n of B paths, sum_n r r^T is (B / n) x that sub-batch's own share: rows built from
+    two identical halves give the whole batch's GGN."""
+    net = tiny_net()
+    half = np.random.default_rng(2).normal(size=(B // 2, 3))
+    x = tf.constant(np.concatenate([half, half]))
+    curvature = VarianceCurvature(2.0, centred=True)
+    full = flat_rows(sample_rows(net, x, curvature), net)
+    cut = flat_rows(sample_rows(net, x, curvature, cap=B // 2), net)
+    np.testing.assert_allclose(cut.T @ cut, full.T @ full, rtol=1e-9, atol=1e-14)
+
+
+def test_woodbury_direction_is_the_dense_damped_solve():
+    rng = np.random.default_rng(3)
+    rows = {"a": tf.constant(rng.normal(size=(5, 3, 2))), "b": tf.constant(rng.normal(size=(5, 4, 1)))}
+    grads = {"a": tf.constant(rng.normal(size=(3, 2))), "b": tf.constant(rng.normal(size=(4, 1)))}
+    lam = 0.37
+    d = gauss_newton_direction(rows, grads, tf.constant(lam, tf.float64))
+    r = np.concatenate([rows[k].numpy().reshape(5, -1) for k in ("a", "b")], axis=1)
+    g = np.concatenate([grads[k].numpy().ravel() for k in ("a", "b")])
+    dense = np.linalg.solve(r.T @ r + lam * np.eye(r.shape[1]), g)
+    got = np.concatenate([d[k].numpy().ravel() for k in ("a", "b")])
+    np.testing.assert_allclose(got, dense, rtol=1e-10)
+
+
+def test_levenberg_marquardt_rule():
+    lam = tf.constant(2.0, tf.float64)
+    for ratio, factor, rejected in [(0.9, 2 / 3, False), (0.5, 1.0, False), (0.1, 1.5, False),
+                                    (-0.2, 2.0, True), (float("nan"), 2.0, True)]:
+        new, rej = levenberg_marquardt(lam, tf.constant(ratio, tf.float64))
+        assert float(new) == pytest.approx(2.0 * factor) and bool(rej) == rejected
+
+
+def _regression(seed=0):
+    rng = np.random.default_rng(seed)
+    # Values exact in float32: Keras' fit hands float64 arrays over as float32.
+    x = rng.normal(size=(64, 3)).astype(np.float32).astype(np.float64)
+    return x, (np.sin(x[:, :1]) + 0.5 * x[:, 1:2] ** 2).astype(np.float32).astype(np.float64)
+
+
+def test_first_step_is_the_damped_gauss_newton_step():
+    """One fit step with the full batch as rows and no line model: W moves by eta d with
+    d = (C + lambda_0 I)^{-1} g, lambda_0 = damping tr(C) / P and eta = g.d / (d^T C d + lambda |d|^2)."""
+    x, y = _regression()
+    net = tiny_net()
+    w0 = np.concatenate([v.numpy().ravel() for v in net.trainable_variables])
+    with tf.GradientTape(persistent=True) as tape:
+        out = net(tf.constant(x))
+        first = out[:, 0]
+        loss = tf.reduce_mean(tf.square(out - y))
+    grads = tape.gradient(loss, net.trainable_variables)
+    g = np.concatenate([v.numpy().ravel() for v in grads])
+    jac = tape.jacobian(first, net.trainable_variables, experimental_use_pfor=False)
+    jac = np.concatenate([j.numpy().reshape(len(x), -1) for j in jac], axis=1)
+    ggn = 2.0 / len(x) * jac.T @ jac
+    lam = 0.5 * np.trace(ggn) / ggn.shape[0]
+    d = np.linalg.solve(ggn + lam * np.eye(len(g)), g)
+    eta = g @ d / (d @ ggn @ d + lam * d @ d)
+    model = with_curvature(net)
+    opt = DHKFAC(preconditioner="gauss_newton", damping=0.5, jacobian_rows=len(x), step_model="kronecker")
+    model.compile(optimizer=opt, loss=keras.losses.MeanSquaredError(dtype="float64"))
+    model.fit(x, y, batch_size=len(x), epochs=1, verbose=0, shuffle=False)
+    w1 = np.concatenate([v.numpy().ravel() for v in net.trainable_variables])
+    if int(opt.rejected_steps):
+        np.testing.assert_allclose(w1, w0, rtol=0, atol=1e-12)
+    else:
+        np.testing.assert_allclose(w0 - w1, eta * d, rtol=1e-8, atol=1e-12)
+    assert float(opt.step_size) == pytest.approx(eta, rel=1e-8)
+
+
+def test_judge_step_undoes_a_step_that_raised_the_loss_and_adapts_the_damping():
+    x, y = _regression()
+    net = tiny_net()
+    model = with_curvature(net)
+    opt = DHKFAC(preconditioner="gauss_newton")
+    model.compile(optimizer=opt, loss="mse")
+    model.fit(x, y, batch_size=len(x), epochs=1, verbose=0, shuffle=False)
+    w1 = [v.numpy() for v in net.trainable_variables]
+    steps = [opt.block_variables(name) for name in opt.active_blocks]
+    last = {id(v): None for group in steps for v in group}
+    assert len(last) == len(w1)
+    lam = float(opt.lm_damping)
+    opt.predicted_decrease.assign(1.0)
+    assert not bool(opt.judge_step(1.0, 0.1))           # ratio 0.9: kept, lambda x 2/3
+    assert float(opt.lm_damping) == pytest.approx(lam * 2 / 3)
+    for v, w in zip(net.trainable_variables, w1):
+        np.testing.assert_array_equal(v.numpy(), w)
+    rejected = int(opt.rejected_steps)
+    assert bool(opt.judge_step(0.0, 0.5))               # the loss rose: undone, lambda x 2
+    assert float(opt.lm_damping) == pytest.approx(lam * 4 / 3)
+    assert int(opt.rejected_steps) == rejected + 1
+    moved = [v.numpy() - w for v, w in zip(net.trainable_variables, w1)]
+    state = {name: opt._kfac_states[opt._block_index[name]].velocity.numpy() for name in opt.active_blocks}
+    layer0 = net.layers[0]
+    name0 = [n for n in opt.active_blocks if layer0.name in n][0]
+    np.testing.assert_allclose(moved[0], state[name0][:3], rtol=1e-12)   # W += last step (kernel rows)
+    np.testing.assert_allclose(moved[1], state[name0][3], rtol=1e-12)    # and the bias row
+
+
+def test_gauss_newton_beats_kronecker_and_adam_on_a_regression():
+    x, y = _regression(1)
+    losses = {}
+    for name, opt in [("gn", DHKFAC(preconditioner="gauss_newton")), ("adam", keras.optimizers.Adam(1e-2))]:
+        net = tiny_net(1)
+        model = with_curvature(net)
+        model.compile(optimizer=opt, loss="mse")
+        losses[name] = model.fit(x, y, batch_size=len(x), epochs=40, verbose=0, shuffle=False).history["loss"][-1]
+    assert losses["gn"] < 0.25 * losses["adam"], losses
+
+
+def test_configuration_errors_name_what_is_allowed():
+    with pytest.raises(ValueError, match="levenberg_marquardt"):
+        DHKFAC(preconditioner="kronecker", damping_mode="levenberg_marquardt")
+    with pytest.raises(ValueError, match="momentum"):
+        DHKFAC(preconditioner="gauss_newton", momentum=0.5)
+    with pytest.raises(ValueError, match="preconditioner"):
+        DHKFAC(preconditioner="newton")
+    with pytest.raises(ValueError, match="jacobian_rows"):
+        DHKFAC(preconditioner="gauss_newton", jacobian_rows=0)
