@@ -181,6 +181,10 @@ class HedgesConfig:
         FloatingGridConfig, "options with fixed moneyness and time to maturity at every step")
     fixed_grid: FixedGridConfig = section(FixedGridConfig, "the same option contracts at every step")
     variance_swap: VarianceSwapHedgeConfig = section(VarianceSwapHedgeConfig, "variance swap")
+    natural_units: bool = param(True, "the policy trades in natural units: one unit of each instrument is the "
+                                "number of contracts whose per-step price change has the first instrument's "
+                                "standard deviation (set from the first training batch, saved with the model and "
+                                "export; exported policies still take and return contracts); false: contracts")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,6 +31,9 @@ endpoint          inputs                                                outputs
                                                                         instrument_names, json
 ================  ====================================================  ===============================
 
+Actions, holdings and ``prev_action`` are in contracts of each instrument, whatever natural units the
+policy was trained in (``instrument_units`` in the metadata JSON: contracts per unit).
+
 ``T`` is fixed at export (the time loop is unrolled in Python, see :mod:`deephedge_tf.hedger`); ``B``
 is free.  ``whole_path`` reproduces :meth:`Hedger.unroll`'s decisions: holdings are the cumulative
 sum of earlier (masked) actions, ``prev_action`` is the previous action, the recurrent state is
@@ -129,6 +132,8 @@ def _metadata(policy, num_steps, num_features, num_instruments, dtype, feature_n
         "dtype": dtype.name,
         "feature_names": list(feature_names),
         "instrument_names": list(instrument_names),
+        # Contracts per natural unit the policy was trained in; inputs and outputs here are contracts.
+        "instrument_units": [float(u) for u in keras.ops.convert_to_numpy(policy.instrument_units)],
         "state_shapes": [[None, *map(int, s.shape[1:])] for s in state_specs],
         "state_dtypes": [s.dtype.name for s in state_specs],
         "path_inputs": list(PATH_INPUTS),

@@ -104,6 +104,10 @@ class Hedger(keras.Model):
         ("sampled"; :class:`CostL2Curvature`).
       curvature_paths: statistics and step model from the first this-many paths of each batch
         (None: all).
+      natural_units: measure the policy's trades in natural units of each instrument (set from the
+        first batch by :meth:`set_instrument_units` when the hedger is built), and start an objective's
+        intercept at its optimum on that batch (``objective.start_from``); ``False``: contracts and the
+        objective's own initial values.
 
     With an optimizer that takes curvature statistics (:class:`deephedge_tf.optimizers.DHKFAC`) the train
     step is :func:`deephedge_tf.optimizers.train_step.curvature_train_step`: every Dense and LSTM layer of
@@ -111,8 +115,9 @@ class Hedger(keras.Model):
     """
 
     def __init__(self, policy, objective, ggn_mode: str = "exact", ggn_cost_l2: float = 0.0,
-                 curvature_paths: int | None = None, **kwargs):
+                 curvature_paths: int | None = None, natural_units: bool = True, **kwargs):
         super().__init__(**kwargs)
+        self.natural_units = bool(natural_units)
         self.policy = policy
         self.objective = objective
         if ggn_mode not in GGN_MODES:
@@ -164,11 +169,38 @@ class Hedger(keras.Model):
         ``fit`` does this itself on its first batch: Keras would otherwise build the optimizer
         before the policy's weights exist.
         """
+        if self.natural_units:
+            self.set_instrument_units(batch)
         small = tf.nest.map_structure(lambda x: tf.convert_to_tensor(x)[:2], batch)
         self._loss(self.unroll(small))
+        if self.natural_units and hasattr(self.objective, "start_from"):
+            # The objective's own scale (an OCE intercept, in currency) from the pilot batch as well.
+            self.objective.start_from(self.unroll(batch)["pnl"])
         self.build()
         if getattr(self, "optimizer", None) is not None and not self.optimizer.built:
             self.optimizer.build(self.trainable_variables)
+
+    def set_instrument_units(self, batch) -> None:
+        """Sets the policy's ``instrument_units`` from a pilot batch (batch-major): one natural unit of
+        instrument ``n`` is ``sd_0 / sd_n`` contracts, ``sd_n`` the standard deviation of its per-step
+        price change (``returns``) where it is tradable, so every unit moves about as much per step as one
+        contract of the first instrument (the spot when it is hedged: its unit stays exactly one, which
+        the Black-Scholes-delta baselines and anchors rely on).  An instrument that never moves keeps 1.
+
+        Stored with the weights and the export, so a trained or exported policy keeps the units it was
+        trained with (the exported policy's inputs and outputs are contracts).
+        """
+        returns = tf.convert_to_tensor(batch["returns"])
+        tradable = tf.cast(tf.convert_to_tensor(batch["mask"]) > 0, returns.dtype)
+        count = tf.maximum(tf.reduce_sum(tradable, axis=[0, 1]), 1.0)
+        mean = tf.reduce_sum(returns * tradable, axis=[0, 1]) / count
+        sd = tf.sqrt(tf.reduce_sum(tradable * tf.square(returns - mean), axis=[0, 1]) / count)
+        units = tf.where(sd > 0, sd[0] / tf.where(sd > 0, sd, tf.ones_like(sd)), tf.ones_like(sd))
+        units = tf.concat([tf.ones_like(units[:1]), units[1:]], axis=0)
+        if tuple(self.policy.instrument_units.shape) != tuple(units.shape):
+            raise ValueError(f"Hedger: the batch has {units.shape[0]} instruments, the policy "
+                             f"{self.policy.num_instruments}")
+        self.policy.instrument_units.assign(tf.cast(units, self.policy.instrument_units.dtype))
 
     def fit(self, x=None, *args, **kwargs):
         # Keras shuffles the order of a dataset's batches by default, from an unseeded generator: a
@@ -256,7 +288,7 @@ class Hedger(keras.Model):
     def get_config(self):
         return {**super().get_config(),
                 "ggn_mode": self.ggn_mode, "ggn_cost_l2": self.ggn_cost_l2,
-                "curvature_paths": self.curvature_paths,
+                "curvature_paths": self.curvature_paths, "natural_units": self.natural_units,
                 "policy": keras.saving.serialize_keras_object(self.policy),
                 "objective": keras.saving.serialize_keras_object(self.objective)}
 

@@ -337,6 +337,16 @@ class ExpectedShortfall(OCEObjective):
     def output_curvature(self):
         return ShortfallCurvature(self)
 
+    def start_from(self, pnl) -> None:
+        """Sets the intercept to its optimum for ``pnl`` (a pilot batch of the initial policy): the
+        value at risk, the ``alpha``-quantile of ``-pnl``.  The intercept is in currency units and
+        trains with a first-order step; started at zero it would need thousands of steps to reach a
+        value at risk of a few units (the Hedger calls this when it is built with natural units)."""
+        losses = tf.sort(-tf.reshape(tf.convert_to_tensor(pnl), [-1]))
+        n = int(losses.shape[0])
+        index = min(n - 1, max(0, int(np.ceil(self.alpha * n)) - 1))
+        self.intercept.assign(tf.cast(losses[index], self.intercept.dtype))
+
     def _sorted_losses_and_m(self, pnl):
         losses = tf.sort(-pnl, direction="DESCENDING")
         n = tf.cast(tf.shape(pnl)[0], pnl.dtype)

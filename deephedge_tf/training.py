@@ -107,7 +107,7 @@ def make_hedger(cfg: Config, parts: RunParts, policy_kind: str | None = None, co
     objective = make_objective(cfg.objective.kind, dtype=cfg.dtype, **cfg.objective.params())
     k = cfg.training.kfac
     hedger = Hedger(policy, objective, ggn_mode=k.ggn_mode, ggn_cost_l2=k.ggn_cost_l2,
-                    curvature_paths=k.curvature_paths, dtype=cfg.dtype)
+                    curvature_paths=k.curvature_paths, natural_units=cfg.hedges.natural_units, dtype=cfg.dtype)
     if compile:
         jit = "auto" if cfg.training.jit_compile is None else cfg.training.jit_compile
         hedger.compile(optimizer=make_optimizer(cfg), jit_compile=jit)

@@ -145,9 +145,9 @@ def test_cost_l2_pseudo_gradients_match_their_bilinear_form():
                                    ("training.kfac.preconditioner=gauss_newton",)],
                          ids=["line-model", "subspace-model-period-2", "gauss-newton"])
 def test_dhkfac_train_step_under_xla_matches_plain(extra):
-    # Kronecker: short steps (max_step 1e-3), so that float32 rounding differences between XLA and the
-    # plain graph are not amplified by three full-length steps of a tiny recurrent net.
-    cfg = tiny_cfg("dtype=float32", "time.steps=4", *extra)
+    # float64 and, for the Kronecker rule, short steps (max_step 1e-3): rounding differences between XLA
+    # and the plain graph (operation order) must not be amplified by three steps of a tiny recurrent net.
+    cfg = tiny_cfg("dtype=float64", "time.steps=4", *extra)
     parts = build_parts(cfg)
     batch = make_batch(parts.market.simulate(64), parts.derivative, parts.instruments)
     results = []

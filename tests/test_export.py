@@ -132,6 +132,9 @@ def test_reloaded_without_the_library_reproduces_the_hedger(setup, exported, tmp
     assert meta["num_steps"] == STEPS and meta["num_instruments"] == 2 and meta["dtype"] == "float32"
     assert meta["feature_names"] == list(names["feature_names"]) and meta["num_features"] == 3
     assert meta["instrument_names"] == list(names["instrument_names"])
+    # The trained policy thinks in natural units (the option's unit is not one contract); the endpoints
+    # above still reproduce the hedger's contracts, so the conversion is inside the export.
+    assert meta["instrument_units"][0] == 1.0 and abs(meta["instrument_units"][1] - 1.0) > 0.05
     assert meta["state_shapes"] == [[None, 8], [None, 8]] and meta["policy"] == "RecurrentPolicy"
     assert json.loads((out / "recurrent" / METADATA_FILE).read_text()) == meta
     stateless = json.loads(str(results[f"{out / 'bs_delta'}/metadata"]))

@@ -153,3 +153,43 @@ def test_non_finite_step_is_skipped():
     for b, v in zip(before, hedger.trainable_variables):
         np.testing.assert_array_equal(b, v.numpy())
     assert int(hedger.optimizer.iterations.numpy()) == 0
+
+
+def test_natural_units_from_a_pilot_batch(tmp_path):
+    """Buehler et al.'s spot and variance swap at s0 = 100: one natural unit of the swap is sd_spot /
+    sd_swap contracts of it (hundreds: the position a hedge needs is about vega / (dS2/dv)); the spot's
+    unit is exactly one; the policy's natural-unit actions times the units are the booked contracts; the
+    units survive a save and reload."""
+    from deephedge_tf.training import build_parts, make_hedger
+
+    cfg = from_dict({}, ["market.model=heston", "market.s0=100.0", "market.heston.xi=2.0", "market.heston.kappa=1.0",
+                         "market.heston.v0=0.04", "market.heston.theta=0.04", "time.steps=10",
+                         "hedges.floating_grid.moneyness=[]", "hedges.floating_grid.maturities=[]",
+                         "hedges.spot.cost=0.0", "hedges.variance_swap.enabled=true", "policy.kind=mlp",
+                         "policy.width=4", "objective.kind=expected_shortfall"])
+    parts = build_parts(cfg)
+    batch = make_batch(parts.market.simulate(4096), parts.derivative, parts.instruments)
+    hedger = make_hedger(cfg, parts, compile=False)
+    hedger.build_from_batch(batch)
+    units = hedger.policy.instrument_units.numpy()
+    sd = batch["returns"].numpy().reshape(-1, 2).std(axis=0)
+    assert units[0] == 1.0
+    assert units[1] == pytest.approx(sd[0] / sd[1], rel=1e-4)
+    assert 50.0 < units[1] < 5000.0
+    # Booked contracts = the policy's own (natural-unit) trades x units, step by step.
+    small = {k: (v[:3] if not isinstance(v, dict) else {kk: vv[:3] for kk, vv in v.items()}) for k, v in batch.items()}
+    contracts = hedger(small)["actions"].numpy()
+    tm = time_major(small)
+    holdings = np.zeros((3, 2), np.float32)
+    step_obs = {key: value[0] for key, value in tm["obs"].items()}
+    step_obs.update(mask=tm["mask"][0], holdings=holdings)
+    natural, _ = hedger.policy(step_obs, tf.zeros([3, 2]), ())
+    np.testing.assert_allclose(contracts[0], natural.numpy() * units, rtol=1e-5)
+    hedger.save(tmp_path / "h.keras")
+    reloaded = keras.saving.load_model(tmp_path / "h.keras")
+    np.testing.assert_array_equal(reloaded.policy.instrument_units.numpy(), units)
+    plain = from_dict({}, ["hedges.natural_units=false"])
+    off = make_hedger(plain, build_parts(plain), compile=False)
+    off.build_from_batch(make_batch(build_parts(plain).market.simulate(64), parts.derivative,
+                                    build_parts(plain).instruments))
+    assert off.natural_units is False and np.all(off.policy.instrument_units.numpy() == 1.0)

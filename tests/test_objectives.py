@@ -394,3 +394,13 @@ def test_factory_config_errors():
         objective_from_config(["cvar"])
     with pytest.raises(ValueError, match="'alpha'"):
         ExpectedShortfall(alpha=2.0)
+
+
+def test_expected_shortfall_starts_from_the_value_at_risk_of_a_pilot():
+    """start_from sets the intercept to the alpha-quantile of the losses, the OCE minimiser: the training
+    loss then equals the exact expected shortfall of that sample (up to the quantile's interpolation)."""
+    es = ExpectedShortfall(alpha=0.9)
+    pnl = tf.constant(np.random.default_rng(0).normal(size=10_000).astype("float32"))
+    es.start_from(pnl)
+    assert float(es.intercept) == pytest.approx(np.quantile(-pnl.numpy(), 0.9), abs=0.01)
+    assert float(es(pnl)) == pytest.approx(float(es.risk(pnl)), rel=1e-3)

@@ -25,6 +25,15 @@ key             shape       meaning
 tensors from :meth:`Policy.initial_state` (empty for stateless policies).  The returned action is
 multiplied by ``mask``: an unavailable instrument is never traded.
 
+**Units.**  Inside the policy, trades, holdings and ``prev_action`` are in the policy's *natural
+units*: one unit of instrument ``n`` is ``instrument_units[n]`` contracts (a non-trainable weight of
+every policy, ones by default; the Hedger sets it from the first training batch so that one unit of
+each instrument moves about as much per step as one unit of the first instrument; see
+:meth:`deephedge_tf.hedger.Hedger.set_instrument_units`).  Outside it -- :func:`policy_step`,
+:func:`policy_rollout`, the hedger's PnL, the exported policy -- everything is in contracts.  A policy
+that needs a position of 360 variance-swap contracts then outputs about one unit, the scale its
+initialisation starts from, with either optimizer.
+
 Policies that think in positions (MLP of Buehler et al., band networks, delta baselines) produce a
 target position ``delta_k`` and trade ``u_k = delta_k - holdings``; the recurrent policy of the
 DH-KFAC paper produces trades directly.  Column 0 is the spot when it is hedged (the builders put it
@@ -52,6 +61,9 @@ class Policy(keras.layers.Layer):
         if int(num_instruments) < 1:
             raise ValueError(f"{type(self).__name__}: num_instruments must be >= 1; got {num_instruments}")
         self.num_instruments = int(num_instruments)
+        # Contracts per natural unit of each instrument (see the module doc); saved with the weights.
+        self.instrument_units = self.add_weight(shape=(self.num_instruments,), initializer="ones",
+                                                trainable=False, name="instrument_units")
 
     def initial_state(self, batch_size, dtype=tf.float32) -> tuple:
         """Recurrent state at ``t_0``: a tuple of ``[B, ...]`` tensors (empty when stateless)."""
@@ -79,15 +91,18 @@ def spot_only_trade(target_spot, obs, num_instruments: int):
 
 
 def policy_step(policy, obs, holdings, prev_action, state, training=None):
-    """One decision: ``(action [B, N] (masked), new state tuple)``.
+    """One decision: ``(action [B, N] (masked, in contracts), new state tuple)``.
 
     ``obs``: per-step dict as in :mod:`deephedge_tf.policies.base` without ``holdings``
     (features ``[B, F]``, mask ``[B, N]``, the scalar observations ``[B]``); ``holdings``,
     ``prev_action``: ``[B, N]``; ``state``: tuple of ``[B, ...]``.
     """
+    # The policy thinks in natural units; its inputs and outputs here are contracts.
+    units = tf.cast(policy.instrument_units, holdings.dtype)
     step_obs = dict(obs)
-    step_obs["holdings"] = holdings
-    return policy(step_obs, prev_action, tuple(state), training=training)
+    step_obs["holdings"] = holdings / units
+    action, new_state = policy(step_obs, prev_action / units, tuple(state), training=training)
+    return action * units, new_state
 
 
 def policy_rollout(policy, obs, mask, training=None):
