@@ -46,7 +46,8 @@ def tiny_suite(tmp_path_factory):
     manifest.write_text(yaml.safe_dump({"seeds": [0, 1], "target_factor": 1.5,
                                         "goal": {"step_ratio": 0.25, "wall_ratio": 0.5},
                                         "tasks": {"a": {"config": "a.yaml", **task},
-                                                  "b": {"config": "b.yaml", **task, "goal": {"step_ratio": 1.0}}}}))
+                                                  "b": {"config": "b.yaml", **task, "goal": {"step_ratio": 1.0},
+                                                        "target_factor": 1.2}}}))
     return root, manifest
 
 
@@ -64,6 +65,7 @@ def test_tiny_suite_writes_one_table_over_tasks_and_seeds(tiny_suite):
         goal = {"a": 0.25, "b": 1.0}[r["task"]]
         assert r["goal_steps"] == (r["step_ratio"] is not None and r["step_ratio"] <= goal)
     assert summary["tasks"]["b"]["goal"] == {"step_ratio": 1.0, "wall_ratio": 0.5}
+    assert summary["tasks"]["a"]["target_factor"] == 1.5 and summary["tasks"]["b"]["target_factor"] == 1.2
     table = (out / "suite.md").read_text()
     for task in ("a", "b"):
         assert all(f"\n| {task} | {seed} | " in table for seed in (0, 1))
@@ -79,6 +81,7 @@ def test_tiny_suite_writes_one_table_over_tasks_and_seeds(tiny_suite):
     ({"tasks": {"a": {"config": "a.yaml", "adam_steps": 0}}}, "suite.tasks.a.adam_steps"),
     ({"tasks": {"a": {"config": "a.yaml", "lrs": [-1]}}}, "suite.tasks.a.lrs"),
     ({"tasks": {"a": {"config": "a.yaml", "budget": 3}}}, "suite.tasks.a"),
+    ({"tasks": {"a": {"config": "a.yaml", "target_factor": 0.9}}}, "suite.tasks.a.target_factor"),
 ])
 def test_manifest_errors_name_the_key(tiny_suite, tmp_path, edit, key):
     root, manifest = tiny_suite

@@ -12,6 +12,7 @@ from deephedge_tf.optimizers import DHKFAC, Recorder, with_curvature
 from deephedge_tf.optimizers.losses import MeanSquaredErrorCurvature
 from deephedge_tf.optimizers.train_step import CurvatureTerm, _jacobian_rows
 from deephedge_tf.optimizers.woodbury import gauss_newton_direction, levenberg_marquardt
+from test_loss_curvature import output_hessian  # the same brute-force H (tests/ is on sys.path)
 
 B = 6
 
@@ -38,15 +39,7 @@ def brute_force_ggn(net, x, loss_of_pnl):
         pnl = net(x)[:, 0]
     jac = tape.jacobian(pnl, net.trainable_variables, experimental_use_pfor=False)
     jac = np.concatenate([j.numpy().reshape(B, -1) for j in jac], axis=1)
-    y = tf.identity(pnl)
-    with tf.GradientTape(persistent=True) as outer:
-        outer.watch(y)
-        with tf.GradientTape() as inner:
-            inner.watch(y)
-            loss = loss_of_pnl(y)
-        grad = inner.gradient(loss, y)
-    hess = outer.jacobian(grad, y, experimental_use_pfor=False).numpy()
-    return jac.T @ hess @ jac
+    return jac.T @ output_hessian(loss_of_pnl, tf.identity(pnl)) @ jac
 
 
 def sample_rows(net, x, curvature, cap=None):
@@ -178,15 +171,20 @@ def test_judge_step_undoes_a_step_that_raised_the_loss_and_adapts_the_damping():
     np.testing.assert_allclose(moved[1], state[name0][3], rtol=1e-12)    # and the bias row
 
 
-def test_gauss_newton_beats_kronecker_and_adam_on_a_regression():
+def test_gauss_newton_beats_a_tuned_adam_on_a_regression():
+    """40 full-batch steps: the Gauss-Newton step's final loss is below a quarter of the best Adam's
+    (learning rates 1e-3, 1e-2, 1e-1)."""
     x, y = _regression(1)
     losses = {}
-    for name, opt in [("gn", DHKFAC(preconditioner="gauss_newton")), ("adam", keras.optimizers.Adam(1e-2))]:
+    runs = [("gn", DHKFAC(preconditioner="gauss_newton"))] + [
+        (f"adam {lr:g}", keras.optimizers.Adam(lr)) for lr in (1e-3, 1e-2, 1e-1)]
+    for name, opt in runs:
         net = tiny_net(1)
         model = with_curvature(net)
         model.compile(optimizer=opt, loss="mse")
         losses[name] = model.fit(x, y, batch_size=len(x), epochs=40, verbose=0, shuffle=False).history["loss"][-1]
-    assert losses["gn"] < 0.25 * losses["adam"], losses
+    best_adam = min(v for k, v in losses.items() if k.startswith("adam"))
+    assert losses["gn"] < 0.25 * best_adam, losses
 
 
 def test_configuration_errors_name_what_is_allowed():

@@ -152,8 +152,10 @@ class DHKFAC(keras.optimizers.Optimizer):
         preconditioner, ``"levenberg_marquardt"`` for Gauss-Newton.
       preconditioner: ``"kronecker"`` (the paper's KFAC / EKFAC blocks) or ``"gauss_newton"`` (the exact
         damped Gauss-Newton step in sample space; see the module doc).
-      jacobian_rows: Gauss-Newton: at most this many paths' Jacobian rows per loss term (memory
-        ``rows x weights`` floats).
+      jacobian_rows: Gauss-Newton: at most this many paths' Jacobian rows per loss term.  Memory: the
+        rows are ``rows x P`` floats (``P`` the weights in blocks) plus an ``n x n`` float64 Gram
+        matrix: 256 rows of a policy of 1e6 weights take 1 GB in float32 (the quickstart's 17k weights:
+        17 MB); lower it for larger policies.
       damping_floor: Gauss-Newton: ``lambda >= damping_floor * tr(C) / P``.
       ekfac: re-estimate the eigenbasis diagonal from per-path pseudo-gradients (George et al. 2018);
         ``False`` uses ``lam_A lam_G^T`` (plain KFAC in the eigenbasis).
