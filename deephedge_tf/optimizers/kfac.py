@@ -963,11 +963,18 @@ class DHKFAC(keras.optimizers.Optimizer):
             ok = (slope > 0) & (denom > 0) & tf.math.is_finite(slope) & tf.math.is_finite(denom)
             eta = tf.where(ok, slope / tf.where(ok, denom, tf.ones_like(denom)), tf.zeros_like(slope))
             eta = tf.minimum(eta, tf.cast(learning_rate, f64))
-            self.assign(self.predicted_decrease, eta * slope - 0.5 * eta * eta * quad)
-            self.assign(self.lm_damping, lam)
+            self.assign(self.predicted_decrease, tf.where(ok, eta * slope - 0.5 * eta * eta * quad, 0.0))
+            # No step without a decrease to take (counted in uphill_steps).  A solve or model that is not
+            # finite also raises lambda, as a rejected step does: with the same lambda the next step
+            # would fail the same way.
+            finite = tf.math.is_finite(slope) & tf.math.is_finite(denom)
+            self.assign(self.lm_damping, tf.where(finite, lam, 2.0 * lam))
+            self.assign_add(self.uphill_steps, tf.cast(~ok, tf.int64))
+            eta = tf.where(ok, eta, tf.zeros_like(eta))
             for k, direction in directions.items():
                 block, state = self._kfac_blocks[k], self._kfac_states[k]
                 members = [self._trainable_variables[i] for i in block.indices]
+                direction = tf.where(ok, direction, tf.zeros_like(direction))  # 0 x NaN is NaN
                 step = tf.cast(eta, block.dtype) * direction
                 for variable, part in zip(members, unstack(block, step, [v.shape for v in members])):
                     self.assign_sub(variable, part)

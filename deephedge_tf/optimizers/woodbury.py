@@ -28,8 +28,11 @@ import tensorflow as tf
 
 
 def gram(rows: dict):
-    """``R R^T`` ``[n, n]`` in float64, summed over the blocks of ``rows``."""
-    terms = [tf.cast(tf.einsum("nij,mij->nm", r, r), tf.float64) for r in rows.values()]
+    """``R R^T`` ``[n, n]`` computed in float64, summed over the blocks of ``rows``.  In float32 its
+    rounding errors (~1e-7 of the top eigenvalue) would exceed a small damping: the GGN of a hedge is
+    nearly rank one, so ``lambda`` ~ tr(C) / P sits 1e-5 .. 1e-7 below that eigenvalue, and the Cholesky
+    factorisation would fail."""
+    terms = [tf.einsum("nij,mij->nm", tf.cast(r, tf.float64), tf.cast(r, tf.float64)) for r in rows.values()]
     return tf.add_n(terms)
 
 
@@ -40,7 +43,8 @@ def row_norms_squared(rows: dict):
 
 def apply_rows(rows: dict, directions: dict):
     """``R d`` ``[n]`` (float64) for per-block ``directions``."""
-    return tf.add_n([tf.cast(tf.einsum("nij,ij->n", rows[k], directions[k]), tf.float64) for k in rows])
+    return tf.add_n([tf.einsum("nij,ij->n", tf.cast(rows[k], tf.float64), tf.cast(directions[k], tf.float64))
+                     for k in rows])
 
 
 def gauss_newton_direction(rows: dict, grads: dict, damping):
