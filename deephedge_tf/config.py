@@ -252,6 +252,9 @@ class KFACConfig:
                                "rows x weights floats)", ge=1)
     damping_floor: float = param(1e-2, "gauss_newton: floor of lambda as a multiple of the GGN's mean diagonal",
                                  ge=0.0)
+    max_relative_change: Optional[float] = param(
+        None, "gauss_newton: cap on each block's weight change per step, as a fraction of its norm (null: none)",
+        gt=0.0)
     ekfac: bool = param(True, "re-estimate the diagonal in the Kronecker eigenbasis (EKFAC)")
     statistics_decay: float = param(0.95, "EMA decay of the curvature statistics", ge=0.0, lt=1.0)
     curvature_period: int = param(1, "steps between curvature statistics updates", units="steps", ge=1)

@@ -196,3 +196,22 @@ def test_configuration_errors_name_what_is_allowed():
         DHKFAC(preconditioner="newton")
     with pytest.raises(ValueError, match="jacobian_rows"):
         DHKFAC(preconditioner="gauss_newton", jacobian_rows=0)
+
+
+def test_max_relative_change_caps_every_blocks_step():
+    """With max_relative_change = 1%, one step moves no block's stacked weights by more than 1% of their
+    norm, and the tightest block sits at the cap."""
+    x, y = _regression()
+    net = tiny_net()
+    before = [np.concatenate([layer.kernel.numpy(), layer.bias.numpy()[None]]) for layer in net.layers]
+    model = with_curvature(net)
+    opt = DHKFAC(preconditioner="gauss_newton", max_relative_change=0.01, damping=1e-3)
+    model.compile(optimizer=opt, loss="mse")
+    model.fit(x, y, batch_size=len(x), epochs=1, verbose=0, shuffle=False)
+    if int(opt.rejected_steps):
+        pytest.skip("the capped step was rejected (nothing to measure)")
+    after = [np.concatenate([layer.kernel.numpy(), layer.bias.numpy()[None]]) for layer in net.layers]
+    changes = [np.linalg.norm(a - b) / np.linalg.norm(b) for a, b in zip(after, before)]
+    assert max(changes) == pytest.approx(0.01, rel=1e-4), changes
+    with pytest.raises(ValueError, match="max_relative_change"):
+        DHKFAC(preconditioner="gauss_newton", max_relative_change=0.0)

@@ -157,6 +157,10 @@ class DHKFAC(keras.optimizers.Optimizer):
         matrix: 256 rows of a policy of 1e6 weights take 1 GB in float32 (the quickstart's 17k weights:
         17 MB); lower it for larger policies.
       damping_floor: Gauss-Newton: ``lambda >= damping_floor * tr(C) / P``.
+      max_relative_change: Gauss-Newton: ``eta`` is capped so that no block's weights change by more
+        than this fraction of their norm in one step (``None``: no cap).  A quadratic model is only
+        trusted near the weights it was taken at; an accepted long step can still leave ReLU layers
+        dead or LSTM gates saturated.
       ekfac: re-estimate the eigenbasis diagonal from per-path pseudo-gradients (George et al. 2018);
         ``False`` uses ``lam_A lam_G^T`` (plain KFAC in the eigenbasis).
       statistics_decay: EMA decay of ``A``, ``G`` and ``s`` (``new = decay * old + (1 - decay) * batch``;
@@ -218,6 +222,7 @@ class DHKFAC(keras.optimizers.Optimizer):
         preconditioner="kronecker",
         jacobian_rows=256,
         damping_floor=1e-2,
+        max_relative_change=None,
         name="dhkfac",
         **kwargs,
     ):
@@ -241,6 +246,8 @@ class DHKFAC(keras.optimizers.Optimizer):
             raise ValueError(f"DHKFAC: jacobian_rows must be an integer >= 1; got {jacobian_rows}")
         if not float(damping_floor) >= 0.0:
             raise ValueError(f"DHKFAC: damping_floor must be >= 0; got {damping_floor}")
+        if max_relative_change is not None and not float(max_relative_change) > 0.0:
+            raise ValueError(f"DHKFAC: max_relative_change must be > 0 or None; got {max_relative_change}")
         if damping is None:  # lambda_0 = the GGN's mean diagonal (Levenberg-Marquardt adapts it from there)
             damping = 1.0 if damping_mode == "levenberg_marquardt" else 0.1
         damping = float(damping)
@@ -298,6 +305,7 @@ class DHKFAC(keras.optimizers.Optimizer):
         self.preconditioner = preconditioner
         self.jacobian_rows = int(jacobian_rows)
         self.damping_floor = float(damping_floor)
+        self.max_relative_change = None if max_relative_change is None else float(max_relative_change)
         self._rows = None  # Gauss-Newton: {block index: rows [n, da, dg]} of this step (trace-time Python)
         self._stepped_blocks = ()  # Gauss-Newton: the blocks the traced update moved (judge_step undoes them)
         # Python state, set when statistics are handed over (at trace time inside a train step): which
@@ -963,6 +971,8 @@ class DHKFAC(keras.optimizers.Optimizer):
             ok = (slope > 0) & (denom > 0) & tf.math.is_finite(slope) & tf.math.is_finite(denom)
             eta = tf.where(ok, slope / tf.where(ok, denom, tf.ones_like(denom)), tf.zeros_like(slope))
             eta = tf.minimum(eta, tf.cast(learning_rate, f64))
+            if self.max_relative_change is not None:
+                eta = tf.minimum(eta, self._relative_change_cap(directions))
             self.assign(self.predicted_decrease, tf.where(ok, eta * slope - 0.5 * eta * eta * quad, 0.0))
             # No step without a decrease to take (counted in uphill_steps).  A solve or model that is not
             # finite also raises lambda, as a rejected step does: with the same lambda the next step
@@ -985,6 +995,19 @@ class DHKFAC(keras.optimizers.Optimizer):
         self.assign(self.model_valid, tf.zeros_like(self.model_valid))
         self._diagonal_step(grad_by_index)
         self.assign(self.step_size, tf.cast(eta, self._scalar_dtype))
+
+    def _relative_change_cap(self, directions):
+        """``min_k max_relative_change * |W_k| / |d_k|`` over the blocks (float64; +inf without any)."""
+        caps = []
+        for k, direction in directions.items():
+            block = self._kfac_blocks[k]
+            members = [self._trainable_variables[i] for i in block.indices]
+            weights = stack(block, [tf.convert_to_tensor(v) for v in members])
+            w_norm = tf.norm(tf.cast(weights, tf.float64))
+            d_norm = tf.norm(tf.cast(direction, tf.float64))
+            cap = self.max_relative_change * w_norm / tf.where(d_norm > 0, d_norm, tf.ones_like(d_norm))
+            caps.append(tf.where((d_norm > 0) & (w_norm > 0), cap, tf.constant(float("inf"), tf.float64)))
+        return tf.reduce_min(tf.stack(caps)) if caps else tf.constant(float("inf"), tf.float64)
 
     def _report_blocks(self):
         """Logs once which layers get curvature and which take the diagonal step."""
@@ -1050,4 +1073,5 @@ class DHKFAC(keras.optimizers.Optimizer):
             "preconditioner": self.preconditioner,
             "jacobian_rows": self.jacobian_rows,
             "damping_floor": self.damping_floor,
+            "max_relative_change": self.max_relative_change,
         }
