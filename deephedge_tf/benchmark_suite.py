@@ -35,6 +35,7 @@ from typing import Callable, Optional, Sequence
 
 import yaml
 
+from deephedge_tf.benchmark import _int_at_least, _positive
 from deephedge_tf.errors import ConfigError, DeepHedgeError
 
 DEFAULT_MANIFEST = Path(__file__).resolve().parent.parent / "configs" / "suite" / "suite.yaml"
@@ -68,12 +69,6 @@ class Manifest:
         return {**self.goal, **self.tasks[task].goal}
 
 
-def _positive_int(key, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(key, value, "an integer >= 1")
-    return value
-
-
 def _goal(key, value):
     if not isinstance(value, dict) or not set(value) <= _GOAL_KEYS:
         raise ConfigError(key, value, f"a mapping with keys among {sorted(_GOAL_KEYS)}")
@@ -84,7 +79,7 @@ def _goal(key, value):
 
 
 def _target_factor(key, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 1.0:
+    if not _positive(key, value) > 1.0:
         raise ConfigError(key, value, "a number > 1")
     return float(value)
 
@@ -117,16 +112,15 @@ def load_manifest(path=DEFAULT_MANIFEST) -> Manifest:
         if not config.is_file():
             raise ConfigError(f"{key}.config", entry["config"], f"a config file relative to {path.parent}")
         lrs = entry.get("lrs", [1e-3, 3e-3, 1e-2])
-        if not isinstance(lrs, list) or not lrs or any(
-                isinstance(x, bool) or not isinstance(x, (int, float)) or not x > 0 for x in lrs):
+        if not isinstance(lrs, list) or not lrs:
             raise ConfigError(f"{key}.lrs", lrs, "a non-empty list of numbers > 0")
         tasks[name] = Task(
             name=name, config=config,
-            adam_steps=_positive_int(f"{key}.adam_steps", entry.get("adam_steps", 600)),
-            kfac_steps=_positive_int(f"{key}.kfac_steps", entry.get("kfac_steps", 200)),
-            sweep_steps=_positive_int(f"{key}.sweep_steps", entry.get("sweep_steps", 150)),
-            lrs=tuple(float(x) for x in lrs),
-            eval_every=_positive_int(f"{key}.eval_every", entry.get("eval_every", 10)),
+            adam_steps=_int_at_least(f"{key}.adam_steps", entry.get("adam_steps", 600), 1),
+            kfac_steps=_int_at_least(f"{key}.kfac_steps", entry.get("kfac_steps", 200), 1),
+            sweep_steps=_int_at_least(f"{key}.sweep_steps", entry.get("sweep_steps", 150), 1),
+            lrs=tuple(_positive(f"{key}.lrs", x) for x in lrs),
+            eval_every=_int_at_least(f"{key}.eval_every", entry.get("eval_every", 10), 1),
             goal=_goal(f"{key}.goal", entry.get("goal", {})),
             target_factor=(None if entry.get("target_factor") is None
                            else _target_factor(f"{key}.target_factor", entry["target_factor"])))

@@ -342,10 +342,7 @@ class ExpectedShortfall(OCEObjective):
         value at risk, the ``alpha``-quantile of ``-pnl``.  The intercept is in currency units and
         trains with a first-order step; started at zero it would need thousands of steps to reach a
         value at risk of a few units (the Hedger calls this when it is built with natural units)."""
-        losses = tf.sort(-tf.reshape(tf.convert_to_tensor(pnl), [-1]))
-        n = int(losses.shape[0])
-        index = min(n - 1, max(0, int(np.ceil(self.alpha * n)) - 1))
-        self.intercept.assign(tf.cast(losses[index], self.intercept.dtype))
+        self.intercept.assign(tf.cast(self.value_at_risk(pnl), self.intercept.dtype))
 
     def _sorted_losses_and_m(self, pnl):
         losses = tf.sort(-pnl, direction="DESCENDING")

@@ -308,6 +308,7 @@ class DHKFAC(keras.optimizers.Optimizer):
         self.max_relative_change = None if max_relative_change is None else float(max_relative_change)
         self._rows = None  # Gauss-Newton: {block index: rows [n, da, dg]} of this step (trace-time Python)
         self._stepped_blocks = ()  # Gauss-Newton: the blocks the traced update moved (judge_step undoes them)
+        self._factor = None  # Gauss-Newton: (blocks, lambda, Cholesky factor) of the current rows
         # Python state, set when statistics are handed over (at trace time inside a train step): which
         # blocks have curvature, and whether any statistics source exists at all.
         self._fed_blocks = set()
@@ -403,8 +404,19 @@ class DHKFAC(keras.optimizers.Optimizer):
 
     def block_variables(self, name: str) -> list:
         """The variables of block ``name`` in stacking order (kernel, recurrent kernel, bias)."""
-        block = self._kfac_blocks[self._block_index[name]]
-        return [self._trainable_variables[i] for i in block.indices]
+        return self._members(self._block_index[name])
+
+    def _members(self, k) -> list:
+        return [self._trainable_variables[i] for i in self._kfac_blocks[k].indices]
+
+    def _move_block(self, k, stacked, sign=-1.0):
+        """``W_k <- W_k + sign * stacked`` for block ``k``'s variables (``stacked`` ``[da, dg]``)."""
+        members = self._members(k)
+        for variable, part in zip(members, unstack(self._kfac_blocks[k], stacked, [v.shape for v in members])):
+            if sign < 0:
+                self.assign_sub(variable, part)
+            else:
+                self.assign_add(variable, part)
 
     @property
     def diagonal_variables(self) -> list:
@@ -731,6 +743,7 @@ class DHKFAC(keras.optimizers.Optimizer):
         finite = _all_finite(list(prepared.values()))
         self.assign_add(self.skipped_curvature_updates, tf.cast(~finite, tf.int64))
         self._rows = {k: tf.where(finite, r, tf.zeros_like(r)) for k, r in prepared.items()}
+        self._factor = None
 
     def _gauss_newton_directions(self, grad_by_index):
         """``({k: d}, {k: stacked g}, {k: rows}, lambda)`` for the blocks with rows and a gradient."""
@@ -746,8 +759,14 @@ class DHKFAC(keras.optimizers.Optimizer):
             rows[k], grads[k] = r, stack(block, members)
         if not rows:
             return {}, {}, {}, tf.ones((), tf.float64)
-        lam = self._current_damping(rows)
-        return woodbury.gauss_newton_direction(rows, grads, lam), grads, rows, lam
+        # lambda and the Cholesky factor depend on the rows only: computed once per step, shared by the
+        # step model's direction (step_directions) and the update (cleared when the update is done).
+        key = tuple(sorted(rows))
+        if self._factor is None or self._factor[0] != key:
+            lam = self._current_damping(rows)
+            self._factor = (key, lam, woodbury.factorise(rows, lam))
+        _, lam, chol = self._factor
+        return woodbury.solve(rows, grads, lam, chol), grads, rows, lam
 
     def _current_damping(self, rows):
         """``lambda`` for this step: the adapted one (``damping x tr(C) / P`` at first), floored at
@@ -774,11 +793,8 @@ class DHKFAC(keras.optimizers.Optimizer):
         new_lam, rejected = woodbury.levenberg_marquardt(lam, ratio)
         rejected = rejected & taken
         for k in self._stepped_blocks:
-            block, state = self._kfac_blocks[k], self._kfac_states[k]
-            members = [self._trainable_variables[i] for i in block.indices]
-            undo = tf.where(rejected, tf.convert_to_tensor(state.velocity), tf.zeros_like(state.velocity))
-            for variable, part in zip(members, unstack(block, undo, [v.shape for v in members])):
-                self.assign_add(variable, part)
+            velocity = tf.convert_to_tensor(self._kfac_states[k].velocity)
+            self._move_block(k, tf.where(rejected, velocity, tf.zeros_like(velocity)), sign=1.0)
         self.assign(self.lm_damping, tf.where(taken, new_lam, lam))
         self.assign(self.reduction_ratio, tf.where(taken, ratio, tf.zeros_like(ratio)))
         self.assign_add(self.rejected_steps, tf.cast(rejected, tf.int64))
@@ -940,12 +956,10 @@ class DHKFAC(keras.optimizers.Optimizer):
         self.assign(self.model_valid, tf.zeros_like(self.model_valid))
         for k, (direction, _, _, _) in directions.items():
             block, state = self._kfac_blocks[k], self._kfac_states[k]
-            members = [self._trainable_variables[i] for i in block.indices]
             step = tf.cast(eta, block.dtype) * direction
             if mu is not None:
                 step = step + tf.cast(mu, block.dtype) * state.velocity
-            for variable, part in zip(members, unstack(block, step, [v.shape for v in members])):
-                self.assign_sub(variable, part)
+            self._move_block(k, step)
             if state.velocity is not None:
                 self.assign(state.velocity, step if self.adaptive_momentum else direction)
         self._diagonal_step(grad_by_index)
@@ -961,11 +975,11 @@ class DHKFAC(keras.optimizers.Optimizer):
         if directions:
             # Slope with the gradients apply hands over (clipped, if clipping is set; the train step's
             # line model uses the true gradient, which is what counts where a model is handed over).
+            valid = self.model_valid > 0
             slope = tf.add_n([tf.reduce_sum(tf.cast(grads[k] * d, f64)) for k, d in directions.items()])
-            slope = tf.where(self.model_valid > 0, tf.cast(self.model_rhs[0], f64), slope)
+            slope = tf.where(valid, tf.cast(self.model_rhs[0], f64), slope)
             norm2 = tf.add_n([tf.reduce_sum(tf.square(tf.cast(d, f64))) for d in directions.values()])
             sample = tf.reduce_sum(tf.square(woodbury.apply_rows(rows, directions)))
-            valid = self.model_valid > 0
             quad = tf.where(valid, tf.cast(self.model_matrix[0, 0], f64), sample)
             denom = quad + lam * norm2
             ok = (slope > 0) & (denom > 0) & tf.math.is_finite(slope) & tf.math.is_finite(denom)
@@ -983,15 +997,14 @@ class DHKFAC(keras.optimizers.Optimizer):
             eta = tf.where(ok, eta, tf.zeros_like(eta))
             for k, direction in directions.items():
                 block, state = self._kfac_blocks[k], self._kfac_states[k]
-                members = [self._trainable_variables[i] for i in block.indices]
                 direction = tf.where(ok, direction, tf.zeros_like(direction))  # 0 x NaN is NaN
                 step = tf.cast(eta, block.dtype) * direction
-                for variable, part in zip(members, unstack(block, step, [v.shape for v in members])):
-                    self.assign_sub(variable, part)
+                self._move_block(k, step)
                 self.assign(state.velocity, step)
         else:
             self.assign(self.predicted_decrease, tf.zeros((), f64))
         self._stepped_blocks = tuple(directions)
+        self._factor = None  # lambda changes after this step: the next one factorises again
         self.assign(self.model_valid, tf.zeros_like(self.model_valid))
         self._diagonal_step(grad_by_index)
         self.assign(self.step_size, tf.cast(eta, self._scalar_dtype))
@@ -1000,9 +1013,7 @@ class DHKFAC(keras.optimizers.Optimizer):
         """``min_k max_relative_change * |W_k| / |d_k|`` over the blocks (float64; +inf without any)."""
         caps = []
         for k, direction in directions.items():
-            block = self._kfac_blocks[k]
-            members = [self._trainable_variables[i] for i in block.indices]
-            weights = stack(block, [tf.convert_to_tensor(v) for v in members])
+            weights = stack(self._kfac_blocks[k], [tf.convert_to_tensor(v) for v in self._members(k)])
             w_norm = tf.norm(tf.cast(weights, tf.float64))
             d_norm = tf.norm(tf.cast(direction, tf.float64))
             cap = self.max_relative_change * w_norm / tf.where(d_norm > 0, d_norm, tf.ones_like(d_norm))

@@ -58,12 +58,20 @@ def gauss_newton_direction(rows: dict, grads: dict, damping):
     Returns:
       ``{block: d [dim_a, d_out]}`` in each block's dtype.
     """
-    lam = tf.cast(damping, tf.float64)
+    return solve(rows, grads, damping, factorise(rows, damping))
+
+
+def factorise(rows: dict, damping):
+    """The Cholesky factor of ``R R^T + damping I`` (float64): the ``O(n^2 P)`` part of the solve, the
+    same for every gradient."""
     k = gram(rows)
-    n = tf.shape(k)[0]
-    rg = apply_rows(rows, grads)
-    chol = tf.linalg.cholesky(k + lam * tf.eye(n, dtype=tf.float64))
-    y = tf.linalg.cholesky_solve(chol, rg[:, None])[:, 0]
+    return tf.linalg.cholesky(k + tf.cast(damping, tf.float64) * tf.eye(tf.shape(k)[0], dtype=tf.float64))
+
+
+def solve(rows: dict, grads: dict, damping, chol):
+    """:func:`gauss_newton_direction` with the factor of :func:`factorise` (same ``rows`` and ``damping``)."""
+    lam = tf.cast(damping, tf.float64)
+    y = tf.linalg.cholesky_solve(chol, apply_rows(rows, grads)[:, None])[:, 0]
     out = {}
     for key, r in rows.items():
         g = grads[key]
