@@ -255,6 +255,11 @@ class KFACConfig:
     max_relative_change: Optional[float] = param(
         None, "gauss_newton: cap on each block's weight change per step, as a fraction of its norm (null: none)",
         gt=0.0)
+    metric: Literal["identity", "kronecker"] = param(
+        "identity", "gauss_newton: damping metric M of the step (C + lambda M) d = g outside the sample span: the "
+        "identity, or the Kronecker (EKFAC) model of the running curvature statistics, normalised to mean one")
+    metric_shrinkage: float = param(0.1, "gauss_newton with metric kronecker: shrinkage of the metric towards its "
+                                    "mean diagonal", gt=0.0, le=1.0)
     ekfac: bool = param(True, "re-estimate the diagonal in the Kronecker eigenbasis (EKFAC)")
     statistics_decay: float = param(0.95, "EMA decay of the curvature statistics", ge=0.0, lt=1.0)
     curvature_period: int = param(1, "steps between curvature statistics updates", units="steps", ge=1)
@@ -294,6 +299,8 @@ class KFACConfig:
             raise ConfigError(f"{key}.damping", self.damping, "> 0 for levenberg_marquardt damping")
         if mode == "shrinkage" and self.damping is not None and self.damping > 1.0:
             raise ConfigError(f"{key}.damping", self.damping, "<= 1.0 for shrinkage damping")
+        if self.metric != "identity" and self.preconditioner != "gauss_newton":
+            raise ConfigError(f"{key}.metric", self.metric, "identity unless preconditioner is gauss_newton")
         if self.momentum and self.step_model == "subspace":
             raise ConfigError(f"{key}.momentum", self.momentum, "0 when step_model is subspace (it chooses "
                               "the momentum itself)")

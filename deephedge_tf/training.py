@@ -86,7 +86,8 @@ def make_optimizer(cfg: Config):
                       momentum=k.momentum, step_model=k.step_model,
                       diagonal_learning_rate=k.diagonal_learning_rate, preconditioner=k.preconditioner,
                       jacobian_rows=k.jacobian_rows, damping_floor=k.damping_floor,
-                      max_relative_change=k.max_relative_change)
+                      max_relative_change=k.max_relative_change, metric=k.metric,
+                      metric_shrinkage=k.metric_shrinkage)
     raise AssertionError(f"unhandled optimizer {t.optimizer!r}")  # config validation forbids it
 
 

@@ -11,7 +11,7 @@ from deephedge_tf.objectives import EntropicRisk, VarianceCurvature
 from deephedge_tf.optimizers import DHKFAC, Recorder, with_curvature
 from deephedge_tf.optimizers.losses import MeanSquaredErrorCurvature
 from deephedge_tf.optimizers.train_step import CurvatureTerm, _jacobian_rows
-from deephedge_tf.optimizers.woodbury import gauss_newton_direction, levenberg_marquardt
+from deephedge_tf.optimizers.woodbury import factorise, gauss_newton_direction, levenberg_marquardt, solve
 from test_loss_curvature import output_hessian  # the same brute-force H (tests/ is on sys.path)
 
 B = 6
@@ -97,12 +97,79 @@ def test_woodbury_direction_is_the_dense_damped_solve():
     np.testing.assert_allclose(got, dense, rtol=1e-10)
 
 
+def test_woodbury_direction_with_a_metric_is_the_dense_solve():
+    """(R^T R + lambda M) d = g with a block-diagonal SPD metric M handed over as M^-1 r_n and M^-1 g."""
+    rng = np.random.default_rng(4)
+    shapes = {"a": (3, 2), "b": (4, 1)}
+    rows = {k: tf.constant(rng.normal(size=(5, *s))) for k, s in shapes.items()}
+    grads = {k: tf.constant(rng.normal(size=s)) for k, s in shapes.items()}
+    metric = {}
+    for k, s in shapes.items():
+        q = rng.normal(size=(int(np.prod(s)),) * 2)
+        metric[k] = q @ q.T + np.eye(len(q))
+    inverse = {k: np.linalg.inv(m) for k, m in metric.items()}
+
+    def apply_inverse(k, x):
+        flat = x.numpy().reshape(-1, int(np.prod(shapes[k])))
+        return tf.constant((flat @ inverse[k]).reshape(x.shape))
+
+    lam = 0.37
+    scaled = {k: apply_inverse(k, r) for k, r in rows.items()}
+    scaled_grads = {k: apply_inverse(k, g) for k, g in grads.items()}
+    chol = factorise(rows, tf.constant(lam, tf.float64), scaled)
+    d = solve(rows, grads, tf.constant(lam, tf.float64), chol, scaled, scaled_grads)
+    r = np.concatenate([rows[k].numpy().reshape(5, -1) for k in ("a", "b")], axis=1)
+    g = np.concatenate([grads[k].numpy().ravel() for k in ("a", "b")])
+    big_m = np.zeros((r.shape[1],) * 2)
+    big_m[:6, :6], big_m[6:, 6:] = metric["a"], metric["b"]
+    dense = np.linalg.solve(r.T @ r + lam * big_m, g)
+    got = np.concatenate([d[k].numpy().ravel() for k in ("a", "b")])
+    np.testing.assert_allclose(got, dense, rtol=1e-9)
+
+
+def test_kronecker_metric_is_the_normalised_damped_ekfac_model():
+    """The optimizer's M^-1 and d^T M d against the dense (U_A x U_G) diag(s_d / mean) (U_A x U_G)^T of its
+    own block state, after a few fit steps (statistics and eigenbases from the train step)."""
+    x, y = _regression(2)
+    net = tiny_net(2)
+    model = with_curvature(net)
+    opt = DHKFAC(preconditioner="gauss_newton", metric="kronecker", metric_shrinkage=0.2, inverse_period=1)
+    model.compile(optimizer=opt, loss=keras.losses.MeanSquaredError(dtype="float64"))
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
+    names = [b.name for b in opt.kronecker_blocks]
+    assert opt.wants_statistics and set(opt.active_blocks) == set(names)
+    dense, total, size = {}, 0.0, 0
+    for name in names:
+        st = {k: v.numpy() for k, v in opt.block_state(name).items()}
+        s_d = 0.8 * st["s"] + 0.2 * st["s"].mean()
+        total, size = total + s_d.sum(), size + s_d.size
+        basis = np.kron(st["U_A"], st["U_G"])
+        dense[name] = (basis, s_d.ravel())
+    mean = total / size
+    rng = np.random.default_rng(0)
+    probes, want = {}, 0.0
+    for name in names:
+        k = opt._block_index[name]
+        block = opt.kronecker_blocks[k]
+        basis, s_d = dense[name]
+        m = basis @ np.diag(s_d / mean) @ basis.T
+        probe = rng.normal(size=(2, block.dim_a, block.d_out))
+        got = opt._metric_inverse({k: tf.constant(probe)})[k].numpy().reshape(2, -1)
+        np.testing.assert_allclose(got, probe.reshape(2, -1) @ np.linalg.inv(m), rtol=1e-8, atol=1e-12)
+        probes[k] = tf.constant(probe[0])
+        want += probe[0].ravel() @ m @ probe[0].ravel()
+    np.testing.assert_allclose(float(opt._metric_norm2(probes)), want, rtol=1e-8)
+
+
 def test_levenberg_marquardt_rule():
     lam = tf.constant(2.0, tf.float64)
     for ratio, factor, rejected in [(0.9, 2 / 3, False), (0.5, 1.0, False), (0.1, 1.5, False),
-                                    (-0.2, 2.0, True), (float("nan"), 2.0, True)]:
+                                    (0.05, 2.0, True), (-0.2, 2.0, True), (float("nan"), 2.0, True)]:
         new, rej = levenberg_marquardt(lam, tf.constant(ratio, tf.float64))
         assert float(new) == pytest.approx(2.0 * factor) and bool(rej) == rejected
+    # Rejections in a row escalate: the third one multiplies lambda by 2^3.
+    new, rej = levenberg_marquardt(lam, tf.constant(-1.0, tf.float64), streak=tf.constant(2, tf.int64))
+    assert float(new) == pytest.approx(16.0) and bool(rej)
 
 
 def _regression(seed=0):
@@ -160,24 +227,27 @@ def test_judge_step_undoes_a_step_that_raised_the_loss_and_adapts_the_damping():
     for v, w in zip(net.trainable_variables, w1):
         np.testing.assert_array_equal(v.numpy(), w)
     rejected = int(opt.rejected_steps)
+    state = {name: opt._kfac_states[opt._block_index[name]].velocity.numpy() for name in opt.active_blocks}
     assert bool(opt.judge_step(0.0, 0.5))               # the loss rose: undone, lambda x 2
     assert float(opt.lm_damping) == pytest.approx(lam * 4 / 3)
     assert int(opt.rejected_steps) == rejected + 1
     moved = [v.numpy() - w for v, w in zip(net.trainable_variables, w1)]
-    state = {name: opt._kfac_states[opt._block_index[name]].velocity.numpy() for name in opt.active_blocks}
+    for name in opt.active_blocks:  # an undone step is no previous step for the next one's momentum
+        assert not opt._kfac_states[opt._block_index[name]].velocity.numpy().any()
     layer0 = net.layers[0]
     name0 = [n for n in opt.active_blocks if layer0.name in n][0]
     np.testing.assert_allclose(moved[0], state[name0][:3], rtol=1e-12)   # W += last step (kernel rows)
     np.testing.assert_allclose(moved[1], state[name0][3], rtol=1e-12)    # and the bias row
 
 
-def test_gauss_newton_beats_a_tuned_adam_on_a_regression():
+@pytest.mark.parametrize("variant", [{}, {"metric": "kronecker"}], ids=["identity-metric", "kronecker-metric"])
+def test_gauss_newton_beats_a_tuned_adam_on_a_regression(variant):
     """40 full-batch steps: the Gauss-Newton step's final loss is below a quarter of the best Adam's
-    (learning rates 1e-3, 1e-2, 1e-1)."""
+    (learning rates 1e-3, 1e-2, 1e-1), with either damping metric."""
     x, y = _regression(1)
     losses = {}
-    runs = [("gn", DHKFAC(preconditioner="gauss_newton"))] + [
-        (f"adam {lr:g}", keras.optimizers.Adam(lr)) for lr in (1e-3, 1e-2, 1e-1)]
+    gn = DHKFAC(preconditioner="gauss_newton", **variant)
+    runs = [("gn", gn)] + [(f"adam {lr:g}", keras.optimizers.Adam(lr)) for lr in (1e-3, 1e-2, 1e-1)]
     for name, opt in runs:
         net = tiny_net(1)
         model = with_curvature(net)

@@ -42,11 +42,18 @@ in sample space (:mod:`deephedge_tf.optimizers.woodbury`): the model hands over 
     d = (R^T R + lambda I)^{-1} g                                         (Woodbury, n x n Cholesky)
     eta = min(eta_max, g.d / (d^T C d + lambda |d|^2))                    (d^T C d: exact line model)
     rho = (L(W) - L(W - eta d)) / (eta g.d - eta^2 d^T C d / 2)           (:meth:`judge_step`)
-    lambda <- lambda * 2/3 (rho > 3/4), * 3/2 (rho < 1/4); rho < 0: the step is undone, lambda * 2
+    lambda <- lambda * 2/3 (rho > 3/4), * 3/2 (rho < 1/4); rho < 0.1: the step is undone, lambda * 2^k
+              (k-th rejection in a row)
 
 (Levenberg-Marquardt, Martens & Grosse 2015, sec. 6.5), ``lambda >= damping_floor * tr(C) / P`` and
 ``lambda_0 = damping * tr(C) / P`` (``P`` the weights with rows).  No Kronecker statistics, no trust
-region: the damping adapts to how well the model predicted the last step.
+region: the damping adapts to how well the model predicted the last step.  A variant:
+
+* ``metric="kronecker"``: the damping term is ``lambda M`` with ``M`` the Kronecker (EKFAC) model of the
+  running statistics (so :meth:`update_curvature` is fed too), shrunk by ``metric_shrinkage`` and
+  normalised to a mean diagonal of one: ``d = (R^T R + lambda M)^{-1} g``, still one ``n x n`` solve
+  (``M^{-1}`` applied per block in its eigenbasis), and ``|d|^2`` above becomes ``d^T M d``.  Outside the
+  sample span the step is the Kronecker step ``M^{-1} g / lambda`` instead of a gradient step.
 
 Variables outside any block (RMSNorm scales, an objective's intercept, ...) are *diagonal*: they take
 an Adam step (``diagonal_learning_rate``, ``diagonal_beta_1/2``, ``diagonal_epsilon``) of their own.
@@ -91,6 +98,7 @@ from deephedge_tf.optimizers.blocks import KroneckerBlock, find_blocks, layer_pa
 _LOG = logging.getLogger("deephedge_tf")
 _DAMPING_MODES = ("shrinkage", "tikhonov", "levenberg_marquardt")
 PRECONDITIONERS = ("kronecker", "gauss_newton")
+METRICS = ("identity", "kronecker")
 STEP_MODELS = ("kronecker", "line", "subspace")
 TRUST_RADIUS_MODES = ("relative", "absolute")
 
@@ -161,6 +169,10 @@ class DHKFAC(keras.optimizers.Optimizer):
         than this fraction of their norm in one step (``None``: no cap).  A quadratic model is only
         trusted near the weights it was taken at; an accepted long step can still leave ReLU layers
         dead or LSTM gates saturated.
+      metric: Gauss-Newton: the damping metric ``M`` of ``(C + lambda M) d = g``: ``"identity"`` or
+        ``"kronecker"`` (the EKFAC model of the running statistics; see the module doc).
+      metric_shrinkage: Gauss-Newton with ``metric="kronecker"``: shrinkage ``rho`` in (0, 1] of ``M``
+        towards its mean diagonal (keeps ``M^{-1}`` bounded where the statistics see no curvature).
       ekfac: re-estimate the eigenbasis diagonal from per-path pseudo-gradients (George et al. 2018);
         ``False`` uses ``lam_A lam_G^T`` (plain KFAC in the eigenbasis).
       statistics_decay: EMA decay of ``A``, ``G`` and ``s`` (``new = decay * old + (1 - decay) * batch``;
@@ -196,7 +208,8 @@ class DHKFAC(keras.optimizers.Optimizer):
     Adam moments of the diagonal variables; the counters ``skipped_curvature_updates``,
     ``skipped_steps`` and ``uphill_steps`` (see :meth:`set_subspace_model`), the iteration of the last
     eigendecomposition, and ``step_size`` (the last eta).  Gauss-Newton: ``lm_damping`` (lambda),
-    ``predicted_decrease`` and ``reduction_ratio`` of the last step, ``rejected_steps``.
+    ``predicted_decrease`` and ``reduction_ratio`` of the last step, ``rejected_steps`` and
+    ``rejection_streak`` (rejections in a row, which escalate the damping).
     """
 
     def __init__(
@@ -223,6 +236,8 @@ class DHKFAC(keras.optimizers.Optimizer):
         jacobian_rows=256,
         damping_floor=1e-2,
         max_relative_change=None,
+        metric="identity",
+        metric_shrinkage=0.1,
         name="dhkfac",
         **kwargs,
     ):
@@ -240,6 +255,8 @@ class DHKFAC(keras.optimizers.Optimizer):
             raise ValueError("DHKFAC: damping_mode='levenberg_marquardt' goes with preconditioner='gauss_newton' "
                              f"and only with it; got damping_mode={damping_mode!r}, preconditioner={preconditioner!r}")
         if gauss_newton and (float(momentum) or step_model == "subspace"):
+            # No momentum: d already minimises the damped model (rows and line model see the same GGN),
+            # so the exact model over span{d, previous step} chooses mu ~ 0 (measured: 1e-15).
             raise ValueError("DHKFAC: preconditioner='gauss_newton' takes no momentum and no subspace step model; "
                              f"got momentum={momentum}, step_model={step_model!r}")
         if int(jacobian_rows) != jacobian_rows or int(jacobian_rows) < 1:
@@ -248,6 +265,13 @@ class DHKFAC(keras.optimizers.Optimizer):
             raise ValueError(f"DHKFAC: damping_floor must be >= 0; got {damping_floor}")
         if max_relative_change is not None and not float(max_relative_change) > 0.0:
             raise ValueError(f"DHKFAC: max_relative_change must be > 0 or None; got {max_relative_change}")
+        if metric not in METRICS:
+            raise ValueError(f"DHKFAC: metric must be one of {METRICS}; got {metric!r}")
+        if metric != "identity" and not gauss_newton:
+            raise ValueError(f"DHKFAC: metric={metric!r} is the Gauss-Newton step's damping metric; it needs "
+                             f"preconditioner='gauss_newton' (got {preconditioner!r})")
+        if not 0.0 < float(metric_shrinkage) <= 1.0:
+            raise ValueError(f"DHKFAC: metric_shrinkage must be in (0, 1]; got {metric_shrinkage}")
         if damping is None:  # lambda_0 = the GGN's mean diagonal (Levenberg-Marquardt adapts it from there)
             damping = 1.0 if damping_mode == "levenberg_marquardt" else 0.1
         damping = float(damping)
@@ -306,6 +330,8 @@ class DHKFAC(keras.optimizers.Optimizer):
         self.jacobian_rows = int(jacobian_rows)
         self.damping_floor = float(damping_floor)
         self.max_relative_change = None if max_relative_change is None else float(max_relative_change)
+        self.metric = metric
+        self.metric_shrinkage = float(metric_shrinkage)
         self._rows = None  # Gauss-Newton: {block index: rows [n, da, dg]} of this step (trace-time Python)
         self._stepped_blocks = ()  # Gauss-Newton: the blocks the traced update moved (judge_step undoes them)
         self._factor = None  # Gauss-Newton: (blocks, lambda, Cholesky factor) of the current rows
@@ -383,6 +409,7 @@ class DHKFAC(keras.optimizers.Optimizer):
         self.predicted_decrease = self.add_variable((), "zeros", "float64", name="predicted_decrease")
         self.reduction_ratio = self.add_variable((), "zeros", "float64", name="reduction_ratio")
         self.rejected_steps = self.add_variable((), "zeros", "int64", name="rejected_steps")
+        self.rejection_streak = self.add_variable((), "zeros", "int64", name="rejection_streak")
 
     # ------------------------------------------------------------------ introspection
 
@@ -390,6 +417,12 @@ class DHKFAC(keras.optimizers.Optimizer):
     def gauss_newton(self) -> bool:
         """Whether the direction is the sample-space Gauss-Newton step (``preconditioner="gauss_newton"``)."""
         return self.preconditioner == "gauss_newton"
+
+    @property
+    def wants_statistics(self) -> bool:
+        """Whether the train step should hand over Kronecker statistics (:meth:`update_curvature`): the
+        Kronecker preconditioner's curvature, or the Gauss-Newton step's Kronecker metric."""
+        return not self.gauss_newton or self.metric == "kronecker"
 
     @property
     def adaptive_momentum(self) -> bool:
@@ -764,9 +797,48 @@ class DHKFAC(keras.optimizers.Optimizer):
         key = tuple(sorted(rows))
         if self._factor is None or self._factor[0] != key:
             lam = self._current_damping(rows)
-            self._factor = (key, lam, woodbury.factorise(rows, lam))
-        _, lam, chol = self._factor
-        return woodbury.solve(rows, grads, lam, chol), grads, rows, lam
+            scaled = self._metric_inverse(rows) if self.metric == "kronecker" else None
+            self._factor = (key, lam, woodbury.factorise(rows, lam, scaled), scaled)
+        _, lam, chol, scaled = self._factor
+        scaled_grads = None if scaled is None else self._metric_inverse(grads)
+        return woodbury.solve(rows, grads, lam, chol, scaled, scaled_grads), grads, rows, lam
+
+    def _metric_scales(self, blocks):
+        """``{k: damped EKFAC diagonal / mean}`` for ``blocks``: the Kronecker metric ``M`` of the
+        Gauss-Newton step in each block's eigenbasis, normalised to a mean diagonal of one over all
+        active blocks so that ``lambda`` keeps its meaning (``lambda_0 = damping x tr(C) / P``)."""
+        active = sorted(set(blocks) | {self._block_index[name] for name in self._fed_blocks})
+        damped = {k: estimator.damp(self._scale(self._kfac_states[k]), "shrinkage", self.metric_shrinkage,
+                                    self.epsilon) for k in active}
+        total = tf.add_n([tf.reduce_sum(tf.cast(s, tf.float64)) for s in damped.values()])
+        size = float(sum(self._kfac_blocks[k].dim_a * self._kfac_blocks[k].d_out for k in active))
+        mean = total / size
+        return {k: damped[k] / tf.cast(mean, damped[k].dtype) for k in blocks}
+
+    def _metric_inverse(self, tensors):
+        """``M^-1 x`` per block for ``{k: x [..., dim_a, d_out]}`` (:meth:`_metric_scales`)."""
+        scales = self._metric_scales(tensors)
+        out = {}
+        for k, x in tensors.items():
+            state = self._kfac_states[k]
+            u_a, u_g = tf.convert_to_tensor(state.basis_a), tf.convert_to_tensor(state.basis_g)
+            proj = tf.einsum("ai,...ab,bj->...ij", u_a, x, u_g) / scales[k]
+            out[k] = tf.einsum("ai,...ij,bj->...ab", u_a, proj, u_g)
+        return out
+
+    def _metric_norm2(self, directions):
+        """``sum_k d_k^T M_k d_k`` (float64): the damping term of the step model (``|d|^2`` for the
+        identity metric)."""
+        if self.metric != "kronecker":
+            return tf.add_n([tf.reduce_sum(tf.square(tf.cast(d, tf.float64))) for d in directions.values()])
+        scales = self._metric_scales(directions)
+        terms = []
+        for k, d in directions.items():
+            state = self._kfac_states[k]
+            proj = tf.einsum("ai,ab,bj->ij", tf.convert_to_tensor(state.basis_a), d,
+                             tf.convert_to_tensor(state.basis_g))
+            terms.append(tf.reduce_sum(tf.cast(scales[k] * tf.square(proj), tf.float64)))
+        return tf.add_n(terms)
 
     def _current_damping(self, rows):
         """``lambda`` for this step: the adapted one (``damping x tr(C) / P`` at first), floored at
@@ -780,7 +852,7 @@ class DHKFAC(keras.optimizers.Optimizer):
 
     def judge_step(self, loss_before, loss_after):
         """Gauss-Newton: adapts ``lambda`` from the reduction ratio of the step just applied (same batch,
-        loss before and after it; see the module doc) and undoes the step if the ratio is negative or not
+        loss before and after it; see the module doc) and undoes the step if the ratio is below 0.1 or not
         finite (counted in ``rejected_steps``).  The diagonal (Adam) variables keep their step."""
         self._require_built()
         if not self.gauss_newton:
@@ -790,11 +862,17 @@ class DHKFAC(keras.optimizers.Optimizer):
         actual = tf.cast(loss_before, tf.float64) - tf.cast(loss_after, tf.float64)
         ratio = actual / tf.where(taken, pred, tf.ones_like(pred))
         lam = tf.convert_to_tensor(self.lm_damping)
-        new_lam, rejected = woodbury.levenberg_marquardt(lam, ratio)
+        streak = tf.convert_to_tensor(self.rejection_streak)
+        new_lam, rejected = woodbury.levenberg_marquardt(lam, ratio, streak=streak)
         rejected = rejected & taken
+        self.assign(self.rejection_streak, tf.where(rejected, streak + 1, tf.where(taken, tf.zeros_like(streak),
+                                                                                    streak)))
         for k in self._stepped_blocks:
-            velocity = tf.convert_to_tensor(self._kfac_states[k].velocity)
+            state = self._kfac_states[k]
+            velocity = tf.convert_to_tensor(state.velocity)
             self._move_block(k, tf.where(rejected, velocity, tf.zeros_like(velocity)), sign=1.0)
+            # An undone step is no previous step for the next one's momentum.
+            self.assign(state.velocity, tf.where(rejected, tf.zeros_like(velocity), velocity))
         self.assign(self.lm_damping, tf.where(taken, new_lam, lam))
         self.assign(self.reduction_ratio, tf.where(taken, ratio, tf.zeros_like(ratio)))
         self.assign_add(self.rejected_steps, tf.cast(rejected, tf.int64))
@@ -978,16 +1056,20 @@ class DHKFAC(keras.optimizers.Optimizer):
             valid = self.model_valid > 0
             slope = tf.add_n([tf.reduce_sum(tf.cast(grads[k] * d, f64)) for k, d in directions.items()])
             slope = tf.where(valid, tf.cast(self.model_rhs[0], f64), slope)
-            norm2 = tf.add_n([tf.reduce_sum(tf.square(tf.cast(d, f64))) for d in directions.values()])
+            norm2 = self._metric_norm2(directions)
             sample = tf.reduce_sum(tf.square(woodbury.apply_rows(rows, directions)))
             quad = tf.where(valid, tf.cast(self.model_matrix[0, 0], f64), sample)
             denom = quad + lam * norm2
             ok = (slope > 0) & (denom > 0) & tf.math.is_finite(slope) & tf.math.is_finite(denom)
             eta = tf.where(ok, slope / tf.where(ok, denom, tf.ones_like(denom)), tf.zeros_like(slope))
             eta = tf.minimum(eta, tf.cast(learning_rate, f64))
+            quad = eta * eta * quad
+            gain = eta * slope
             if self.max_relative_change is not None:
-                eta = tf.minimum(eta, self._relative_change_cap(directions))
-            self.assign(self.predicted_decrease, tf.where(ok, eta * slope - 0.5 * eta * eta * quad, 0.0))
+                shrink = tf.minimum(tf.ones((), f64), self._relative_change_cap(directions) / tf.where(
+                    eta > 0, eta, tf.ones_like(eta)))
+                eta, gain, quad = eta * shrink, gain * shrink, quad * shrink * shrink
+            self.assign(self.predicted_decrease, tf.where(ok, gain - 0.5 * quad, 0.0))
             # No step without a decrease to take (counted in uphill_steps).  A solve or model that is not
             # finite also raises lambda, as a rejected step does: with the same lambda the next step
             # would fail the same way.
@@ -1085,4 +1167,6 @@ class DHKFAC(keras.optimizers.Optimizer):
             "jacobian_rows": self.jacobian_rows,
             "damping_floor": self.damping_floor,
             "max_relative_change": self.max_relative_change,
+            "metric": self.metric,
+            "metric_shrinkage": self.metric_shrinkage,
         }

@@ -161,10 +161,10 @@ def curvature_train_step(model, compute, forward_for_model, max_paths=None):
 
     def apply():
         # The optimizer skips (and counts) non-finite statistics itself.
+        if getattr(optimizer, "wants_statistics", True):
+            optimizer.update_curvature(statistics)
         if gauss_newton:
             optimizer.set_jacobian_rows(jacobian_rows())
-        else:
-            optimizer.update_curvature(statistics)
         _hand_over_step_model(model, optimizer, global_grads, variables, forward_for_model)
         optimizer.apply(grads, variables)
         if gauss_newton:

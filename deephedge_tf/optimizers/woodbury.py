@@ -27,12 +27,14 @@ from __future__ import annotations
 import tensorflow as tf
 
 
-def gram(rows: dict):
-    """``R R^T`` ``[n, n]`` computed in float64, summed over the blocks of ``rows``.  In float32 its
-    rounding errors (~1e-7 of the top eigenvalue) would exceed a small damping: the GGN of a hedge is
-    nearly rank one, so ``lambda`` ~ tr(C) / P sits 1e-5 .. 1e-7 below that eigenvalue, and the Cholesky
-    factorisation would fail."""
-    terms = [tf.einsum("nij,mij->nm", tf.cast(r, tf.float64), tf.cast(r, tf.float64)) for r in rows.values()]
+def gram(rows: dict, scaled: dict = None):
+    """``R M^-1 R^T`` ``[n, n]`` computed in float64, summed over the blocks of ``rows`` (``scaled`` =
+    ``{block: M^-1 r_n}``; ``None``: ``M = I``).  In float32 its rounding errors (~1e-7 of the top
+    eigenvalue) would exceed a small damping: the GGN of a hedge is nearly rank one, so ``lambda`` ~
+    tr(C) / P sits 1e-5 .. 1e-7 below that eigenvalue, and the Cholesky factorisation would fail."""
+    scaled = rows if scaled is None else scaled
+    terms = [tf.einsum("nij,mij->nm", tf.cast(r, tf.float64), tf.cast(scaled[k], tf.float64))
+             for k, r in rows.items()]
     return tf.add_n(terms)
 
 
@@ -61,31 +63,43 @@ def gauss_newton_direction(rows: dict, grads: dict, damping):
     return solve(rows, grads, damping, factorise(rows, damping))
 
 
-def factorise(rows: dict, damping):
-    """The Cholesky factor of ``R R^T + damping I`` (float64): the ``O(n^2 P)`` part of the solve, the
-    same for every gradient."""
-    k = gram(rows)
+def factorise(rows: dict, damping, scaled: dict = None):
+    """The Cholesky factor of ``R M^-1 R^T + damping I`` (float64; ``scaled`` as in :func:`gram`): the
+    ``O(n^2 P)`` part of the solve, the same for every gradient."""
+    k = gram(rows, scaled)
+    k = 0.5 * (k + tf.transpose(k))
     return tf.linalg.cholesky(k + tf.cast(damping, tf.float64) * tf.eye(tf.shape(k)[0], dtype=tf.float64))
 
 
-def solve(rows: dict, grads: dict, damping, chol):
-    """:func:`gauss_newton_direction` with the factor of :func:`factorise` (same ``rows`` and ``damping``)."""
+def solve(rows: dict, grads: dict, damping, chol, scaled: dict = None, scaled_grads: dict = None):
+    """:func:`gauss_newton_direction` with the factor of :func:`factorise` (same ``rows``, ``damping`` and
+    ``scaled``).  With a metric (``scaled = {block: M^-1 r_n}``, ``scaled_grads = {block: M^-1 g}``)
+    the direction is ``(R^T R + damping M)^-1 g = (M^-1 g - (M^-1 R^T) y) / damping``,
+    ``(R M^-1 R^T + damping I) y = R M^-1 g``."""
     lam = tf.cast(damping, tf.float64)
-    y = tf.linalg.cholesky_solve(chol, apply_rows(rows, grads)[:, None])[:, 0]
+    scaled = rows if scaled is None else scaled
+    scaled_grads = grads if scaled_grads is None else scaled_grads
+    y = tf.linalg.cholesky_solve(chol, apply_rows(scaled, grads)[:, None])[:, 0]
     out = {}
-    for key, r in rows.items():
-        g = grads[key]
+    for key, r in scaled.items():
+        g = scaled_grads[key]
         back = tf.einsum("n,nij->ij", tf.cast(y, r.dtype), r)
         out[key] = (g - back) / tf.cast(lam, g.dtype)
     return out
 
 
-def levenberg_marquardt(damping, ratio, lower=0.25, upper=0.75, shrink=2.0 / 3.0, grow=1.5, reject_grow=2.0):
+def levenberg_marquardt(damping, ratio, lower=0.25, upper=0.75, shrink=2.0 / 3.0, grow=1.5, reject_grow=2.0,
+                        streak=0, accept=0.1):
     """``(new damping, rejected)`` from the reduction ratio ``rho`` = actual / predicted decrease
     (Martens & Grosse 2015, sec. 6.5): ``rho > upper``: ``lambda * shrink``; ``rho < lower``:
-    ``lambda * grow``; ``rho < 0`` or not finite: the step is rejected and ``lambda * reject_grow``."""
+    ``lambda * grow``; ``rho < accept`` or not finite: the step is rejected and ``lambda * reject_grow **
+    (streak + 1)``, ``streak`` the rejections just before this one (Nielsen's escalation: a damping
+    that is orders of magnitude too small costs a few rejected steps, not one per doubling).
+    ``accept > 0`` (a trust region's ``eta_1``): a step that realised a sliver of its predicted decrease
+    was far outside the model's range, and such steps are what leave ReLU layers dead."""
     ratio = tf.cast(ratio, damping.dtype)
-    rejected = ~tf.math.is_finite(ratio) | (ratio < 0)
+    rejected = ~tf.math.is_finite(ratio) | (ratio < accept)
     factor = tf.where(ratio > upper, shrink, tf.where(ratio < lower, grow, 1.0))
-    factor = tf.where(rejected, tf.cast(reject_grow, damping.dtype), tf.cast(factor, damping.dtype))
+    escalated = tf.pow(tf.cast(reject_grow, damping.dtype), tf.cast(streak, damping.dtype) + 1.0)
+    factor = tf.where(rejected, escalated, tf.cast(factor, damping.dtype))
     return damping * factor, rejected
