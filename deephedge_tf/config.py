@@ -238,9 +238,9 @@ class ObjectiveConfig:
 @dataclasses.dataclass(frozen=True)
 class KFACConfig:
     preconditioner: Literal["kronecker", "gauss_newton"] = param(
-        "kronecker", "step direction: Kronecker-factored EKFAC blocks (kronecker, the paper's) or the exact damped "
-        "Gauss-Newton step in sample space (gauss_newton: Woodbury solve on jacobian_rows paths, "
-        "Levenberg-Marquardt damping)")
+        "gauss_newton", "step direction: the exact damped Gauss-Newton step in sample space (gauss_newton, the "
+        "default: Woodbury solve on jacobian_rows paths, Levenberg-Marquardt damping) or the DH-KFAC paper's "
+        "Kronecker-factored EKFAC blocks with shrinkage damping and a trust region (kronecker)")
     max_step: float = param(1.0, "largest step size eta_max (1: the damped Newton / Gauss-Newton step); the Adam "
                             "settings training.learning_rate, warmup, decay and clipnorm do not apply to dhkfac", gt=0.0)
     damping: Optional[float] = param(
@@ -284,8 +284,9 @@ class KFACConfig:
     ggn_mode: Literal["exact", "sampled"] = param(
         "exact", "GGN pseudo-gradients: exact rank one (variance term) or sampled with the L2 cost term")
     ggn_cost_l2: float = param(0.0, "weight c2 of the L2 cost surrogate (ggn_mode = sampled)", ge=0.0)
-    curvature_paths: Optional[int] = param(512, "paths of each batch used for the statistics (null: all)",
-                                           ge=1)
+    curvature_paths: Optional[int] = param(
+        None, "paths of each batch for the statistics and the exact step model (null: all; the Gauss-Newton "
+        "step sized on a quarter of the batch overshoots and is rejected more often, BENCHMARKS.md)", ge=1)
 
     def check(self, key):
         mode = self.damping_mode or ("levenberg_marquardt" if self.preconditioner == "gauss_newton" else "shrinkage")

@@ -112,7 +112,7 @@ def test_step_model_sets_the_step_to_the_quadratic_minimiser():
     from deephedge_tf.optimizers import DHKFAC
 
     w = keras.Variable(np.ones((2, 3)), name="kernel", dtype="float64")
-    opt = DHKFAC(learning_rate=1.0, trust_radius=None)
+    opt = DHKFAC(preconditioner="kronecker", learning_rate=1.0, trust_radius=None)
     opt.build([w])
     opt.update_curvature({})  # a statistics source that sends nothing this time
     g = tf.constant(np.full((2, 3), 0.5))
@@ -139,9 +139,9 @@ def test_cost_l2_pseudo_gradients_match_their_bilinear_form():
     assert np.mean(draws ** 2) == pytest.approx(exact, rel=0.08)  # 4000 draws of a chi-square: ~2.2% s.e.
 
 
-@pytest.mark.parametrize("extra", [("training.kfac.max_step=1e-3",),
-                                   ("training.kfac.max_step=1e-3", "training.kfac.step_model=subspace",
-                                    "training.kfac.curvature_period=2"),
+@pytest.mark.parametrize("extra", [("training.kfac.preconditioner=kronecker", "training.kfac.max_step=1e-3"),
+                                   ("training.kfac.preconditioner=kronecker", "training.kfac.max_step=1e-3",
+                                    "training.kfac.step_model=subspace", "training.kfac.curvature_period=2"),
                                    ("training.kfac.preconditioner=gauss_newton",)],
                          ids=["line-model", "subspace-model-period-2", "gauss-newton"])
 def test_dhkfac_train_step_under_xla_matches_plain(extra):
@@ -165,7 +165,9 @@ def test_dhkfac_train_step_under_xla_matches_plain(extra):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
 
 
-@pytest.mark.parametrize("extra", [(), ("training.kfac.step_model=subspace",)], ids=["line-model", "subspace-model"])
+@pytest.mark.parametrize("extra", [(), ("training.kfac.preconditioner=kronecker",),
+                                   ("training.kfac.preconditioner=kronecker", "training.kfac.step_model=subspace")],
+                         ids=["defaults", "kronecker-line-model", "kronecker-subspace-model"])
 def test_fit_with_dhkfac_lowers_the_validation_loss(extra):
     # gamma Var[PnL] dominates (as in the paper's setting): the GGN surrogate is the variance term.
     cfg = tiny_cfg("dtype=float32", "time.steps=10", "policy.width=8", "objective.gamma=1000.0",
@@ -182,7 +184,8 @@ def test_fit_with_dhkfac_lowers_the_validation_loss(extra):
 
 def test_subspace_step_model_excludes_heavy_ball_momentum():
     with pytest.raises(ConfigError, match="training.kfac.momentum"):
-        tiny_cfg("training.kfac.step_model=subspace", "training.kfac.momentum=0.5")
+        tiny_cfg("training.kfac.preconditioner=kronecker", "training.kfac.step_model=subspace",
+                 "training.kfac.momentum=0.5")
     with pytest.raises(ConfigError, match="training.kfac.step_model"):
         tiny_cfg("training.kfac.step_model=newton")
 

@@ -150,7 +150,7 @@ def test_step_model_describes_the_clipped_step():
     ggn = 2.0 / 32 * jac.T @ jac
     w0 = np.concatenate([v.numpy().ravel() for v in net.trainable_variables])
     model = with_curvature(net)
-    opt = DHKFAC(learning_rate=1e6, trust_radius=None, step_model="line", clipnorm=1e-3)
+    opt = DHKFAC(preconditioner="kronecker", learning_rate=1e6, trust_radius=None, step_model="line", clipnorm=1e-3)
     model.compile(optimizer=opt, loss=keras.losses.MeanSquaredError(dtype="float64"))
     model.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False)
     step = w0 - np.concatenate([v.numpy().ravel() for v in net.trainable_variables])

@@ -1,5 +1,11 @@
-"""DH-KFAC: Kronecker-factored, eigenvalue-corrected GGN preconditioning with shrinkage damping and a
-decaying trust region (Mueller, Akkari, Gonon & Wood 2024; see ``shared/design/DH-KFAC.md``).
+"""DH-KFAC: second-order training from the loss's GGN, with two step rules.
+
+* ``preconditioner="gauss_newton"`` (the default): the exact damped Gauss-Newton step in sample space
+  (per-path Jacobian rows, a Woodbury solve, Levenberg-Marquardt damping; below).  How it compares with
+  Adam and with the paper's rule, task by task: ``deephedge benchmark suite`` and BENCHMARKS.md.
+* ``preconditioner="kronecker"``: the DH-KFAC paper's algorithm (Mueller, Akkari, Gonon & Wood 2024; see
+  ``shared/design/DH-KFAC.md``): Kronecker-factored, eigenvalue-corrected GGN preconditioning with
+  shrinkage damping and a decaying trust region, described first.
 
 Per Kronecker block (a Dense layer, or our LSTMCell: see :mod:`deephedge_tf.optimizers.blocks`), with
 the weights stacked as ``W = [kernel; recurrent_kernel; bias]`` ``[dim_a, d_out]`` and the statistics
@@ -158,12 +164,14 @@ class DHKFAC(keras.optimizers.Optimizer):
         ``"tikhonov"`` (``s <- s + lambda``) or ``"levenberg_marquardt"`` (adapted from the reduction
         ratio; the Gauss-Newton preconditioner's damping).  ``None``: ``"shrinkage"`` for the Kronecker
         preconditioner, ``"levenberg_marquardt"`` for Gauss-Newton.
-      preconditioner: ``"kronecker"`` (the paper's KFAC / EKFAC blocks) or ``"gauss_newton"`` (the exact
-        damped Gauss-Newton step in sample space; see the module doc).
+      preconditioner: ``"gauss_newton"`` (default: the exact damped Gauss-Newton step in sample space,
+        see the module doc) or ``"kronecker"`` (the DH-KFAC paper's algorithm: KFAC / EKFAC blocks,
+        shrinkage damping, trust region).  The trust-region, momentum and Kronecker-statistics arguments
+        act on the Kronecker rule only (and on ``metric="kronecker"``'s statistics).
       jacobian_rows: Gauss-Newton: at most this many paths' Jacobian rows per loss term.  Memory: the
         rows are ``rows x P`` floats (``P`` the weights in blocks) plus an ``n x n`` float64 Gram
         matrix: 256 rows of a policy of 1e6 weights take 1 GB in float32 (the quickstart's 17k weights:
-        17 MB); lower it for larger policies.
+        17 MB); lower it for larger policies.  ``metric="kronecker"`` keeps ``M^-1 R`` too (twice that).
       damping_floor: Gauss-Newton: ``lambda >= damping_floor * tr(C) / P``.
       max_relative_change: Gauss-Newton: ``eta`` is capped so that no block's weights change by more
         than this fraction of their norm in one step (``None``: no cap).  A quadratic model is only
@@ -232,7 +240,7 @@ class DHKFAC(keras.optimizers.Optimizer):
         diagonal_beta_2=0.999,
         diagonal_epsilon=1e-8,
         epsilon=1e-12,
-        preconditioner="kronecker",
+        preconditioner="gauss_newton",
         jacobian_rows=256,
         damping_floor=1e-2,
         max_relative_change=None,
@@ -975,8 +983,9 @@ class DHKFAC(keras.optimizers.Optimizer):
                 "DHKFAC: no curvature statistics were handed over before this step, so the update would "
                 "be a plain damped gradient step.  Wrap the model before compiling: "
                 "`model = deephedge_tf.optimizers.with_curvature(model)` (the Hedger does this itself), or "
-                "in a custom loop call `optimizer.update_curvature(...)` before `optimizer.apply(...)` "
-                "(see deephedge_tf.optimizers.capture.Recorder).")
+                "in a custom loop call `optimizer.update_curvature(...)` (preconditioner 'kronecker') or "
+                "`optimizer.set_jacobian_rows(...)` (preconditioner 'gauss_newton') before `optimizer.apply(...)` "
+                "(see deephedge_tf.optimizers.capture.Recorder and train_step).")
         self._report_blocks()
         ctx = multi_replica_context()
         if ctx is not None:

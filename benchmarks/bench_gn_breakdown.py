@@ -1,0 +1,138 @@
+"""Where a Gauss-Newton train step's time goes, component by component, against an Adam step.
+
+Each component of DH-KFAC's Gauss-Newton step (``training.kfac.preconditioner = gauss_newton``) is
+traced as its own ``tf.function`` on the same hedger and batches and timed alone (median of
+``--repeats`` calls after a warm-up):
+
+* ``forward + gradient``: the recorded forward pass and the loss gradient (what an Adam step does,
+  plus the capture's probes);
+* ``Jacobian rows``: the same, plus the backward pass of the rows' cotangent and the per-path
+  gradients of the first ``jacobian_rows`` paths;
+* ``Woodbury solve``: Gram matrix, Cholesky factor and direction from those rows (float64);
+* ``line model``: one forward-mode pass over ``curvature_paths`` paths along a direction;
+* ``forward``: one forward pass of the batch (what judging a step costs).
+
+The whole train step of each optimizer is timed too; components overlap (the rows include a forward
+pass and gradient), so the parts are read as increments over their predecessor.
+
+Usage (repo root, project venv):
+    .venv/bin/python benchmarks/bench_gn_breakdown.py --config configs/suite/quickstart.yaml \\
+        [--write BENCHMARKS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+
+import report
+from deephedge_tf import benchmark
+from deephedge_tf.config import load_config
+from deephedge_tf.optimizers import woodbury
+from deephedge_tf.optimizers.blocks import stack
+from deephedge_tf.optimizers.capture import Recorder
+from deephedge_tf.optimizers.train_step import _jacobian_rows, directional_curvature, first_paths
+from deephedge_tf.training import build_parts, datasets, make_optimizer
+
+
+def median_ms(fn, batches, repeats: int) -> float:
+    fn(batches[0])  # trace
+    times = []
+    for k in range(repeats):
+        t0 = time.perf_counter()
+        out = fn(batches[k % len(batches)])
+        tf.nest.map_structure(lambda x: x.numpy() if hasattr(x, "numpy") else x, out)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * 1e3
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="configs/suite/quickstart.yaml")
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--write", metavar="FILE")
+    args = ap.parse_args(argv)
+    adam_cfg = load_config(args.config)
+    gauss_newton = ["training.kfac.preconditioner=gauss_newton"]
+    cfg = load_config(args.config, overrides=benchmark._kfac_overrides(1.0, gauss_newton))
+    parts = build_parts(cfg)
+    train, _ = datasets(cfg, parts)
+    batches = [train[i] for i in range(min(4, len(train)))]
+    times = {}
+
+    adam = benchmark._Runner(adam_cfg, parts, make_optimizer(adam_cfg), None, batches[0], None)
+    times["Adam train step"] = median_ms(adam.train_step, batches, args.repeats)
+    gn = benchmark._Runner(cfg, parts, make_optimizer(cfg), None, batches[0], None)
+    times["Gauss-Newton train step"] = median_ms(gn.train_step, batches, args.repeats)
+
+    hedger, opt = gn.hedger, gn.optimizer
+    variables = hedger.trainable_variables
+    seed = tf.constant([0, 7], tf.int64)
+
+    def recorded(batch):
+        with tf.GradientTape(persistent=True) as tape:
+            with Recorder(hedger, tape) as recorder:
+                out = hedger.unroll(batch, training=True)
+                loss = hedger._loss(out)
+        return tape, recorder, out, loss
+
+    @tf.function
+    def forward_gradient(batch):
+        tape, _, _, loss = recorded(batch)
+        return tape.gradient(loss, variables)
+
+    @tf.function
+    def rows(batch):
+        tape, recorder, out, loss = recorded(batch)
+        grads = tape.gradient(loss, variables)
+        return grads, _jacobian_rows(hedger._curvature_terms(out), tape, recorder, opt.jacobian_rows, seed)
+
+    fixed_grads, fixed_rows = rows(batches[0])
+    by_name = {b.name: b for b in opt.kronecker_blocks}
+    index = {id(v): i for i, v in enumerate(variables)}
+    fixed_stacked = {name: stack(by_name[name], [fixed_grads[index[id(v)]] for v in opt.block_variables(name)])
+                     for name in fixed_rows}
+    lam = tf.constant(1e-3, tf.float64)
+
+    @tf.function
+    def solve(_):
+        chol = woodbury.factorise(fixed_rows, lam)
+        return woodbury.solve(fixed_rows, fixed_stacked, lam, chol)
+
+    @tf.function
+    def line_model(batch):
+        def forward():
+            return hedger._curvature_terms(hedger.unroll(first_paths(batch, hedger.curvature_paths), training=True))
+
+        return directional_curvature(hedger, forward, variables, fixed_grads)
+
+    @tf.function
+    def forward_only(batch):
+        return hedger._loss(hedger.unroll(batch, training=True))
+
+    times["forward + gradient (recorded)"] = median_ms(forward_gradient, batches, args.repeats)
+    times["... + Jacobian rows"] = median_ms(rows, batches, args.repeats)
+    times["Woodbury solve (Gram, Cholesky, direction)"] = median_ms(solve, batches, args.repeats)
+    times[f"line model (forward-mode, {hedger.curvature_paths} paths)"] = median_ms(line_model, batches, args.repeats)
+    times["forward (judging the step)"] = median_ms(forward_only, batches, args.repeats)
+    adam_ms = times["Adam train step"]
+    for name, ms in times.items():
+        print(f"{name}: {ms:.0f} ms ({ms / adam_ms:.2f} x Adam)", flush=True)
+    cmd = f"python benchmarks/bench_gn_breakdown.py --config {args.config}"
+    text = report.section(
+        "Gauss-Newton train step: time by component", cmd,
+        f"batch {cfg.training.batch_size} paths, T = {cfg.time.steps}, jacobian_rows {opt.jacobian_rows}, "
+        f"{sum(int(np.prod(v.shape)) for v in variables)} weights; median of {args.repeats} calls; each "
+        "component its own tf.function.",
+        ["component", "median", "/ Adam step"], ["---", "---:", "---:"],
+        [[name, f"{ms:.0f} ms", f"{ms / adam_ms:.2f}"] for name, ms in times.items()])
+    report.publish(text, args.write)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
