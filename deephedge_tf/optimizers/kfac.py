@@ -879,7 +879,7 @@ class DHKFAC(keras.optimizers.Optimizer):
             state = self._kfac_states[k]
             velocity = tf.convert_to_tensor(state.velocity)
             self._move_block(k, tf.where(rejected, velocity, tf.zeros_like(velocity)), sign=1.0)
-            # An undone step is no previous step for the next one's momentum.
+            # The velocity holds the last applied step (what an undo takes back); an undone step leaves none.
             self.assign(state.velocity, tf.where(rejected, tf.zeros_like(velocity), velocity))
         self.assign(self.lm_damping, tf.where(taken, new_lam, lam))
         self.assign(self.reduction_ratio, tf.where(taken, ratio, tf.zeros_like(ratio)))
