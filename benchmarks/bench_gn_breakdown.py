@@ -15,9 +15,9 @@ traced as its own ``tf.function`` on the same hedger and batches and timed alone
 The whole train step of each optimizer is timed too; components overlap (the rows include a forward
 pass and gradient), so the parts are read as increments over their predecessor.
 
-Usage (repo root, project venv):
+Usage (repo root, project venv; one column per config):
     .venv/bin/python benchmarks/bench_gn_breakdown.py --config configs/suite/quickstart.yaml \\
-        [--write BENCHMARKS.md]
+        configs/suite/ntb_entropic_gbm.yaml [--write BENCHMARKS.md]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
@@ -50,24 +51,24 @@ def median_ms(fn, batches, repeats: int) -> float:
     return float(np.median(times)) * 1e3
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="configs/suite/quickstart.yaml")
-    ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--write", metavar="FILE")
-    args = ap.parse_args(argv)
-    adam_cfg = load_config(args.config)
+COMPONENTS = ("Adam train step", "Gauss-Newton train step", "forward + gradient (recorded)", "... + Jacobian rows",
+              "Woodbury solve (Gram, Cholesky, direction)", "line model (forward-mode)", "forward (judging the step)")
+
+
+def breakdown(config: str, repeats: int) -> tuple[dict, str]:
+    """Median ms of each of :data:`COMPONENTS` on one task config, and a line describing its sizes."""
+    adam_cfg = load_config(config)
     gauss_newton = ["training.kfac.preconditioner=gauss_newton"]
-    cfg = load_config(args.config, overrides=benchmark._kfac_overrides(1.0, gauss_newton))
+    cfg = load_config(config, overrides=benchmark._kfac_overrides(1.0, gauss_newton))
     parts = build_parts(cfg)
     train, _ = datasets(cfg, parts)
     batches = [train[i] for i in range(min(4, len(train)))]
     times = {}
 
     adam = benchmark._Runner(adam_cfg, parts, make_optimizer(adam_cfg), None, batches[0], None)
-    times["Adam train step"] = median_ms(adam.train_step, batches, args.repeats)
+    times["Adam train step"] = median_ms(adam.train_step, batches, repeats)
     gn = benchmark._Runner(cfg, parts, make_optimizer(cfg), None, batches[0], None)
-    times["Gauss-Newton train step"] = median_ms(gn.train_step, batches, args.repeats)
+    times["Gauss-Newton train step"] = median_ms(gn.train_step, batches, repeats)
 
     hedger, opt = gn.hedger, gn.optimizer
     variables = hedger.trainable_variables
@@ -114,22 +115,44 @@ def main(argv=None) -> int:
     def forward_only(batch):
         return hedger._loss(hedger.unroll(batch, training=True))
 
-    times["forward + gradient (recorded)"] = median_ms(forward_gradient, batches, args.repeats)
-    times["... + Jacobian rows"] = median_ms(rows, batches, args.repeats)
-    times["Woodbury solve (Gram, Cholesky, direction)"] = median_ms(solve, batches, args.repeats)
-    times[f"line model (forward-mode, {hedger.curvature_paths} paths)"] = median_ms(line_model, batches, args.repeats)
-    times["forward (judging the step)"] = median_ms(forward_only, batches, args.repeats)
-    adam_ms = times["Adam train step"]
-    for name, ms in times.items():
-        print(f"{name}: {ms:.0f} ms ({ms / adam_ms:.2f} x Adam)", flush=True)
-    cmd = f"python benchmarks/bench_gn_breakdown.py --config {args.config}"
-    text = report.section(
-        "Gauss-Newton train step: time by component", cmd,
-        f"batch {cfg.training.batch_size} paths, T = {cfg.time.steps}, jacobian_rows {opt.jacobian_rows}, "
-        f"{sum(int(np.prod(v.shape)) for v in variables)} weights; median of {args.repeats} calls; each "
-        "component its own tf.function.",
-        ["component", "median", "/ Adam step"], ["---", "---:", "---:"],
-        [[name, f"{ms:.0f} ms", f"{ms / adam_ms:.2f}"] for name, ms in times.items()])
+    times["forward + gradient (recorded)"] = median_ms(forward_gradient, batches, repeats)
+    times["... + Jacobian rows"] = median_ms(rows, batches, repeats)
+    times["Woodbury solve (Gram, Cholesky, direction)"] = median_ms(solve, batches, repeats)
+    times["line model (forward-mode)"] = median_ms(line_model, batches, repeats)
+    times["forward (judging the step)"] = median_ms(forward_only, batches, repeats)
+    line_paths = hedger.curvature_paths or cfg.training.batch_size
+    sizes = (f"batch {cfg.training.batch_size}, T = {cfg.time.steps}, "
+             f"{sum(int(np.prod(v.shape)) for v in variables)} weights, {opt.jacobian_rows} Jacobian rows, "
+             f"line model on {line_paths} paths")
+    return times, sizes
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", nargs="+", default=["configs/suite/quickstart.yaml"],
+                    help="task configs, one column each")
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--write", metavar="FILE")
+    args = ap.parse_args(argv)
+    results = {}
+    for config in args.config:
+        results[config] = breakdown(config, args.repeats)
+        adam_ms = results[config][0]["Adam train step"]
+        for name, ms in results[config][0].items():
+            print(f"{config}: {name}: {ms:.0f} ms ({ms / adam_ms:.2f} x Adam)", flush=True)
+    names = [Path(c).stem for c in args.config]
+    rows = []
+    for component in COMPONENTS:
+        row = [component]
+        for config in args.config:
+            times = results[config][0]
+            row.append(f"{times[component]:.0f} ms ({times[component] / times['Adam train step']:.2f})")
+        rows.append(row)
+    cmd = f"python benchmarks/bench_gn_breakdown.py --config {' '.join(args.config)}"
+    details = ("; ".join(f"{n}: {results[c][1]}" for n, c in zip(names, args.config))
+               + f"; median of {args.repeats} calls; each component its own tf.function; in brackets: / Adam step.")
+    text = report.section("Gauss-Newton train step: time by component", cmd, details,
+                          ["component"] + names, ["---"] + ["---:"] * len(names), rows)
     report.publish(text, args.write)
     return 0
 

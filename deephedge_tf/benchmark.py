@@ -15,6 +15,10 @@ validation-loss target on the same paths and seeds.  Procedure:
    --kfac-lr`` (its maximum step size eta_max; 1 is the damped Newton step; Adam's schedule and clipping
    do not apply to it), then ``--kfac-set`` overrides; it stops at the first evaluation at or below the seed's
    target, or after ``--kfac-steps``.
+4. **Other DH-KFAC rules** (optional, ``--compare NAME KEY=VALUE ...``, repeatable): each named rule is
+   phase 3 again with its own overrides on top of ``--kfac-set``, against the same targets, in the same
+   run (so that its ratios are measured beside the default's, e.g. the paper's algorithm:
+   ``--compare paper training.kfac.preconditioner=kronecker``).  Results: ``compare[NAME]``.
 
 Both optimizers of a seed start from the same initial weights and draw the same training batches:
 step ``k`` uses batch ``k % n`` of epoch ``k // n`` of the config's training stream (``cfg.seed``,
@@ -69,6 +73,9 @@ MIN_FIXED_TRAINING_PATHS = 65536
 PAIRED_CHUNK_PATHS = 256
 PAIRED_MIN_CHUNKS = 8
 
+# The name of the DH-KFAC runs with the optimizer's defaults (plus --kfac-set); --compare adds others.
+DEFAULT_RULE = "default"
+
 # The goal this benchmark checks: DH-KFAC reaches the target in at most this fraction of Adam's steps.
 GOAL_STEP_FRACTION = 0.25
 
@@ -114,6 +121,7 @@ def add_benchmark_parser(subparsers) -> argparse.ArgumentParser:
                    help="config override for both optimizers (repeatable)")
     p.add_argument("--kfac-set", dest="kfac_overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for the DH-KFAC runs only, e.g. training.kfac.damping=0.3 (repeatable)")
+    add_compare_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     from deephedge_tf.benchmark_suite import add_suite_parser
 
@@ -136,7 +144,7 @@ def run_benchmark(args) -> int:
             args.config, args.out, seeds=args.seeds, adam_steps=args.adam_steps, kfac_steps=args.kfac_steps,
             sweep_steps=args.sweep_steps, eval_every=args.eval_every, target_factor=args.target_factor,
             lrs=args.lrs, kfac_lr=args.kfac_lr, overrides=args.overrides, kfac_overrides=args.kfac_overrides,
-            log=None if args.quiet else _stderr)
+            compare=compare_rules(args.compare), log=None if args.quiet else _stderr)
     except DeepHedgeError as e:
         print(f"deephedge: error: {e}", file=sys.stderr)
         return 2
@@ -154,6 +162,29 @@ def main(argv=None) -> int:
     if not argv or argv[0] != "benchmark":
         argv = ["benchmark"] + argv
     return run_benchmark(parser.parse_args(argv))
+
+
+def add_compare_argument(p) -> None:
+    """``--compare NAME KEY=VALUE ...`` (repeatable): another DH-KFAC rule run against the same targets."""
+    p.add_argument("--compare", action="append", nargs="+", default=[], metavar="NAME_OR_KEY=VALUE",
+                   help="another DH-KFAC rule, run beside the default against the same Adam targets: a name, "
+                   "then its config overrides (repeatable), e.g. --compare paper training.kfac.preconditioner=kronecker")
+
+
+def compare_rules(groups) -> dict:
+    """``--compare`` groups ``[[NAME, KEY=VALUE, ...], ...]`` as ``{NAME: [KEY=VALUE, ...]}``, checked."""
+    rules = {}
+    for group in groups:
+        name, overrides = group[0], list(group[1:])
+        if not name.isidentifier() or name == DEFAULT_RULE:
+            raise ConfigError("--compare", name, f"a rule name (letters, digits, _), not {DEFAULT_RULE!r}, "
+                              "followed by its KEY=VALUE overrides")
+        if name in rules:
+            raise ConfigError("--compare", name, "each rule name once")
+        if not overrides or any("=" not in o for o in overrides):
+            raise ConfigError(f"--compare {name}", overrides, "one or more KEY=VALUE overrides after the name")
+        rules[name] = overrides
+    return rules
 
 
 def _stderr(msg: str) -> None:
@@ -220,11 +251,11 @@ _OPTIMIZER_KEYS = ("optimizer", "learning_rate", "warmup_steps", "decay_rate", "
                    "kfac", "jit_compile")
 
 
-def _check_same_task(base: Config, kfac: Config, kfac_overrides) -> None:
+def _check_same_task(base: Config, kfac: Config, kfac_overrides, key: str = "--kfac-set") -> None:
     keep = {key: getattr(base.training, key) for key in _OPTIMIZER_KEYS}
     same_training = dataclasses.replace(kfac.training, **keep) == base.training
     if not same_training or dataclasses.replace(kfac, training=base.training) != base:
-        raise ConfigError("--kfac-set", list(kfac_overrides),
+        raise ConfigError(key, list(kfac_overrides),
                           f"overrides of the optimizer only (training.{{{', '.join(_OPTIMIZER_KEYS)}}}); "
                           "use --set for the task, paths and policy, which both optimizers share")
 
@@ -468,10 +499,12 @@ def kfac_vs_adam(config, out, *, seeds=DEFAULTS["seeds"], adam_steps=DEFAULTS["a
                  kfac_steps=DEFAULTS["kfac_steps"], sweep_steps=DEFAULTS["sweep_steps"],
                  eval_every=DEFAULTS["eval_every"], target_factor=DEFAULTS["target_factor"],
                  lrs=DEFAULTS["lrs"], kfac_lr=DEFAULTS["kfac_lr"], overrides: Sequence[str] = (),
-                 kfac_overrides: Sequence[str] = (), log: Optional[Callable[[str], None]] = None) -> dict:
+                 kfac_overrides: Sequence[str] = (), compare: Optional[dict] = None,
+                 log: Optional[Callable[[str], None]] = None) -> dict:
     """Runs the benchmark of the module docstring; writes ``out/results.json`` and
-    ``out/learning_curves.png`` and returns the results dict.  Raises :class:`ConfigError` for a bad
-    argument or config before any training."""
+    ``out/learning_curves.png`` and returns the results dict.  ``compare`` maps rule names to DH-KFAC
+    overrides run beside the default (step 4).  Raises :class:`ConfigError` for a bad argument or config
+    before any training."""
     seeds, adam_steps, kfac_steps, sweep_steps, eval_every, target_factor, lrs, kfac_lr = _check_arguments(
         seeds, adam_steps, kfac_steps, sweep_steps, eval_every, target_factor, lrs, kfac_lr)
     overrides, kfac_overrides = list(overrides), list(kfac_overrides)
@@ -480,9 +513,17 @@ def kfac_vs_adam(config, out, *, seeds=DEFAULTS["seeds"], adam_steps=DEFAULTS["a
     kfac_base = load_config(config, overrides + _kfac_overrides(kfac_lr, kfac_overrides))
     for c in (base, kfac_base):
         _check_protocol(c)
-    if kfac_base.training.optimizer != "dhkfac":
-        raise ConfigError("--kfac-set", kfac_overrides, "overrides that keep training.optimizer = dhkfac")
-    _check_same_task(base, kfac_base, kfac_overrides)
+    rule_overrides = {DEFAULT_RULE: kfac_overrides, **{name: kfac_overrides + list(extra)
+                                                       for name, extra in (compare or {}).items()}}
+    rule_cfgs = {DEFAULT_RULE: kfac_base}
+    for name, extra in (compare or {}).items():
+        rule_cfgs[name] = load_config(config, overrides + _kfac_overrides(kfac_lr, rule_overrides[name]))
+        _check_protocol(rule_cfgs[name])
+    for name, cfg in rule_cfgs.items():
+        key = "--kfac-set" if name == DEFAULT_RULE else f"--compare {name}"
+        if cfg.training.optimizer != "dhkfac":
+            raise ConfigError(key, rule_overrides[name], "overrides that keep training.optimizer = dhkfac")
+        _check_same_task(base, cfg, rule_overrides[name], key)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError("--out", str(out), "a directory (this path is a file)")
@@ -492,12 +533,12 @@ def kfac_vs_adam(config, out, *, seeds=DEFAULTS["seeds"], adam_steps=DEFAULTS["a
 
     started = time.perf_counter()
     load_start = os.getloadavg()
-    cfg_of = {s: (dataclasses.replace(base, seed=s), dataclasses.replace(kfac_base, seed=s)) for s in seeds}
+    cfg_of = {s: dataclasses.replace(base, seed=s) for s in seeds}
     parts = build_parts(base)  # the market, liability and instruments do not depend on the seed
-    first = cfg_of[seeds[0]][0]
+    first = cfg_of[seeds[0]]
     warmup_batch = datasets(first, parts)[0][0]
-    valid_of = {s: list(datasets(cfg_of[s][0], parts)[1]) for s in seeds}
-    init_of = {s: _initial_weights(cfg_of[s][0], parts, warmup_batch) for s in seeds}
+    valid_of = {s: list(datasets(cfg_of[s], parts)[1]) for s in seeds}
+    init_of = {s: _initial_weights(cfg_of[s], parts, warmup_batch) for s in seeds}
 
     log("tracing Adam's train step")
     schedule = _make_scaled_schedule(base)
@@ -530,7 +571,7 @@ def kfac_vs_adam(config, out, *, seeds=DEFAULTS["seeds"], adam_steps=DEFAULTS["a
     runs, targets, adam_best_chunks = [], {}, {}
     for s in seeds:
         log(f"Adam lr {best_lr:g}, seed {s}, {adam_steps} steps")
-        run = _train(adam, cfg_of[s][0], parts, init_of[s], best_lr, adam_steps, eval_every, valid_of[s],
+        run = _train(adam, cfg_of[s], parts, init_of[s], best_lr, adam_steps, eval_every, valid_of[s],
                      log=log, label=f"adam seed {s}", keep_best=True)
         finite = [p["val_loss"] for p in run["curve"] if math.isfinite(p["val_loss"])]
         if not finite:
@@ -543,23 +584,29 @@ def kfac_vs_adam(config, out, *, seeds=DEFAULTS["seeds"], adam_steps=DEFAULTS["a
     adam_first_call = dict(first_call_s=adam.first_call_s, first_forward_s=adam.first_forward_s)
     del adam
 
-    # Phase 3: DH-KFAC per seed until the seed's target.
-    log("tracing DH-KFAC's train step")
+    # Phase 3 (and 4): each DH-KFAC rule per seed until the seed's target.
     from deephedge_tf.training import make_optimizer
 
-    kfac = _Runner(kfac_base, parts, make_optimizer(kfac_base), None, warmup_batch, log)
-    for s in seeds:
-        log(f"DH-KFAC seed {s}, target {targets[s]:.6g}, at most {kfac_steps} steps")
-        run = _train(kfac, cfg_of[s][1], parts, init_of[s], None, kfac_steps, eval_every, valid_of[s],
-                     target=targets[s], log=log, label=f"dhkfac seed {s}")
-        # DH-KFAC's weights where it stopped (at the target if reached) against Adam's best, path by path.
-        diff, diff_se = paired_difference(adam_best_chunks[s], kfac.chunk_losses(valid_of[s]))
-        run["paired_vs_adam_best"] = dict(step=run["steps_run"], mean_difference=diff, se=diff_se,
-                                          chunks=len(adam_best_chunks[s]))
-        runs.append(dict(optimizer="dhkfac", seed=s, learning_rate=kfac_lr, steps_budget=kfac_steps,
-                         **_with_target(run, targets[s])))
-    kfac_first_call = dict(first_call_s=kfac.first_call_s, first_forward_s=kfac.first_forward_s)
+    first_call = dict(adam=adam_first_call)
+    for name, rule_cfg in rule_cfgs.items():
+        log(f"tracing DH-KFAC's train step ({name} rule)")
+        kfac = _Runner(rule_cfg, parts, make_optimizer(rule_cfg), None, warmup_batch, log)
+        for s in seeds:
+            log(f"DH-KFAC ({name}) seed {s}, target {targets[s]:.6g}, at most {kfac_steps} steps")
+            run = _train(kfac, dataclasses.replace(rule_cfg, seed=s), parts, init_of[s], None, kfac_steps,
+                         eval_every, valid_of[s], target=targets[s], log=log, label=f"dhkfac {name} seed {s}")
+            # DH-KFAC's weights where it stopped (at the target if reached) against Adam's best, path by path.
+            diff, diff_se = paired_difference(adam_best_chunks[s], kfac.chunk_losses(valid_of[s]))
+            run["paired_vs_adam_best"] = dict(step=run["steps_run"], mean_difference=diff, se=diff_se,
+                                              chunks=len(adam_best_chunks[s]))
+            runs.append(dict(optimizer="dhkfac", rule=name, seed=s, learning_rate=kfac_lr,
+                             steps_budget=kfac_steps, **_with_target(run, targets[s])))
+        calls = dict(first_call_s=kfac.first_call_s, first_forward_s=kfac.first_forward_s)
+        first_call["dhkfac" if name == DEFAULT_RULE else name] = calls
+        del kfac
 
+    adam_runs = [r for r in runs if r["optimizer"] == "adam"]
+    rule_runs = {name: adam_runs + [r for r in runs if r.get("rule") == name] for name in rule_cfgs}
     results = dict(
         benchmark="kfac-vs-adam",
         config=str(config), overrides=overrides, kfac_overrides=_kfac_overrides(kfac_lr, kfac_overrides),
@@ -568,9 +615,13 @@ def kfac_vs_adam(config, out, *, seeds=DEFAULTS["seeds"], adam_steps=DEFAULTS["a
         target_rule=f"per seed: {target_factor} x the best validation loss of Adam's full-budget run",
         protocol=_protocol(base, kfac_base),
         sweep=sweep,
-        first_call=dict(adam=adam_first_call, dhkfac=kfac_first_call),
+        first_call=first_call,
         runs=runs,
-        summary=_summarise(runs, seeds, target_factor),
+        summary=_summarise(rule_runs[DEFAULT_RULE], seeds, target_factor),
+        compare={name: dict(kfac_overrides=_kfac_overrides(kfac_lr, rule_overrides[name]),
+                            protocol=dict(dhkfac=dataclasses.asdict(rule_cfgs[name].training.kfac)),
+                            summary=_summarise(rule_runs[name], seeds, target_factor))
+                 for name in rule_cfgs if name != DEFAULT_RULE},
         machine=_machine(load_start),
         total_wall_s=time.perf_counter() - started,
     )
@@ -702,6 +753,10 @@ def _summary_text(results: dict) -> str:
     g = results["summary"]["goal"]
     lines.append(f"goal ({g['description']}): {'met' if g['met'] else 'NOT met'} "
                  f"(steps: {g['steps']}, wall: {g['wall']})")
+    for name, c in results.get("compare", {}).items():
+        ratios = ", ".join(f"seed {r['seed']}: {fmt(r['step_ratio'], '.3f')} steps / {fmt(r['wall_ratio'], '.3f')} wall"
+                           for r in c["summary"]["per_seed"])
+        lines.append(f"rule {name} ({' '.join(c['kfac_overrides'][2:])}): {ratios}")
     return "\n".join(lines)
 
 
@@ -723,16 +778,43 @@ def results_markdown(results: dict) -> str:
                      f"{f(r['wall_ratio'], '.2f')} | {f(r['adam_best_val_loss'], '.4e')} | "
                      f"{f(r['kfac_best_val_loss'], '.4e')} | {f(r.get('target_margin_in_se'), '.1f')} / "
                      f"{f(r.get('target_margin_in_paired_se'), '.1f')} |")
+    compare = results.get("compare", {})
+    if compare:
+        lines += ["", "| rule | seed | DH-KFAC steps | DH-KFAC wall s | step ratio | wall ratio | DH-KFAC best |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for name, c in compare.items():
+            for r in c["summary"]["per_seed"]:
+                lines.append(f"| {name} | {r['seed']} | {f(r['kfac_steps_to_target'], 'd')} | "
+                             f"{f(r['kfac_wall_s_to_target'], '.1f')} | {f(r['step_ratio'], '.2f')} | "
+                             f"{f(r['wall_ratio'], '.2f')} | {f(r['kfac_best_val_loss'], '.4e')} |")
     fc = results["first_call"]
     lines += ["", "| optimizer | median step (train step) | median path simulation per step | first call "
               "(trace + compile + 1 step) |", "|---|---:|---:|---:|"]
-    for name, label in (("adam", "Adam"), ("dhkfac", "DH-KFAC")):
-        lines.append(f"| {label} | {step[name]['step_median_s'] * 1e3:.0f} ms | "
-                     f"{step[name]['data_median_s'] * 1e3:.0f} ms | {fc[name]['first_call_s']:.0f} s |")
+    timed = [("adam", "Adam", step["adam"]), ("dhkfac", "DH-KFAC", step["dhkfac"])]
+    timed += [(name, f"DH-KFAC ({name})", c["summary"]["per_step_time"]["dhkfac"]) for name, c in compare.items()]
+    for name, label, t in timed:
+        lines.append(f"| {label} | {t['step_median_s'] * 1e3:.0f} ms | "
+                     f"{t['data_median_s'] * 1e3:.0f} ms | {fc[name]['first_call_s']:.0f} s |")
     return "\n".join(lines) + "\n"
 
 
 # -- plot -----------------------------------------------------------------------------------------------
+
+def run_label(run: dict) -> str:
+    """'Adam', 'DH-KFAC' (the default rule) or 'DH-KFAC (NAME)' for a ``--compare`` rule's run."""
+    if run["optimizer"] == "adam":
+        return "Adam"
+    rule = run.get("rule", DEFAULT_RULE)
+    return "DH-KFAC" if rule == DEFAULT_RULE else f"DH-KFAC ({rule})"
+
+
+def run_colors(runs) -> dict:
+    """One colour per :func:`run_label`: Adam blue, the default rule red, compared rules after those."""
+    colors = {"Adam": "C0", "DH-KFAC": "C3"}
+    for label in dict.fromkeys(run_label(r) for r in runs):
+        colors.setdefault(label, f"C{(len(colors) + 2) % 10}")
+    return colors
+
 
 def plot_benchmark_curves(results: dict, path) -> str:
     """Validation loss vs training steps and vs wall time, every run, with each seed's target."""
@@ -744,7 +826,7 @@ def plot_benchmark_curves(results: dict, path) -> str:
     runs = results["runs"]
     seeds = results["seeds"]
     styles = ["-", "--", ":", "-."]
-    colors = {"adam": "C0", "dhkfac": "C3"}
+    colors = run_colors(runs)
     fig = Figure(figsize=(11.0, 4.6))
     axes = fig.subplots(1, 2)
     positive = all(p["val_loss"] > 0 for r in runs for p in r["curve"] if math.isfinite(p["val_loss"]))
@@ -754,13 +836,13 @@ def plot_benchmark_curves(results: dict, path) -> str:
             xs = [p[x_key] for p in r["curve"]]
             ys = [p["val_loss"] if math.isfinite(p["val_loss"]) else np.nan for p in r["curve"]]
             style = styles[seeds.index(r["seed"]) % len(styles)]
-            name = "DH-KFAC" if r["optimizer"] == "dhkfac" else f"Adam (lr {r['learning_rate']:g})"
-            ax.plot(xs, ys, linestyle=style, color=colors[r["optimizer"]], linewidth=1.4,
+            name = run_label(r) if r["optimizer"] == "dhkfac" else f"Adam (lr {r['learning_rate']:g})"
+            ax.plot(xs, ys, linestyle=style, color=colors[run_label(r)], linewidth=1.4,
                     label=f"{name}, seed {r['seed']}")
             if r["reached"]:
                 hit = r["steps_to_target"] if x_key == "step" else r["wall_s_to_target"]
                 ax.plot([hit], [first_at_or_below(r["curve"], r["target"])["val_loss"]], marker="o",
-                        color=colors[r["optimizer"]], markersize=5)
+                        color=colors[run_label(r)], markersize=5)
         for s in seeds:
             target = next(r["target"] for r in runs if r["seed"] == s)
             ax.axhline(target, color="0.3", linewidth=0.8, linestyle=styles[seeds.index(s) % len(styles)],

@@ -10,8 +10,10 @@ Runs the kfac-vs-adam protocol of :mod:`deephedge_tf.benchmark` on every task of
 * ``DIR/learning_curves.png``: validation loss against training steps, one panel per task.
 
 A task's DH-KFAC runs use the optimizer's defaults (the task configs carry no ``training.kfac``
-section; the manifest refuses one) unless ``--kfac-set`` overrides them for the whole suite, e.g. to
-report the paper's algorithm beside the default.
+section; the manifest refuses one) unless ``--kfac-set`` overrides them for the whole suite.  ``--compare
+NAME KEY=VALUE ...`` runs another DH-KFAC rule beside the default against the same Adam targets, in the
+same run (its rows carry ``rule = NAME``), e.g. the paper's algorithm: ``--compare paper
+training.kfac.preconditioner=kronecker``.
 
 Manifest keys: ``seeds``, ``target_factor``, ``goal: {step_ratio, wall_ratio}`` and ``tasks: {name:
 {config, adam_steps, kfac_steps, sweep_steps, lrs, eval_every (10), goal, target_factor (overrides)}}``;
@@ -148,12 +150,22 @@ def select(manifest: Manifest, tasks: Optional[Sequence[str]]) -> list:
 
 
 def suite_rows(task: Task, results: dict, goal: dict) -> list:
-    """One row per seed of a task's kfac-vs-adam results, judged against ``goal``."""
+    """One row per seed and DH-KFAC rule of a task's kfac-vs-adam results, judged against ``goal``
+    (the default rule's rows first)."""
+    from deephedge_tf.benchmark import DEFAULT_RULE
+
+    summaries = [(DEFAULT_RULE, results["summary"])]
+    summaries += [(name, c["summary"]) for name, c in results.get("compare", {}).items()]
+    return [row for rule, summary in summaries for row in _rule_rows(task, results, summary, goal, rule)]
+
+
+def _rule_rows(task: Task, results: dict, summary: dict, goal: dict, rule: str) -> list:
     rows = []
-    for r in results["summary"]["per_seed"]:
+    for r in summary["per_seed"]:
         step_ok = r["step_ratio"] is not None and r["step_ratio"] <= goal["step_ratio"]
         wall_ok = r["wall_ratio"] is not None and r["wall_ratio"] <= goal["wall_ratio"]
-        rows.append(dict(task=task.name, seed=r["seed"], target=r["target"], adam_lr=results["sweep"]["best_lr"],
+        rows.append(dict(task=task.name, rule=rule, seed=r["seed"], target=r["target"],
+                         adam_lr=results["sweep"]["best_lr"],
                          adam_steps=r["adam_steps_to_target"], adam_wall_s=r["adam_wall_s_to_target"],
                          kfac_steps=r["kfac_steps_to_target"], kfac_wall_s=r["kfac_wall_s_to_target"],
                          step_ratio=r["step_ratio"], wall_ratio=r["wall_ratio"],
@@ -164,7 +176,7 @@ def suite_rows(task: Task, results: dict, goal: dict) -> list:
 
 def run_suite(out, *, manifest=DEFAULT_MANIFEST, tasks: Optional[Sequence[str]] = None,
               seeds: Optional[Sequence[int]] = None, kfac_overrides: Sequence[str] = (),
-              log: Optional[Callable[[str], None]] = None) -> dict:
+              compare: Optional[dict] = None, log: Optional[Callable[[str], None]] = None) -> dict:
     """Runs the suite (see the module doc); returns the ``suite.json`` dict.  Raises
     :class:`ConfigError` for a bad manifest, task selection or task config before any training."""
     from deephedge_tf.benchmark import _jsonable, _write_atomic, kfac_vs_adam
@@ -185,19 +197,24 @@ def run_suite(out, *, manifest=DEFAULT_MANIFEST, tasks: Optional[Sequence[str]] 
                                kfac_steps=task.kfac_steps, sweep_steps=task.sweep_steps,
                                eval_every=task.eval_every, target_factor=task.target_factor or m.target_factor,
                                lrs=task.lrs,
-                               kfac_overrides=kfac_overrides, log=log)
+                               kfac_overrides=kfac_overrides, compare=compare, log=log)
         goal = m.goal_for(task.name)
         rows += suite_rows(task, results, goal)
         per_task[task.name] = dict(config=str(task.config), goal=goal, target_factor=results["target_factor"],
                                    total_wall_s=results["total_wall_s"],
                                    per_step_time=results["summary"]["per_step_time"],
+                                   compare_per_step_time={name: c["summary"]["per_step_time"]
+                                                          for name, c in results.get("compare", {}).items()},
                                    first_call=results["first_call"],
-                                   curves=[dict(optimizer=r["optimizer"], seed=r["seed"], target=r["target"],
+                                   curves=[dict(optimizer=r["optimizer"], rule=r.get("rule"), seed=r["seed"],
+                                                target=r["target"],
                                                 curve=[(p["step"], p["val_loss"]) for p in r["curve"]])
                                            for r in results["runs"]])
+    from deephedge_tf.benchmark import DEFAULT_RULE
+
     summary = dict(benchmark="suite", manifest=str(m.path), seeds=list(seeds), kfac_overrides=list(kfac_overrides),
-                   target_factor=m.target_factor, rows=rows, tasks=per_task,
-                   goal_met=all(r["goal_met"] for r in rows))
+                   compare=dict(compare or {}), target_factor=m.target_factor, rows=rows, tasks=per_task,
+                   goal_met=all(r["goal_met"] for r in rows if r["rule"] == DEFAULT_RULE))
     out.mkdir(parents=True, exist_ok=True)
     _write_atomic(out / "suite.json", (json.dumps(_jsonable(summary), indent=2) + "\n").encode())
     _write_atomic(out / "suite.md", suite_markdown(summary).encode())
@@ -211,18 +228,22 @@ def suite_markdown(summary: dict) -> str:
     def f(x, spec):
         return "-" if x is None else format(x, spec)
 
-    lines = ["| task | seed | Adam lr | target | Adam steps | DH-KFAC steps | step ratio | Adam wall s | "
-             "DH-KFAC wall s | wall ratio | goal |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = ["| task | rule | seed | Adam lr | target | Adam steps | DH-KFAC steps | step ratio | Adam wall s | "
+             "DH-KFAC wall s | wall ratio | goal |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in summary["rows"]:
-        lines.append(f"| {r['task']} | {r['seed']} | {r['adam_lr']:g} | {r['target']:.4e} | "
+        lines.append(f"| {r['task']} | {r.get('rule', 'default')} | {r['seed']} | {r['adam_lr']:g} | {r['target']:.4e} | "
                      f"{f(r['adam_steps'], 'd')} | {f(r['kfac_steps'], 'd')} | {f(r['step_ratio'], '.2f')} | "
                      f"{f(r['adam_wall_s'], '.1f')} | {f(r['kfac_wall_s'], '.1f')} | {f(r['wall_ratio'], '.2f')} | "
                      f"{'met' if r['goal_met'] else 'missed'} |")
-    lines += ["", "| task | Adam step | DH-KFAC step | ratio | goal (steps / wall) |", "|---|---:|---:|---:|---|"]
+    lines += ["", "| task | rule | Adam step | DH-KFAC step | ratio | goal (steps / wall) |",
+              "|---|---|---:|---:|---:|---|"]
     for name, t in summary["tasks"].items():
-        a, k = t["per_step_time"]["adam"]["step_median_s"], t["per_step_time"]["dhkfac"]["step_median_s"]
-        lines.append(f"| {name} | {a * 1e3:.0f} ms | {k * 1e3:.0f} ms | {k / a:.2f} | "
-                     f"{t['goal']['step_ratio']:g} / {t['goal']['wall_ratio']:g} |")
+        a = t["per_step_time"]["adam"]["step_median_s"]
+        timed = [("default", t["per_step_time"])] + list(t.get("compare_per_step_time", {}).items())
+        for rule, per_step in timed:
+            k = per_step["dhkfac"]["step_median_s"]
+            lines.append(f"| {name} | {rule} | {a * 1e3:.0f} ms | {k * 1e3:.0f} ms | {k / a:.2f} | "
+                         f"{t['goal']['step_ratio']:g} / {t['goal']['wall_ratio']:g} |")
     return "\n".join(lines) + "\n"
 
 
@@ -231,7 +252,7 @@ def plot_suite(summary: dict, path) -> str:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from deephedge_tf.benchmark import _write_atomic
+    from deephedge_tf.benchmark import _write_atomic, run_colors, run_label
 
     names = list(summary["tasks"])
     cols = min(3, len(names))
@@ -239,15 +260,15 @@ def plot_suite(summary: dict, path) -> str:
     fig = Figure(figsize=(5.0 * cols, 3.8 * rows))
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     styles = ["-", "--", ":", "-."]
-    colors = {"adam": "C0", "dhkfac": "C3"}
+    colors = run_colors(c for t in summary["tasks"].values() for c in t["curves"])
     for ax, name in zip(axes, names):
         curves = summary["tasks"][name]["curves"]
         seeds = sorted({c["seed"] for c in curves})
         for c in curves:
             xs = [p[0] for p in c["curve"]]
             ys = [p[1] if p[1] is not None and math.isfinite(p[1]) else float("nan") for p in c["curve"]]
-            ax.plot(xs, ys, linestyle=styles[seeds.index(c["seed"]) % 4], color=colors[c["optimizer"]],
-                    linewidth=1.2, label=f"{'DH-KFAC' if c['optimizer'] == 'dhkfac' else 'Adam'}, seed {c['seed']}")
+            ax.plot(xs, ys, linestyle=styles[seeds.index(c["seed"]) % 4], color=colors[run_label(c)],
+                    linewidth=1.2, label=f"{run_label(c)}, seed {c['seed']}")
         for c in curves:
             if c["optimizer"] == "adam":
                 ax.axhline(c["target"], color="0.4", linewidth=0.7, linestyle=styles[seeds.index(c["seed"]) % 4])
@@ -283,19 +304,23 @@ def add_suite_parser(sub) -> None:
     p.add_argument("--tasks", nargs="+", default=None, help="task names (default: all)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the manifest's)")
     p.add_argument("--kfac-set", dest="kfac_overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override of every DH-KFAC run, e.g. training.kfac.preconditioner=kronecker")
+                   help="config override of every DH-KFAC run, e.g. training.kfac.max_step=0.5")
+    from deephedge_tf.benchmark import add_compare_argument
+
+    add_compare_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
 def run_suite_command(args) -> int:
-    from deephedge_tf.benchmark import _stderr
+    from deephedge_tf.benchmark import _stderr, compare_rules
 
     try:
         summary = run_suite(args.out, manifest=args.suite, tasks=args.tasks, seeds=args.seeds,
-                            kfac_overrides=args.kfac_overrides, log=None if args.quiet else _stderr)
+                            kfac_overrides=args.kfac_overrides, compare=compare_rules(args.compare),
+                            log=None if args.quiet else _stderr)
     except DeepHedgeError as e:
         print(f"deephedge: error: {e}", file=sys.stderr)
         return 2
     print(suite_markdown(summary))
-    print(f"goal {'met' if summary['goal_met'] else 'NOT met'} on every task and seed")
+    print(f"goal {'met' if summary['goal_met'] else 'NOT met'} on every task and seed (default rule)")
     return 0

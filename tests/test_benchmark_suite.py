@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from deephedge_tf.benchmark import main
+from deephedge_tf.benchmark import compare_rules, main
 from deephedge_tf.benchmark_suite import DEFAULT_MANIFEST, load_manifest, run_suite
 from deephedge_tf.config import load_config
 from deephedge_tf.errors import ConfigError
@@ -51,26 +51,57 @@ def tiny_suite(tmp_path_factory):
     return root, manifest
 
 
-def test_tiny_suite_writes_one_table_over_tasks_and_seeds(tiny_suite):
+def test_tiny_suite_writes_one_table_over_tasks_seeds_and_rules(tiny_suite):
     root, manifest = tiny_suite
     out = root / "out"
-    summary = run_suite(out, manifest=manifest, seeds=[0, 1])
-    assert [(r["task"], r["seed"]) for r in summary["rows"]] == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+    paper = ["training.kfac.preconditioner=kronecker"]
+    summary = run_suite(out, manifest=manifest, seeds=[0, 1], compare={"paper": paper})
+    assert [(r["task"], r["rule"], r["seed"]) for r in summary["rows"]] == [
+        (t, rule, s) for t in ("a", "b") for rule in ("default", "paper") for s in (0, 1)]
     on_disk = json.loads((out / "suite.json").read_text())
     assert on_disk["rows"] == json.loads(json.dumps(summary["rows"]))
     for r in summary["rows"]:
         per_task = json.loads((out / r["task"] / "results.json").read_text())
-        row = next(x for x in per_task["summary"]["per_seed"] if x["seed"] == r["seed"])
+        judged = per_task["summary"] if r["rule"] == "default" else per_task["compare"]["paper"]["summary"]
+        row = next(x for x in judged["per_seed"] if x["seed"] == r["seed"])
         assert r["kfac_steps"] == row["kfac_steps_to_target"] and r["adam_steps"] == row["adam_steps_to_target"]
         goal = {"a": 0.25, "b": 1.0}[r["task"]]
         assert r["goal_steps"] == (r["step_ratio"] is not None and r["step_ratio"] <= goal)
+        # Each rule's runs really used its step rule, against the same Adam target.
+        run = next(x for x in per_task["runs"] if x.get("rule") == r["rule"] and x["seed"] == r["seed"])
+        adam = next(x for x in per_task["runs"] if x["optimizer"] == "adam" and x["seed"] == r["seed"])
+        assert run["target"] == adam["target"] == r["target"]
+    for task in ("a", "b"):
+        per_task = json.loads((out / task / "results.json").read_text())
+        assert per_task["protocol"]["dhkfac"]["preconditioner"] == "gauss_newton"
+        assert per_task["compare"]["paper"]["protocol"]["dhkfac"]["preconditioner"] == "kronecker"
+        assert per_task["compare"]["paper"]["kfac_overrides"][-1] == paper[0]
     assert summary["tasks"]["b"]["goal"] == {"step_ratio": 1.0, "wall_ratio": 0.5}
     assert summary["tasks"]["a"]["target_factor"] == 1.5 and summary["tasks"]["b"]["target_factor"] == 1.2
+    assert summary["goal_met"] == all(r["goal_met"] for r in summary["rows"] if r["rule"] == "default")
     table = (out / "suite.md").read_text()
     for task in ("a", "b"):
-        assert all(f"\n| {task} | {seed} | " in table for seed in (0, 1))
-        assert table.count(f"\n| {task} | ") == 3  # two seeds and its per-step time
+        assert all(f"\n| {task} | {rule} | {seed} | " in table for seed in (0, 1) for rule in ("default", "paper"))
+        assert table.count(f"\n| {task} | ") == 6  # two seeds x two rules, and each rule's per-step time
     assert (out / "learning_curves.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("groups, key", [
+    ([["default", "training.kfac.damping=0.5"]], "--compare"),
+    ([["paper"]], "--compare paper"),
+    ([["paper", "damping"]], "--compare paper"),
+    ([["p", "training.kfac.damping=0.5"], ["p", "training.kfac.damping=0.3"]], "--compare"),
+])
+def test_compare_rules_are_checked(groups, key):
+    with pytest.raises(ConfigError, match=key):
+        compare_rules(groups)
+
+
+def test_a_compared_rule_must_change_only_the_optimizer(tiny_suite, tmp_path):
+    root, manifest = tiny_suite
+    with pytest.raises(ConfigError, match="--compare wide"):
+        run_suite(tmp_path / "o", manifest=manifest, tasks=["a"], compare={"wide": ["policy.width=8"]})
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("edit, key", [

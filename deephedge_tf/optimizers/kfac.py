@@ -124,6 +124,18 @@ class _BlockState:
     velocity: keras.Variable | None  # heavy ball: D_prev [da, dg]; subspace / gauss_newton: the last step
 
 
+def _to_eigenbasis(state, x):
+    """``U_A^T x U_G`` for ``x [..., dim_a, d_out]``: a block's tensor in its Kronecker eigenbasis."""
+    return tf.einsum("ai,...ab,bj->...ij", tf.convert_to_tensor(state.basis_a), x,
+                     tf.convert_to_tensor(state.basis_g))
+
+
+def _from_eigenbasis(state, y):
+    """``U_A y U_G^T``: the inverse of :func:`_to_eigenbasis` (the bases are orthogonal)."""
+    return tf.einsum("ai,...ij,bj->...ab", tf.convert_to_tensor(state.basis_a), y,
+                     tf.convert_to_tensor(state.basis_g))
+
+
 def _all_finite(tensors):
     flags = [tf.reduce_all(tf.math.is_finite(t)) for t in tensors]
     if not flags:
@@ -674,16 +686,15 @@ class DHKFAC(keras.optimizers.Optimizer):
             members = [grad_by_index.get(i) for i in block.indices]
             if all(m is None for m in members) or block.name not in self._fed_blocks:
                 continue
-            u_a, u_g = tf.convert_to_tensor(state.basis_a), tf.convert_to_tensor(state.basis_g)
             grad = stack(block, members)
             s_d = estimator.damp(self._scale(state), self.damping_mode, self.damping, self.epsilon)
-            proj = tf.matmul(tf.matmul(u_a, grad, transpose_a=True), u_g) / s_d
-            direction = tf.matmul(tf.matmul(u_a, proj), u_g, transpose_b=True)
+            proj = _to_eigenbasis(state, grad) / s_d
+            direction = _from_eigenbasis(state, proj)
             if with_momentum and self.momentum:  # heavy ball (the subspace model keeps its own step)
                 velocity = tf.convert_to_tensor(state.velocity)
                 mu = tf.constant(self.momentum, block.dtype)
                 direction = direction + mu * velocity
-                proj = proj + mu * tf.matmul(tf.matmul(u_a, velocity, transpose_a=True), u_g)
+                proj = proj + mu * _to_eigenbasis(state, velocity)
             out[k] = (direction, proj, s_d, grad)
         return out
 
@@ -728,7 +739,7 @@ class DHKFAC(keras.optimizers.Optimizer):
                 f"DHKFAC: got {len(grads)} gradients for {len(self._trainable_variables)} variables"
             )
         if self.gauss_newton:
-            d, _, rows, _ = self._gauss_newton_directions({i: g for i, g in enumerate(grads) if g is not None})
+            d, _, rows, _, _ = self._gauss_newton_directions({i: g for i, g in enumerate(grads) if g is not None})
             return self._per_variable(d), tf.cast(tf.reduce_sum(tf.square(woodbury.apply_rows(rows, d))),
                                                   self._scalar_dtype)
         directions = self._block_directions({i: g for i, g in enumerate(grads) if g is not None}, with_momentum)
@@ -787,7 +798,8 @@ class DHKFAC(keras.optimizers.Optimizer):
         self._factor = None
 
     def _gauss_newton_directions(self, grad_by_index):
-        """``({k: d}, {k: stacked g}, {k: rows}, lambda)`` for the blocks with rows and a gradient."""
+        """``({k: d}, {k: stacked g}, {k: rows}, lambda, {k: metric scales} or None)`` for the blocks with
+        rows and a gradient."""
         if self._rows is None:
             raise RuntimeError("DHKFAC: preconditioner='gauss_newton' needs set_jacobian_rows(...) before each "
                                "step (with_curvature / the Hedger's train step do this)")
@@ -799,17 +811,18 @@ class DHKFAC(keras.optimizers.Optimizer):
                 continue
             rows[k], grads[k] = r, stack(block, members)
         if not rows:
-            return {}, {}, {}, tf.ones((), tf.float64)
-        # lambda and the Cholesky factor depend on the rows only: computed once per step, shared by the
-        # step model's direction (step_directions) and the update (cleared when the update is done).
+            return {}, {}, {}, tf.ones((), tf.float64), None
+        # lambda, the metric and the Cholesky factor depend on the rows only: computed once per step,
+        # shared by the step model's direction (step_directions) and the update (cleared after it).
         key = tuple(sorted(rows))
         if self._factor is None or self._factor[0] != key:
             lam = self._current_damping(rows)
-            scaled = self._metric_inverse(rows) if self.metric == "kronecker" else None
-            self._factor = (key, lam, woodbury.factorise(rows, lam, scaled), scaled)
-        _, lam, chol, scaled = self._factor
-        scaled_grads = None if scaled is None else self._metric_inverse(grads)
-        return woodbury.solve(rows, grads, lam, chol, scaled, scaled_grads), grads, rows, lam
+            scales = self._metric_scales(rows) if self.metric == "kronecker" else None
+            scaled = None if scales is None else self._metric_inverse(rows, scales)
+            self._factor = (key, lam, woodbury.factorise(rows, lam, scaled), scaled, scales)
+        _, lam, chol, scaled, scales = self._factor
+        scaled_grads = None if scales is None else self._metric_inverse(grads, scales)
+        return woodbury.solve(rows, grads, lam, chol, scaled, scaled_grads), grads, rows, lam, scales
 
     def _metric_scales(self, blocks):
         """``{k: damped EKFAC diagonal / mean}`` for ``blocks``: the Kronecker metric ``M`` of the
@@ -823,30 +836,18 @@ class DHKFAC(keras.optimizers.Optimizer):
         mean = total / size
         return {k: damped[k] / tf.cast(mean, damped[k].dtype) for k in blocks}
 
-    def _metric_inverse(self, tensors):
-        """``M^-1 x`` per block for ``{k: x [..., dim_a, d_out]}`` (:meth:`_metric_scales`)."""
-        scales = self._metric_scales(tensors)
-        out = {}
-        for k, x in tensors.items():
-            state = self._kfac_states[k]
-            u_a, u_g = tf.convert_to_tensor(state.basis_a), tf.convert_to_tensor(state.basis_g)
-            proj = tf.einsum("ai,...ab,bj->...ij", u_a, x, u_g) / scales[k]
-            out[k] = tf.einsum("ai,...ij,bj->...ab", u_a, proj, u_g)
-        return out
+    def _metric_inverse(self, tensors, scales):
+        """``M^-1 x`` per block for ``{k: x [..., dim_a, d_out]}``, ``scales`` from :meth:`_metric_scales`."""
+        return {k: _from_eigenbasis(self._kfac_states[k], _to_eigenbasis(self._kfac_states[k], x) / scales[k])
+                for k, x in tensors.items()}
 
-    def _metric_norm2(self, directions):
-        """``sum_k d_k^T M_k d_k`` (float64): the damping term of the step model (``|d|^2`` for the
-        identity metric)."""
-        if self.metric != "kronecker":
+    def _metric_norm2(self, directions, scales):
+        """``sum_k d_k^T M_k d_k`` (float64): the damping term of the step model; ``|d|^2`` for the
+        identity metric (``scales`` None), else ``scales`` from :meth:`_metric_scales`."""
+        if scales is None:
             return tf.add_n([tf.reduce_sum(tf.square(tf.cast(d, tf.float64))) for d in directions.values()])
-        scales = self._metric_scales(directions)
-        terms = []
-        for k, d in directions.items():
-            state = self._kfac_states[k]
-            proj = tf.einsum("ai,ab,bj->ij", tf.convert_to_tensor(state.basis_a), d,
-                             tf.convert_to_tensor(state.basis_g))
-            terms.append(tf.reduce_sum(tf.cast(scales[k] * tf.square(proj), tf.float64)))
-        return tf.add_n(terms)
+        return tf.add_n([tf.reduce_sum(tf.cast(scales[k] * tf.square(_to_eigenbasis(self._kfac_states[k], d)),
+                                               tf.float64)) for k, d in directions.items()])
 
     def _current_damping(self, rows):
         """``lambda`` for this step: the adapted one (``damping x tr(C) / P`` at first), floored at
@@ -1056,7 +1057,7 @@ class DHKFAC(keras.optimizers.Optimizer):
 
     def _gauss_newton_update(self, grad_by_index, learning_rate):
         """``W <- W - eta d`` with the Woodbury direction and the damped line model (module doc)."""
-        directions, grads, rows, lam = self._gauss_newton_directions(grad_by_index)
+        directions, grads, rows, lam, scales = self._gauss_newton_directions(grad_by_index)
         f64 = tf.float64
         eta = tf.zeros((), f64)
         if directions:
@@ -1065,7 +1066,7 @@ class DHKFAC(keras.optimizers.Optimizer):
             valid = self.model_valid > 0
             slope = tf.add_n([tf.reduce_sum(tf.cast(grads[k] * d, f64)) for k, d in directions.items()])
             slope = tf.where(valid, tf.cast(self.model_rhs[0], f64), slope)
-            norm2 = self._metric_norm2(directions)
+            norm2 = self._metric_norm2(directions, scales)
             sample = tf.reduce_sum(tf.square(woodbury.apply_rows(rows, directions)))
             quad = tf.where(valid, tf.cast(self.model_matrix[0, 0], f64), sample)
             denom = quad + lam * norm2
