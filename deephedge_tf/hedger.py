@@ -28,17 +28,19 @@ import keras
 import tensorflow as tf
 
 from deephedge_tf.features import time_major
+from deephedge_tf.optimizers.losses import OutputCurvature
 from deephedge_tf.policies.base import policy_rollout
 
 OUTPUT_KEYS = ("pnl", "costs", "gains", "turnover", "actions")
 GGN_MODES = ("exact", "sampled")
 
 
-class CostL2Curvature:
+class CostL2Curvature(OutputCurvature):
     """L2 surrogate of the transaction costs' curvature on the actions ``u`` ``[T, B, N]`` (``|u|`` has
     none): per path ``c2 sum_k sum_n (u_k^n - u_{k-1}^n)^2`` (``u_{-1} = 0``), i.e. ``H_b = 2 c2 D^T D``
-    with ``D`` the time difference.  Pseudo-gradients ``sqrt(2 c2) D^T z``, ``z ~ N(0, I)``.
-    (Duck-typed :class:`deephedge_tf.optimizers.losses.OutputCurvature`; the batch axis is 1.)"""
+    with ``D`` the time difference.  Pseudo-gradients ``sqrt(2 c2) D^T z``, ``z ~ N(0, I)``; the
+    Gauss-Newton step's Jacobian rows are those pseudo-gradients' (the base class's default).  The
+    batch axis of ``u`` is 1 (time-major actions); the rows are per path all the same."""
 
     def __init__(self, cost_l2: float):
         self.cost_l2 = float(cost_l2)
