@@ -134,22 +134,23 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--write", metavar="FILE")
     args = ap.parse_args(argv)
-    results = {}
+    if len(set(args.config)) != len(args.config):
+        ap.error("--config: each config once")
+    results = []  # (times, sizes) per config, in order (one process: earlier graphs stay in memory)
     for config in args.config:
-        results[config] = breakdown(config, args.repeats)
-        adam_ms = results[config][0]["Adam train step"]
-        for name, ms in results[config][0].items():
+        results.append(breakdown(config, args.repeats))
+        adam_ms = results[-1][0]["Adam train step"]
+        for name, ms in results[-1][0].items():
             print(f"{config}: {name}: {ms:.0f} ms ({ms / adam_ms:.2f} x Adam)", flush=True)
-    names = [Path(c).stem for c in args.config]
+    names = [str(Path(c).with_suffix("")) for c in args.config]
     rows = []
     for component in COMPONENTS:
         row = [component]
-        for config in args.config:
-            times = results[config][0]
+        for times, _ in results:
             row.append(f"{times[component]:.0f} ms ({times[component] / times['Adam train step']:.2f})")
         rows.append(row)
     cmd = f"python benchmarks/bench_gn_breakdown.py --config {' '.join(args.config)}"
-    details = ("; ".join(f"{n}: {results[c][1]}" for n, c in zip(names, args.config))
+    details = ("; ".join(f"{n}: {sizes}" for n, (_, sizes) in zip(names, results))
                + f"; median of {args.repeats} calls; each component its own tf.function; in brackets: / Adam step.")
     text = report.section("Gauss-Newton train step: time by component", cmd, details,
                           ["component"] + names, ["---"] + ["---:"] * len(names), rows)

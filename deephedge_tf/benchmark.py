@@ -173,18 +173,11 @@ def add_compare_argument(p) -> None:
 
 def compare_rules(groups) -> dict:
     """``--compare`` groups ``[[NAME, KEY=VALUE, ...], ...]`` as ``{NAME: [KEY=VALUE, ...]}``, checked."""
-    rules = {}
-    for group in groups:
-        name, overrides = group[0], list(group[1:])
-        if not name.isidentifier() or name == DEFAULT_RULE:
-            raise ConfigError("--compare", name, f"a rule name (letters, digits, _), not {DEFAULT_RULE!r}, "
-                              "followed by its KEY=VALUE overrides")
-        if name in rules:
-            raise ConfigError("--compare", name, "each rule name once")
-        if not overrides or any("=" not in o for o in overrides):
-            raise ConfigError(f"--compare {name}", overrides, "one or more KEY=VALUE overrides after the name")
-        rules[name] = overrides
-    return rules
+    names = [group[0] for group in groups]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError("--compare", repeated, "each rule name once")
+    return _checked_compare({group[0]: list(group[1:]) for group in groups})
 
 
 def _stderr(msg: str) -> None:
@@ -251,13 +244,54 @@ _OPTIMIZER_KEYS = ("optimizer", "learning_rate", "warmup_steps", "decay_rate", "
                    "kfac", "jit_compile")
 
 
-def _check_same_task(base: Config, kfac: Config, kfac_overrides, key: str = "--kfac-set") -> None:
+def _check_same_task(base: Config, kfac: Config, kfac_overrides, flag: str = "--kfac-set") -> None:
     keep = {key: getattr(base.training, key) for key in _OPTIMIZER_KEYS}
     same_training = dataclasses.replace(kfac.training, **keep) == base.training
     if not same_training or dataclasses.replace(kfac, training=base.training) != base:
-        raise ConfigError(key, list(kfac_overrides),
+        raise ConfigError(flag, list(kfac_overrides),
                           f"overrides of the optimizer only (training.{{{', '.join(_OPTIMIZER_KEYS)}}}); "
                           "use --set for the task, paths and policy, which both optimizers share")
+
+
+def resolve_rules(config, overrides: Sequence[str], kfac_lr: float, kfac_overrides: Sequence[str],
+                  compare: Optional[dict]) -> tuple:
+    """``(Adam's config, {rule: DH-KFAC config}, {rule: its overrides})`` of a benchmark: the default rule
+    (``--kfac-set``) and each ``compare`` rule on top of it, every one checked (protocol, same task,
+    still DH-KFAC).  Raises :class:`ConfigError` naming the flag and rule; nothing trains before."""
+    compare = _checked_compare(compare)
+    overrides, kfac_overrides = list(overrides), list(kfac_overrides)
+    base = load_config(config, overrides)
+    base = dataclasses.replace(base, training=dataclasses.replace(base.training, optimizer="adam"))
+    _check_protocol(base)
+    rule_overrides = {DEFAULT_RULE: kfac_overrides}
+    rule_overrides.update({name: kfac_overrides + extra for name, extra in compare.items()})
+    rule_cfgs = {}
+    for name, extra in rule_overrides.items():
+        flag = "--kfac-set" if name == DEFAULT_RULE else f"--compare {name}"
+        cfg = load_config(config, overrides + _kfac_overrides(kfac_lr, extra))
+        _check_protocol(cfg)
+        if cfg.training.optimizer != "dhkfac":
+            raise ConfigError(flag, extra, "overrides that keep training.optimizer = dhkfac")
+        _check_same_task(base, cfg, extra, flag)
+        rule_cfgs[name] = cfg
+    return base, rule_cfgs, rule_overrides
+
+
+# Names a --compare rule may not take: the default rule's, and the first_call keys of the results.
+_RESERVED_RULES = (DEFAULT_RULE, "adam", "dhkfac")
+
+
+def _checked_compare(compare: Optional[dict]) -> dict:
+    """``compare`` as ``{name: [KEY=VALUE, ...]}``, each name and override list checked."""
+    checked = {}
+    for name, extra in (compare or {}).items():
+        if not isinstance(name, str) or not name.isidentifier() or name in _RESERVED_RULES:
+            raise ConfigError("--compare", name, f"a rule name (letters, digits, _) other than "
+                              f"{', '.join(_RESERVED_RULES)}, followed by its KEY=VALUE overrides")
+        if isinstance(extra, str) or not extra or any(not isinstance(o, str) or "=" not in o for o in extra):
+            raise ConfigError(f"--compare {name}", extra, "one or more KEY=VALUE overrides after the name")
+        checked[name] = list(extra)
+    return checked
 
 
 def _kfac_overrides(kfac_lr: float, extra: Sequence[str]) -> list[str]:
@@ -507,23 +541,9 @@ def kfac_vs_adam(config, out, *, seeds=DEFAULTS["seeds"], adam_steps=DEFAULTS["a
     before any training."""
     seeds, adam_steps, kfac_steps, sweep_steps, eval_every, target_factor, lrs, kfac_lr = _check_arguments(
         seeds, adam_steps, kfac_steps, sweep_steps, eval_every, target_factor, lrs, kfac_lr)
-    overrides, kfac_overrides = list(overrides), list(kfac_overrides)
-    base = load_config(config, overrides)
-    base = dataclasses.replace(base, training=dataclasses.replace(base.training, optimizer="adam"))
-    kfac_base = load_config(config, overrides + _kfac_overrides(kfac_lr, kfac_overrides))
-    for c in (base, kfac_base):
-        _check_protocol(c)
-    rule_overrides = {DEFAULT_RULE: kfac_overrides, **{name: kfac_overrides + list(extra)
-                                                       for name, extra in (compare or {}).items()}}
-    rule_cfgs = {DEFAULT_RULE: kfac_base}
-    for name, extra in (compare or {}).items():
-        rule_cfgs[name] = load_config(config, overrides + _kfac_overrides(kfac_lr, rule_overrides[name]))
-        _check_protocol(rule_cfgs[name])
-    for name, cfg in rule_cfgs.items():
-        key = "--kfac-set" if name == DEFAULT_RULE else f"--compare {name}"
-        if cfg.training.optimizer != "dhkfac":
-            raise ConfigError(key, rule_overrides[name], "overrides that keep training.optimizer = dhkfac")
-        _check_same_task(base, cfg, rule_overrides[name], key)
+    overrides = list(overrides)
+    base, rule_cfgs, rule_overrides = resolve_rules(config, overrides, kfac_lr, kfac_overrides, compare)
+    kfac_base = rule_cfgs[DEFAULT_RULE]
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError("--out", str(out), "a directory (this path is a file)")
@@ -599,7 +619,7 @@ def kfac_vs_adam(config, out, *, seeds=DEFAULTS["seeds"], adam_steps=DEFAULTS["a
             diff, diff_se = paired_difference(adam_best_chunks[s], kfac.chunk_losses(valid_of[s]))
             run["paired_vs_adam_best"] = dict(step=run["steps_run"], mean_difference=diff, se=diff_se,
                                               chunks=len(adam_best_chunks[s]))
-            runs.append(dict(optimizer="dhkfac", rule=name, seed=s, learning_rate=kfac_lr,
+            runs.append(dict(optimizer="dhkfac", rule=name, seed=s, learning_rate=rule_cfg.training.kfac.max_step,
                              steps_budget=kfac_steps, **_with_target(run, targets[s])))
         calls = dict(first_call_s=kfac.first_call_s, first_forward_s=kfac.first_forward_s)
         first_call["dhkfac" if name == DEFAULT_RULE else name] = calls
@@ -619,6 +639,7 @@ def kfac_vs_adam(config, out, *, seeds=DEFAULTS["seeds"], adam_steps=DEFAULTS["a
         runs=runs,
         summary=_summarise(rule_runs[DEFAULT_RULE], seeds, target_factor),
         compare={name: dict(kfac_overrides=_kfac_overrides(kfac_lr, rule_overrides[name]),
+                            rule_overrides=rule_overrides[name][len(rule_overrides[DEFAULT_RULE]):],
                             protocol=dict(dhkfac=dataclasses.asdict(rule_cfgs[name].training.kfac)),
                             summary=_summarise(rule_runs[name], seeds, target_factor))
                  for name in rule_cfgs if name != DEFAULT_RULE},
@@ -756,7 +777,7 @@ def _summary_text(results: dict) -> str:
     for name, c in results.get("compare", {}).items():
         ratios = ", ".join(f"seed {r['seed']}: {fmt(r['step_ratio'], '.3f')} steps / {fmt(r['wall_ratio'], '.3f')} wall"
                            for r in c["summary"]["per_seed"])
-        lines.append(f"rule {name} ({' '.join(c['kfac_overrides'][2:])}): {ratios}")
+        lines.append(f"rule {name} ({' '.join(c['rule_overrides'])}): {ratios}")
     return "\n".join(lines)
 
 
@@ -804,15 +825,17 @@ def run_label(run: dict) -> str:
     """'Adam', 'DH-KFAC' (the default rule) or 'DH-KFAC (NAME)' for a ``--compare`` rule's run."""
     if run["optimizer"] == "adam":
         return "Adam"
-    rule = run.get("rule", DEFAULT_RULE)
+    rule = run.get("rule") or DEFAULT_RULE
     return "DH-KFAC" if rule == DEFAULT_RULE else f"DH-KFAC ({rule})"
 
 
 def run_colors(runs) -> dict:
     """One colour per :func:`run_label`: Adam blue, the default rule red, compared rules after those."""
     colors = {"Adam": "C0", "DH-KFAC": "C3"}
+    others = iter(["C2", "C4", "C1", "C5", "C6", "C8", "C9", "C7"])
     for label in dict.fromkeys(run_label(r) for r in runs):
-        colors.setdefault(label, f"C{(len(colors) + 2) % 10}")
+        if label not in colors:
+            colors[label] = next(others, "0.5")  # grey once the palette is used up
     return colors
 
 

@@ -179,13 +179,15 @@ def run_suite(out, *, manifest=DEFAULT_MANIFEST, tasks: Optional[Sequence[str]] 
               compare: Optional[dict] = None, log: Optional[Callable[[str], None]] = None) -> dict:
     """Runs the suite (see the module doc); returns the ``suite.json`` dict.  Raises
     :class:`ConfigError` for a bad manifest, task selection or task config before any training."""
-    from deephedge_tf.benchmark import _jsonable, _write_atomic, kfac_vs_adam
+    from deephedge_tf.benchmark import DEFAULTS, _jsonable, _write_atomic, kfac_vs_adam, resolve_rules
 
     m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
     chosen = select(m, tasks)
     seeds = tuple(m.seeds if seeds is None else seeds)
     for task in chosen:
         _check_task_config(task)
+        # Every rule of every task checked before the first task trains.
+        resolve_rules(task.config, (), DEFAULTS["kfac_lr"], kfac_overrides, compare)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError("--out", str(out), "a directory (this path is a file)")
@@ -223,7 +225,8 @@ def run_suite(out, *, manifest=DEFAULT_MANIFEST, tasks: Optional[Sequence[str]] 
 
 
 def suite_markdown(summary: dict) -> str:
-    """The suite table (one row per task and seed) and per-step times, as Markdown."""
+    """The suite table (one row per task, rule and seed) and per-step times, as Markdown."""
+    from deephedge_tf.benchmark import DEFAULT_RULE
 
     def f(x, spec):
         return "-" if x is None else format(x, spec)
@@ -231,7 +234,7 @@ def suite_markdown(summary: dict) -> str:
     lines = ["| task | rule | seed | Adam lr | target | Adam steps | DH-KFAC steps | step ratio | Adam wall s | "
              "DH-KFAC wall s | wall ratio | goal |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in summary["rows"]:
-        lines.append(f"| {r['task']} | {r.get('rule', 'default')} | {r['seed']} | {r['adam_lr']:g} | {r['target']:.4e} | "
+        lines.append(f"| {r['task']} | {r.get('rule', DEFAULT_RULE)} | {r['seed']} | {r['adam_lr']:g} | {r['target']:.4e} | "
                      f"{f(r['adam_steps'], 'd')} | {f(r['kfac_steps'], 'd')} | {f(r['step_ratio'], '.2f')} | "
                      f"{f(r['adam_wall_s'], '.1f')} | {f(r['kfac_wall_s'], '.1f')} | {f(r['wall_ratio'], '.2f')} | "
                      f"{'met' if r['goal_met'] else 'missed'} |")
@@ -239,7 +242,7 @@ def suite_markdown(summary: dict) -> str:
               "|---|---|---:|---:|---:|---|"]
     for name, t in summary["tasks"].items():
         a = t["per_step_time"]["adam"]["step_median_s"]
-        timed = [("default", t["per_step_time"])] + list(t.get("compare_per_step_time", {}).items())
+        timed = [(DEFAULT_RULE, t["per_step_time"])] + list(t.get("compare_per_step_time", {}).items())
         for rule, per_step in timed:
             k = per_step["dhkfac"]["step_median_s"]
             lines.append(f"| {name} | {rule} | {a * 1e3:.0f} ms | {k * 1e3:.0f} ms | {k / a:.2f} | "

@@ -38,9 +38,11 @@ GGN_MODES = ("exact", "sampled")
 class CostL2Curvature(OutputCurvature):
     """L2 surrogate of the transaction costs' curvature on the actions ``u`` ``[T, B, N]`` (``|u|`` has
     none): per path ``c2 sum_k sum_n (u_k^n - u_{k-1}^n)^2`` (``u_{-1} = 0``), i.e. ``H_b = 2 c2 D^T D``
-    with ``D`` the time difference.  Pseudo-gradients ``sqrt(2 c2) D^T z``, ``z ~ N(0, I)``; the
-    Gauss-Newton step's Jacobian rows are those pseudo-gradients' (the base class's default).  The
-    batch axis of ``u`` is 1 (time-major actions); the rows are per path all the same."""
+    with ``D`` the time difference.  Pseudo-gradients ``sqrt(2 c2) D^T z``, ``z ~ N(0, I)``.  The
+    Gauss-Newton step's Jacobian rows are the base class's: one row per path, the weight gradient of
+    that path's ``u . (pseudo-gradient)``.  The batch axis of ``u`` is 1 (time-major actions), unlike
+    the batch-first outputs :class:`~deephedge_tf.optimizers.losses.RowFactor` describes; that works because these rows take no
+    per-path ``scale`` or ``centre`` (the per-path split is the capture's, whatever the layout)."""
 
     def __init__(self, cost_l2: float):
         self.cost_l2 = float(cost_l2)

@@ -88,6 +88,7 @@ def test_tiny_suite_writes_one_table_over_tasks_seeds_and_rules(tiny_suite):
 
 @pytest.mark.parametrize("groups, key", [
     ([["default", "training.kfac.damping=0.5"]], "--compare"),
+    ([["adam", "training.kfac.damping=0.5"]], "--compare"),
     ([["paper"]], "--compare paper"),
     ([["paper", "damping"]], "--compare paper"),
     ([["p", "training.kfac.damping=0.5"], ["p", "training.kfac.damping=0.3"]], "--compare"),
@@ -97,10 +98,13 @@ def test_compare_rules_are_checked(groups, key):
         compare_rules(groups)
 
 
-def test_a_compared_rule_must_change_only_the_optimizer(tiny_suite, tmp_path):
+@pytest.mark.parametrize("compare, flag", [({"wide": ["policy.width=8"]}, "--compare wide"),
+                                           ({"default": ["training.kfac.damping=0.5"]}, "--compare"),
+                                           ({"p": "training.kfac.damping=0.5"}, "--compare p")])
+def test_a_compared_rule_is_checked_before_any_task_trains(tiny_suite, tmp_path, compare, flag):
     root, manifest = tiny_suite
-    with pytest.raises(ConfigError, match="--compare wide"):
-        run_suite(tmp_path / "o", manifest=manifest, tasks=["a"], compare={"wide": ["policy.width=8"]})
+    with pytest.raises(ConfigError, match=flag):
+        run_suite(tmp_path / "o", manifest=manifest, compare=compare)
     assert not (tmp_path / "o").exists()
 
 

@@ -354,7 +354,9 @@ class DHKFAC(keras.optimizers.Optimizer):
         self.metric_shrinkage = float(metric_shrinkage)
         self._rows = None  # Gauss-Newton: {block index: rows [n, da, dg]} of this step (trace-time Python)
         self._stepped_blocks = ()  # Gauss-Newton: the blocks the traced update moved (judge_step undoes them)
-        self._factor = None  # Gauss-Newton: (blocks, lambda, Cholesky factor) of the current rows
+        # Gauss-Newton: (blocks, lambda, Cholesky factor, M^-1 rows, metric scales) of the current rows and
+        # statistics; cleared when either changes (set_jacobian_rows, update_curvature) and after a step.
+        self._factor = None
         # Python state, set when statistics are handed over (at trace time inside a train step): which
         # blocks have curvature, and whether any statistics source exists at all.
         self._fed_blocks = set()
@@ -545,6 +547,7 @@ class DHKFAC(keras.optimizers.Optimizer):
         """
         self._require_built()
         self._statistics_source = True
+        self._factor = None  # the Kronecker metric's eigenbases and scales may change
         ctx = multi_replica_context()
         if ctx is not None:
             # Several replicas: each hands its own paths' statistics; the update runs once, in
