@@ -181,9 +181,10 @@ class DHKFAC(keras.optimizers.Optimizer):
         shrinkage damping, trust region).  The trust-region, momentum and Kronecker-statistics arguments
         act on the Kronecker rule only (and on ``metric="kronecker"``'s statistics).
       jacobian_rows: Gauss-Newton: at most this many paths' Jacobian rows per loss term.  Memory: the
-        rows are ``rows x P`` floats (``P`` the weights in blocks) plus an ``n x n`` float64 Gram
-        matrix: 256 rows of a policy of 1e6 weights take 1 GB in float32 (the quickstart's 17k weights:
-        17 MB); lower it for larger policies.  ``metric="kronecker"`` keeps ``M^-1 R`` too (twice that).
+        rows are ``rows x P`` floats (``P`` the weights in blocks), cast to float64 for the ``n x n``
+        Gram matrix; measured, about 26 bytes per row and weight above Adam's step (a policy of 1e6
+        weights: 7.8 GB peak at 256 rows, 3.2 GB at 64, Adam 1.1 GB; BENCHMARKS.md "Memory"); lower it
+        for larger policies.  ``metric="kronecker"`` keeps ``M^-1 R`` too.
       damping_floor: Gauss-Newton: ``lambda >= damping_floor * tr(C) / P``.
       max_relative_change: Gauss-Newton: ``eta`` is capped so that no block's weights change by more
         than this fraction of their norm in one step (``None``: no cap).  A quadratic model is only
