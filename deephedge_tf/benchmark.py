@@ -640,7 +640,7 @@ def kfac_vs_adam(config, out, *, seeds=DEFAULTS["seeds"], adam_steps=DEFAULTS["a
         summary=_summarise(rule_runs[DEFAULT_RULE], seeds, target_factor),
         compare={name: dict(kfac_overrides=_kfac_overrides(kfac_lr, rule_overrides[name]),
                             rule_overrides=rule_overrides[name][len(rule_overrides[DEFAULT_RULE]):],
-                            protocol=dict(dhkfac=dataclasses.asdict(rule_cfgs[name].training.kfac)),
+                            protocol=dict(dhkfac=_protocol(base, rule_cfgs[name])["dhkfac"]),
                             summary=_summarise(rule_runs[name], seeds, target_factor))
                  for name in rule_cfgs if name != DEFAULT_RULE},
         machine=_machine(load_start),
