@@ -255,9 +255,10 @@ def _check_same_task(base: Config, kfac: Config, kfac_overrides, flag: str = "--
 
 def resolve_rules(config, overrides: Sequence[str], kfac_lr: float, kfac_overrides: Sequence[str],
                   compare: Optional[dict]) -> tuple:
-    """``(Adam's config, {rule: DH-KFAC config}, {rule: its overrides})`` of a benchmark: the default rule
-    (``--kfac-set``) and each ``compare`` rule on top of it, every one checked (protocol, same task,
-    still DH-KFAC).  Raises :class:`ConfigError` naming the flag and rule; nothing trains before."""
+    """``(Adam's config, {rule: DH-KFAC config}, {rule: all its overrides}, {compared rule: its own
+    overrides})`` of a benchmark: the default rule (``--kfac-set``) and each ``compare`` rule on top of
+    it, every one checked (protocol, same task, still DH-KFAC).  Raises :class:`ConfigError` naming the
+    flag and rule; nothing trains before."""
     compare = _checked_compare(compare)
     overrides, kfac_overrides = list(overrides), list(kfac_overrides)
     base = load_config(config, overrides)
@@ -274,7 +275,7 @@ def resolve_rules(config, overrides: Sequence[str], kfac_lr: float, kfac_overrid
             raise ConfigError(flag, extra, "overrides that keep training.optimizer = dhkfac")
         _check_same_task(base, cfg, extra, flag)
         rule_cfgs[name] = cfg
-    return base, rule_cfgs, rule_overrides
+    return base, rule_cfgs, rule_overrides, compare
 
 
 # Names a --compare rule may not take: the default rule's, and the first_call keys of the results.
@@ -542,7 +543,7 @@ def kfac_vs_adam(config, out, *, seeds=DEFAULTS["seeds"], adam_steps=DEFAULTS["a
     seeds, adam_steps, kfac_steps, sweep_steps, eval_every, target_factor, lrs, kfac_lr = _check_arguments(
         seeds, adam_steps, kfac_steps, sweep_steps, eval_every, target_factor, lrs, kfac_lr)
     overrides = list(overrides)
-    base, rule_cfgs, rule_overrides = resolve_rules(config, overrides, kfac_lr, kfac_overrides, compare)
+    base, rule_cfgs, rule_overrides, compare = resolve_rules(config, overrides, kfac_lr, kfac_overrides, compare)
     kfac_base = rule_cfgs[DEFAULT_RULE]
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -630,7 +631,7 @@ def kfac_vs_adam(config, out, *, seeds=DEFAULTS["seeds"], adam_steps=DEFAULTS["a
     results = dict(
         benchmark="kfac-vs-adam",
         config=str(config), overrides=overrides, kfac_overrides=_kfac_overrides(kfac_lr, kfac_overrides),
-        seeds=seeds, adam_steps=adam_steps, kfac_steps=kfac_steps, sweep_steps=sweep_steps,
+        rule_overrides=list(kfac_overrides), seeds=seeds, adam_steps=adam_steps, kfac_steps=kfac_steps, sweep_steps=sweep_steps,
         eval_every=eval_every, target_factor=target_factor,
         target_rule=f"per seed: {target_factor} x the best validation loss of Adam's full-budget run",
         protocol=_protocol(base, kfac_base),
@@ -639,7 +640,7 @@ def kfac_vs_adam(config, out, *, seeds=DEFAULTS["seeds"], adam_steps=DEFAULTS["a
         runs=runs,
         summary=_summarise(rule_runs[DEFAULT_RULE], seeds, target_factor),
         compare={name: dict(kfac_overrides=_kfac_overrides(kfac_lr, rule_overrides[name]),
-                            rule_overrides=rule_overrides[name][len(rule_overrides[DEFAULT_RULE]):],
+                            rule_overrides=compare[name],
                             protocol=dict(dhkfac=_protocol(base, rule_cfgs[name])["dhkfac"]),
                             summary=_summarise(rule_runs[name], seeds, target_factor))
                  for name in rule_cfgs if name != DEFAULT_RULE},

@@ -179,7 +179,7 @@ def run_suite(out, *, manifest=DEFAULT_MANIFEST, tasks: Optional[Sequence[str]] 
               compare: Optional[dict] = None, log: Optional[Callable[[str], None]] = None) -> dict:
     """Runs the suite (see the module doc); returns the ``suite.json`` dict.  Raises
     :class:`ConfigError` for a bad manifest, task selection or task config before any training."""
-    from deephedge_tf.benchmark import DEFAULTS, _jsonable, _write_atomic, kfac_vs_adam, resolve_rules
+    from deephedge_tf.benchmark import DEFAULTS, kfac_vs_adam, resolve_rules
 
     m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
     chosen = select(m, tasks)
@@ -192,31 +192,69 @@ def run_suite(out, *, manifest=DEFAULT_MANIFEST, tasks: Optional[Sequence[str]] 
     if out.exists() and not out.is_dir():
         raise ConfigError("--out", str(out), "a directory (this path is a file)")
     log = log or (lambda msg: None)
-    rows, per_task = [], {}
     for task in chosen:
         log(f"== suite task {task.name} ({task.config.name}), seeds {list(seeds)}")
-        results = kfac_vs_adam(task.config, out / task.name, seeds=seeds, adam_steps=task.adam_steps,
-                               kfac_steps=task.kfac_steps, sweep_steps=task.sweep_steps,
-                               eval_every=task.eval_every, target_factor=task.target_factor or m.target_factor,
-                               lrs=task.lrs,
-                               kfac_overrides=kfac_overrides, compare=compare, log=log)
-        goal = m.goal_for(task.name)
-        rows += suite_rows(task, results, goal)
-        per_task[task.name] = dict(config=str(task.config), goal=goal, target_factor=results["target_factor"],
-                                   total_wall_s=results["total_wall_s"],
-                                   per_step_time=results["summary"]["per_step_time"],
-                                   compare_per_step_time={name: c["summary"]["per_step_time"]
-                                                          for name, c in results.get("compare", {}).items()},
-                                   first_call=results["first_call"],
-                                   curves=[dict(optimizer=r["optimizer"], rule=r.get("rule"), seed=r["seed"],
-                                                target=r["target"],
-                                                curve=[(p["step"], p["val_loss"]) for p in r["curve"]])
-                                           for r in results["runs"]])
-    from deephedge_tf.benchmark import DEFAULT_RULE
+        kfac_vs_adam(task.config, out / task.name, seeds=seeds, adam_steps=task.adam_steps,
+                     kfac_steps=task.kfac_steps, sweep_steps=task.sweep_steps, eval_every=task.eval_every,
+                     target_factor=task.target_factor or m.target_factor, lrs=task.lrs,
+                     kfac_overrides=kfac_overrides, compare=compare, log=log)
+    return assemble_suite(out, manifest=m, tasks=[t.name for t in chosen])
 
-    summary = dict(benchmark="suite", manifest=str(m.path), seeds=list(seeds), kfac_overrides=list(kfac_overrides),
-                   compare=dict(compare or {}), target_factor=m.target_factor, rows=rows, tasks=per_task,
-                   goal_met=all(r["goal_met"] for r in rows if r["rule"] == DEFAULT_RULE))
+
+def task_summary(task: Task, results: dict, goal: dict) -> dict:
+    """A task's entry in ``suite.json["tasks"]``: goal, per-step times and learning curves of its
+    kfac-vs-adam ``results``."""
+    return dict(config=str(task.config), goal=goal, target_factor=results["target_factor"],
+                total_wall_s=results["total_wall_s"], per_step_time=results["summary"]["per_step_time"],
+                compare_per_step_time={name: c["summary"]["per_step_time"]
+                                       for name, c in results.get("compare", {}).items()},
+                first_call=results["first_call"],
+                curves=[dict(optimizer=r["optimizer"], rule=r.get("rule"), seed=r["seed"], target=r["target"],
+                             curve=[(p["step"], p["val_loss"]) for p in r["curve"]])
+                        for r in results["runs"]])
+
+
+def assemble_suite(out, *, manifest=DEFAULT_MANIFEST, tasks: Optional[Sequence[str]] = None) -> dict:
+    """Writes ``suite.json``, ``suite.md`` and ``learning_curves.png`` in ``out`` from the per-task
+    ``out/<task>/results.json`` of a suite run (:func:`run_suite` ends with this; ``deephedge benchmark
+    suite --assemble`` runs it alone, e.g. on a run stopped before its last task).  Tasks without results
+    are left out and named in ``missing``; the tasks' results must agree on seeds and overrides.
+    Returns the ``suite.json`` dict."""
+    from deephedge_tf.benchmark import DEFAULT_RULE, _jsonable, _write_atomic
+
+    m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+    chosen = select(m, tasks)
+    out = Path(out)
+    found, missing = {}, []
+    for task in chosen:
+        path = out / task.name / "results.json"
+        if not path.is_file():
+            missing.append(task.name)
+            continue
+        try:
+            found[task.name] = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"--out {out}", str(path), f"a kfac-vs-adam results.json ({e})") from None
+    if not found:
+        raise ConfigError("--out", str(out), "a suite run's directory: no <task>/results.json for any of "
+                          f"{', '.join(t.name for t in chosen)}")
+    first = next(iter(found.values()))
+    setting = lambda r: (list(r["seeds"]), r.get("rule_overrides", []),  # noqa: E731
+                         {k: c.get("rule_overrides") for k, c in r.get("compare", {}).items()})
+    for name, r in found.items():
+        if setting(r) != setting(first):
+            raise ConfigError(f"--out {out}", name, "results of one suite run (same seeds, --kfac-set and "
+                              f"--compare as {next(iter(found))}); got {setting(r)} vs {setting(first)}")
+    rows, per_task = [], {}
+    for task in chosen:
+        if task.name in found:
+            goal = m.goal_for(task.name)
+            rows += suite_rows(task, found[task.name], goal)
+            per_task[task.name] = task_summary(task, found[task.name], goal)
+    seeds, kfac_overrides, compare = setting(first)
+    summary = dict(benchmark="suite", manifest=str(m.path), seeds=seeds, kfac_overrides=kfac_overrides,
+                   compare=compare, target_factor=m.target_factor, rows=rows, tasks=per_task, missing=missing,
+                   goal_met=not missing and all(r["goal_met"] for r in rows if r["rule"] == DEFAULT_RULE))
     out.mkdir(parents=True, exist_ok=True)
     _write_atomic(out / "suite.json", (json.dumps(_jsonable(summary), indent=2) + "\n").encode())
     _write_atomic(out / "suite.md", suite_markdown(summary).encode())
@@ -247,6 +285,8 @@ def suite_markdown(summary: dict) -> str:
             k = per_step["dhkfac"]["step_median_s"]
             lines.append(f"| {name} | {rule} | {a * 1e3:.0f} ms | {k * 1e3:.0f} ms | {k / a:.2f} | "
                          f"{t['goal']['step_ratio']:g} / {t['goal']['wall_ratio']:g} |")
+    if summary.get("missing"):
+        lines += ["", f"Not run (no results): {', '.join(summary['missing'])}."]
     return "\n".join(lines) + "\n"
 
 
@@ -311,6 +351,9 @@ def add_suite_parser(sub) -> None:
     from deephedge_tf.benchmark import add_compare_argument
 
     add_compare_argument(p)
+    p.add_argument("--assemble", action="store_true",
+                   help="no training: write suite.json, suite.md and learning_curves.png from the per-task "
+                   "results already in --out (e.g. of a run stopped before its last task)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
@@ -318,9 +361,17 @@ def run_suite_command(args) -> int:
     from deephedge_tf.benchmark import _stderr, compare_rules
 
     try:
-        summary = run_suite(args.out, manifest=args.suite, tasks=args.tasks, seeds=args.seeds,
-                            kfac_overrides=args.kfac_overrides, compare=compare_rules(args.compare),
-                            log=None if args.quiet else _stderr)
+        if args.assemble:
+            given = [flag for flag, value in (("--seeds", args.seeds), ("--kfac-set", args.kfac_overrides),
+                                              ("--compare", args.compare)) if value]
+            if given:
+                raise ConfigError(given[0], "given with --assemble",
+                                  "no training options with --assemble (they are read from the results)")
+            summary = assemble_suite(args.out, manifest=args.suite, tasks=args.tasks)
+        else:
+            summary = run_suite(args.out, manifest=args.suite, tasks=args.tasks, seeds=args.seeds,
+                                kfac_overrides=args.kfac_overrides, compare=compare_rules(args.compare),
+                                log=None if args.quiet else _stderr)
     except DeepHedgeError as e:
         print(f"deephedge: error: {e}", file=sys.stderr)
         return 2

@@ -86,6 +86,31 @@ def test_tiny_suite_writes_one_table_over_tasks_seeds_and_rules(tiny_suite):
     assert (out / "learning_curves.png").stat().st_size > 1000
 
 
+def test_assemble_rebuilds_the_table_of_a_run_stopped_early(tiny_suite, tmp_path, capsys):
+    import shutil
+
+    root, manifest = tiny_suite
+    out = root / "out"
+    if not (out / "suite.json").exists():
+        run_suite(out, manifest=manifest, seeds=[0, 1], compare={"paper": ["training.kfac.preconditioner=kronecker"]})
+    full = json.loads((out / "suite.json").read_text())
+    # A run stopped after its first task: only a/results.json exists.
+    stopped = tmp_path / "stopped"
+    shutil.copytree(out / "a", stopped / "a")
+    assert main(["suite", "--out", str(stopped), "--suite", str(manifest), "--assemble"]) == 0
+    part = json.loads((stopped / "suite.json").read_text())
+    assert part["rows"] == [r for r in full["rows"] if r["task"] == "a"]
+    assert part["missing"] == ["b"] and part["goal_met"] is False
+    assert part["seeds"] == [0, 1] and part["compare"] == {"paper": ["training.kfac.preconditioner=kronecker"]}
+    assert "Not run (no results): b." in (stopped / "suite.md").read_text()
+    # Training options make no sense without training; an empty directory has nothing to assemble.
+    capsys.readouterr()
+    assert main(["suite", "--out", str(stopped), "--suite", str(manifest), "--assemble", "--seeds", "0"]) == 2
+    assert "--seeds" in capsys.readouterr().err
+    assert main(["suite", "--out", str(tmp_path / "empty"), "--suite", str(manifest), "--assemble"]) == 2
+    assert "results.json" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("groups, key", [
     ([["default", "training.kfac.damping=0.5"]], "--compare"),
     ([["adam", "training.kfac.damping=0.5"]], "--compare"),

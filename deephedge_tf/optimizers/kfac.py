@@ -182,7 +182,7 @@ class DHKFAC(keras.optimizers.Optimizer):
         act on the Kronecker rule only (and on ``metric="kronecker"``'s statistics).
       jacobian_rows: Gauss-Newton: at most this many paths' Jacobian rows per loss term.  Memory: the
         rows are ``rows x P`` floats (``P`` the weights in blocks), cast to float64 for the ``n x n``
-        Gram matrix; measured, about 26 bytes per row and weight above Adam's step (a policy of 1e6
+        Gram matrix; measured, about 0.6 GB + 24 bytes per row and weight above Adam's step (a policy of 1e6
         weights: 7.8 GB peak at 256 rows, 3.2 GB at 64, Adam 1.1 GB; BENCHMARKS.md "Memory"); lower it
         for larger policies.  ``metric="kronecker"`` keeps ``M^-1 R`` too.
       damping_floor: Gauss-Newton: ``lambda >= damping_floor * tr(C) / P``.
