@@ -9,7 +9,8 @@ traced as its own ``tf.function`` on the same hedger and batches and timed alone
 * ``Jacobian rows``: the same, plus the backward pass of the rows' cotangent and the per-path
   gradients of the first ``jacobian_rows`` paths;
 * ``Woodbury solve``: Gram matrix, Cholesky factor and direction from those rows (float64);
-* ``line model``: one forward-mode pass over ``curvature_paths`` paths along a direction;
+* ``line model``: one forward-mode pass over ``curvature_paths`` paths along a direction, or
+  (``jvp_method: finite_difference``) one plain forward pass at the moved weights;
 * ``forward``: one forward pass of the batch (what judging a step costs).
 
 The whole train step of each optimizer is timed too; components overlap (the rows include a forward
@@ -36,7 +37,8 @@ from deephedge_tf.config import load_config
 from deephedge_tf.optimizers import woodbury
 from deephedge_tf.optimizers.blocks import stack
 from deephedge_tf.optimizers.capture import Recorder
-from deephedge_tf.optimizers.train_step import _jacobian_rows, directional_curvature, first_paths
+from deephedge_tf.optimizers.train_step import (_jacobian_rows, directional_curvature, finite_difference_curvature,
+                                                first_paths)
 from deephedge_tf.training import build_parts, datasets, make_optimizer
 
 
@@ -51,15 +53,18 @@ def median_ms(fn, batches, repeats: int) -> float:
     return float(np.median(times)) * 1e3
 
 
-COMPONENTS = ("Adam train step", "Gauss-Newton train step", "forward + gradient (recorded)", "... + Jacobian rows",
-              "Woodbury solve (Gram, Cholesky, direction)", "line model (forward-mode)", "forward (judging the step)")
+COMPONENTS = ("Adam train step", "Gauss-Newton train step (forward-mode line model)",
+              "Gauss-Newton train step, finite-difference line model",
+              "forward + gradient (recorded)", "... + Jacobian rows", "Woodbury solve (Gram, Cholesky, direction)",
+              "line model (forward-mode)", "line model (finite difference)", "forward (judging the step)")
 
 
 def breakdown(config: str, repeats: int) -> tuple[dict, str]:
     """Median ms of each of :data:`COMPONENTS` on one task config, and a line describing its sizes."""
     adam_cfg = load_config(config)
     gauss_newton = ["training.kfac.preconditioner=gauss_newton"]
-    cfg = load_config(config, overrides=benchmark._kfac_overrides(1.0, gauss_newton))
+    cfg = load_config(config, overrides=benchmark._kfac_overrides(
+        1.0, gauss_newton + ["training.kfac.jvp_method=forward_mode"]))
     parts = build_parts(cfg)
     train, _ = datasets(cfg, parts)
     batches = [train[i] for i in range(min(4, len(train)))]
@@ -68,7 +73,12 @@ def breakdown(config: str, repeats: int) -> tuple[dict, str]:
     adam = benchmark._Runner(adam_cfg, parts, make_optimizer(adam_cfg), None, batches[0], None)
     times["Adam train step"] = median_ms(adam.train_step, batches, repeats)
     gn = benchmark._Runner(cfg, parts, make_optimizer(cfg), None, batches[0], None)
-    times["Gauss-Newton train step"] = median_ms(gn.train_step, batches, repeats)
+    times["Gauss-Newton train step (forward-mode line model)"] = median_ms(gn.train_step, batches, repeats)
+    fd_cfg = load_config(config, overrides=benchmark._kfac_overrides(
+        1.0, gauss_newton + ["training.kfac.jvp_method=finite_difference"]))
+    fd = benchmark._Runner(fd_cfg, parts, make_optimizer(fd_cfg), None, batches[0], None)
+    times["Gauss-Newton train step, finite-difference line model"] = median_ms(fd.train_step, batches, repeats)
+    del fd
 
     hedger, opt = gn.hedger, gn.optimizer
     variables = hedger.trainable_variables
@@ -111,6 +121,20 @@ def breakdown(config: str, repeats: int) -> tuple[dict, str]:
 
         return directional_curvature(hedger, forward, variables, fixed_grads)
 
+    # On the first batch only: the outputs at w come with the train step's own forward pass, so they are
+    # computed once here, outside the timed function.
+    fixed_batch = batches[0]
+    base_terms = hedger._curvature_terms(hedger.unroll(first_paths(fixed_batch, hedger.curvature_paths),
+                                                       training=True))
+
+    @tf.function
+    def finite_difference_line_model():
+        def forward():
+            return hedger._curvature_terms(hedger.unroll(first_paths(fixed_batch, hedger.curvature_paths),
+                                                         training=True))
+
+        return finite_difference_curvature(hedger, forward, variables, fixed_grads, base_terms)
+
     @tf.function
     def forward_only(batch):
         return hedger._loss(hedger.unroll(batch, training=True))
@@ -119,6 +143,7 @@ def breakdown(config: str, repeats: int) -> tuple[dict, str]:
     times["... + Jacobian rows"] = median_ms(rows, batches, repeats)
     times["Woodbury solve (Gram, Cholesky, direction)"] = median_ms(solve, batches, repeats)
     times["line model (forward-mode)"] = median_ms(line_model, batches, repeats)
+    times["line model (finite difference)"] = median_ms(lambda _: finite_difference_line_model(), batches, repeats)
     times["forward (judging the step)"] = median_ms(forward_only, batches, repeats)
     line_paths = hedger.curvature_paths or cfg.training.batch_size
     sizes = (f"batch {cfg.training.batch_size}, T = {cfg.time.steps}, "

@@ -279,6 +279,10 @@ class KFACConfig:
         "line", "step size from the Kronecker curvature and trust region (kronecker, the paper's rule), the "
         "exact quadratic model along the preconditioned direction (line), or step size and momentum from the "
         "exact model over that direction and the previous step (subspace; Martens & Grosse 2015, sec. 7)")
+    jvp_method: Literal["forward_mode", "finite_difference"] = param(
+        "finite_difference", "how the line model's output tangents J V are computed: one forward pass at "
+        "w + eps V (finite_difference: relative error ~1e-3, 0.25-1.2x an Adam step cheaper) or forward-mode "
+        "autodiff (forward_mode: exact)")
     diagonal_learning_rate: float = param(1e-3, "Adam step of variables outside Kronecker blocks "
                                           "(RMSNorm scales, OCE intercepts)", gt=0.0)
     ggn_mode: Literal["exact", "sampled"] = param(

@@ -83,7 +83,7 @@ def make_optimizer(cfg: Config):
                       inverse_period=k.inverse_period, trust_radius=k.trust_radius,
                       trust_radius_decay=k.trust_radius_decay, trust_radius_min=k.trust_radius_min,
                       trust_radius_mode=k.trust_radius_mode,
-                      momentum=k.momentum, step_model=k.step_model,
+                      momentum=k.momentum, step_model=k.step_model, jvp_method=k.jvp_method,
                       diagonal_learning_rate=k.diagonal_learning_rate, preconditioner=k.preconditioner,
                       jacobian_rows=k.jacobian_rows, damping_floor=k.damping_floor,
                       max_relative_change=k.max_relative_change, metric=k.metric,

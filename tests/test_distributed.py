@@ -28,7 +28,10 @@ SCRIPT = textwrap.dedent('''
             net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(16, activation="tanh"),
                                     keras.layers.Dense(1)])
             model = with_curvature(net)
-            model.compile(optimizer=DHKFAC(preconditioner="kronecker", inverse_period=2, momentum=0.5), loss="mse")
+            # Forward mode in both runs: the finite-difference line model (the default) runs on one replica
+            # only, and under a multi-replica strategy the step uses forward mode (a logged warning).
+            model.compile(optimizer=DHKFAC(preconditioner="kronecker", inverse_period=2, momentum=0.5,
+                                           jvp_method="forward_mode"), loss="mse")
         history = model.fit(x, y, batch_size=64, epochs=2, shuffle=False, verbose=0)
         return [v.numpy() for v in model.trainable_variables], history.history["loss"], \\
             int(model.optimizer.iterations.numpy()), list(model.optimizer.active_blocks)

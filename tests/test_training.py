@@ -98,6 +98,23 @@ def test_fixed_training_set_repeats_paths():
     assert not np.array_equal(b, fresh[1]["payoff"].numpy())
 
 
+def test_path_batches_are_make_batch_of_the_same_paths_traced_once():
+    # PathBatches runs make_batch as one traced graph: the same batch as the eager function, one trace.
+    from deephedge_tf.features import make_batch
+
+    cfg = tiny_cfg("hedges.floating_grid.moneyness=[0.9, 1.0]", "hedges.floating_grid.maturities=[4, 4]")
+    parts = build_parts(cfg)
+    ds = PathBatches(parts.market, parts.derivative, parts.instruments, 64, 3, fresh=True, seed=5)
+    for i in range(3):
+        got = ds[i]
+        paths = parts.market.simulate(64, start=ds.start_of(i), seed=5)
+        want = make_batch(paths, parts.derivative, parts.instruments)
+        assert sorted(got) == sorted(want)
+        for a, b in zip(tf.nest.flatten(got), tf.nest.flatten(want)):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+    assert ds._assemble.experimental_get_tracing_count() == 1
+
+
 def test_train_job_writes_the_run_directory(tmp_path):
     cfg = tiny_cfg("hedges.floating_grid.moneyness=[1.0]", "hedges.floating_grid.maturities=[4]")
     report = train_job(cfg, tmp_path, echo=lambda *_: None, verbose=0)

@@ -30,7 +30,8 @@ model's minimiser, ``delta_0 = 0.1`` shortens it to ``sqrt(0.1)`` of it, whateve
 
 The Kronecker ``q`` underestimates the true curvature along ``V`` on recurrent policies (RNN-KFAC's
 independence over time), so the model can hand over the *exact* quadratic model of the loss (its GGN
-along the step, by forward-mode autodiff; :meth:`set_step_model`, :meth:`set_subspace_model`):
+along the step, by forward-mode autodiff, or for the line model by a finite difference of the outputs,
+``jvp_method``; :meth:`set_step_model`, :meth:`set_subspace_model`):
 
     step_model="line":  eta = min(eta_max, g.D / D^T C D, sqrt(2 delta_k / D^T C D))
     step_model="subspace" (Martens & Grosse 2015, sec. 7):  the step is
@@ -106,6 +107,7 @@ _DAMPING_MODES = ("shrinkage", "tikhonov", "levenberg_marquardt")
 PRECONDITIONERS = ("kronecker", "gauss_newton")
 METRICS = ("identity", "kronecker")
 STEP_MODELS = ("kronecker", "line", "subspace")
+JVP_METHODS = ("forward_mode", "finite_difference")
 TRUST_RADIUS_MODES = ("relative", "absolute")
 
 
@@ -218,6 +220,12 @@ class DHKFAC(keras.optimizers.Optimizer):
           heavy-ball momentum; :meth:`set_step_model`, one forward-mode pass of the model per step).
         * ``"subspace"``: step size and momentum coefficient of every step from the exact quadratic
           model over ``span{V, previous step}`` (:meth:`set_subspace_model`, two forward-mode passes).
+      jvp_method: how the train step computes the outputs' tangent ``J V`` of the ``"line"`` model:
+        ``"finite_difference"`` (default: one plain forward pass at ``w + eps V``, relative error ~1e-3,
+        0.25-1.2x an Adam step cheaper per step on the suite's tasks, BENCHMARKS.md; see
+        :func:`deephedge_tf.optimizers.train_step.finite_difference_curvature`) or ``"forward_mode"``
+        (exact, forward-mode autodiff).  Under a multi-replica
+        strategy the line model is always forward mode (weights cannot be moved per replica).
       diagonal_learning_rate, diagonal_beta_1, diagonal_beta_2, diagonal_epsilon: the Adam step of
         the variables outside Kronecker blocks.
       epsilon: relative floor of the damped diagonal, ``s_d >= epsilon * mean(s)`` (only matters with
@@ -248,6 +256,7 @@ class DHKFAC(keras.optimizers.Optimizer):
         trust_radius_mode="relative",
         momentum=0.0,
         step_model="line",
+        jvp_method="finite_difference",
         diagonal_learning_rate=1e-3,
         diagonal_beta_1=0.9,
         diagonal_beta_2=0.999,
@@ -319,6 +328,8 @@ class DHKFAC(keras.optimizers.Optimizer):
                              f"got {trust_radius_mode!r}")
         if not 0.0 <= float(momentum) < 1.0:
             raise ValueError(f"DHKFAC: momentum must be in [0, 1); got {momentum}")
+        if jvp_method not in JVP_METHODS:
+            raise ValueError(f"DHKFAC: jvp_method must be one of {JVP_METHODS}; got {jvp_method!r}")
         if step_model not in STEP_MODELS:
             raise ValueError(f"DHKFAC: step_model must be one of {STEP_MODELS}; got {step_model!r}")
         if float(momentum) and step_model == "subspace":
@@ -342,6 +353,7 @@ class DHKFAC(keras.optimizers.Optimizer):
         self.trust_radius_mode = trust_radius_mode
         self.momentum = float(momentum)
         self.step_model = step_model
+        self.jvp_method = jvp_method
         self.diagonal_learning_rate = float(diagonal_learning_rate)
         self.diagonal_beta_1 = float(diagonal_beta_1)
         self.diagonal_beta_2 = float(diagonal_beta_2)
@@ -1172,6 +1184,7 @@ class DHKFAC(keras.optimizers.Optimizer):
             "trust_radius_mode": self.trust_radius_mode,
             "momentum": self.momentum,
             "step_model": self.step_model,
+            "jvp_method": self.jvp_method,
             "diagonal_learning_rate": self.diagonal_learning_rate,
             "diagonal_beta_1": self.diagonal_beta_1,
             "diagonal_beta_2": self.diagonal_beta_2,

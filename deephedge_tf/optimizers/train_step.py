@@ -7,7 +7,8 @@ One step (:func:`curvature_train_step`):
 2. if the loss and gradients are finite: the per-path statistics (pseudo-gradients from the loss's
    :class:`~deephedge_tf.optimizers.losses.OutputCurvature`, back-propagated to the probes) handed to
    ``optimizer.update_curvature`` (computed only when the optimizer wants them); the exact quadratic model
-   along the step direction (forward-mode passes over the first ``curvature_paths`` paths) when the
+   along the step direction (forward-mode passes, or one forward pass at the moved weights with
+   ``jvp_method="finite_difference"``, over the first ``curvature_paths`` paths) when the
    optimizer's ``step_model`` asks for one; then ``optimizer.apply``.  Otherwise nothing is written and
    the step counts as skipped.
 
@@ -25,6 +26,7 @@ One step (:func:`curvature_train_step`):
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import keras
 import tensorflow as tf
@@ -32,6 +34,8 @@ import tensorflow as tf
 from deephedge_tf.optimizers.capture import Recorder
 from deephedge_tf.optimizers.kfac import multi_replica_context
 from deephedge_tf.optimizers.losses import OutputCurvature, loss_curvature
+
+_LOG = logging.getLogger("deephedge_tf")
 
 
 @dataclasses.dataclass
@@ -75,6 +79,30 @@ def directional_curvature(model, forward, variables, tangents):
     return ggn_bilinear(terms, jv, jv)
 
 
+def finite_difference_curvature(model, forward, variables, tangents, base_terms, relative_step=1e-3):
+    """``V^T C V`` along ``tangents`` from one plain forward pass at ``w + eps V``: ``J V`` is taken as
+    ``(f(w + eps V) - f(w)) / eps`` with ``f(w)`` the outputs of ``base_terms`` (this step's forward pass
+    on the same paths), ``eps`` moving the weights by ``relative_step`` of their norm.  A forward pass
+    costs a quarter to a half of a forward-mode one here (BENCHMARKS.md, per-step breakdown); the error
+    is first order in ``eps`` (~1e-3 relative on the quickstart's policy against forward mode, tested),
+    enough to size a step.  The weights are restored exactly (copied, not subtracted)."""
+    pairs = [(v, tf.cast(t, v.dtype)) for v, t in zip(variables, tangents) if t is not None]
+    w2 = tree_dot([v for v, _ in pairs], [v for v, _ in pairs])
+    t2 = tree_dot([t for _, t in pairs], [t for _, t in pairs])
+    eps = relative_step * tf.sqrt(w2 / tf.where(t2 > 0, t2, tf.ones_like(t2)))
+    eps = tf.where((w2 > 0) & (t2 > 0), eps, tf.constant(relative_step, tf.float64))
+    saved = [tf.identity(v) for v, _ in pairs]
+    for v, t in pairs:
+        v.assign_add(tf.cast(eps, v.dtype) * t)
+    with Recorder(model, None):
+        moved = forward()
+    for (v, _), w in zip(pairs, saved):
+        v.assign(w)
+    jv = [tf.cast((tf.cast(m.output, tf.float64) - tf.cast(b.output, tf.float64)) / eps, b.output.dtype)
+          for m, b in zip(moved, base_terms)]
+    return ggn_bilinear(base_terms, jv, jv)
+
+
 def subspace_model(model, forward, variables, grads, direction, previous):
     """``(M [2, 2], b [2])`` of the exact quadratic model over ``span{V, P}``; two forward-mode passes.
     See :meth:`deephedge_tf.optimizers.DHKFAC.set_subspace_model`."""
@@ -85,7 +113,7 @@ def subspace_model(model, forward, variables, grads, direction, previous):
     return matrix, tf.stack([tree_dot(grads, direction), tree_dot(grads, previous)])
 
 
-def _hand_over_step_model(model, optimizer, grads, variables, forward):
+def _hand_over_step_model(model, optimizer, grads, variables, forward, base_terms):
     mode = getattr(optimizer, "step_model", None)
     # The direction is the one apply will take, from the gradients as apply clips them; the model's slope
     # is that of the loss, the true gradient along it.
@@ -96,8 +124,18 @@ def _hand_over_step_model(model, optimizer, grads, variables, forward):
         optimizer.set_subspace_model(matrix, rhs)
     elif mode == "line":
         directions, _ = optimizer.step_directions(clipped)
-        optimizer.set_step_model(directional_curvature(model, forward, variables, directions),
-                                 tree_dot(grads, directions))
+        finite_difference = getattr(optimizer, "jvp_method", "forward_mode") == "finite_difference"
+        if finite_difference and multi_replica_context() is not None:
+            # Moving the weights would need every replica to write the same mirrored variables mid-step.
+            _LOG.warning("DHKFAC: jvp_method='finite_difference' runs on one replica; under this multi-replica "
+                         "strategy the line model uses forward mode (exact, slower)")
+        if finite_difference and multi_replica_context() is None:
+            # base_terms: the outputs at w on the paths forward() runs on (None: run it at w).
+            base = forward() if base_terms is None else base_terms
+            curvature = finite_difference_curvature(model, forward, variables, directions, base)
+        else:
+            curvature = directional_curvature(model, forward, variables, directions)
+        optimizer.set_step_model(curvature, tree_dot(grads, directions))
 
 
 def curvature_train_step(model, compute, forward_for_model, max_paths=None):
@@ -165,7 +203,9 @@ def curvature_train_step(model, compute, forward_for_model, max_paths=None):
             optimizer.update_curvature(statistics)
         if gauss_newton:
             optimizer.set_jacobian_rows(jacobian_rows())
-        _hand_over_step_model(model, optimizer, global_grads, variables, forward_for_model)
+        # With all paths kept, this step's outputs are forward_for_model's at the current weights.
+        _hand_over_step_model(model, optimizer, global_grads, variables, forward_for_model,
+                              terms if max_paths is None else None)
         optimizer.apply(grads, variables)
         if gauss_newton:
             # Levenberg-Marquardt: the realised decrease on the same batch (one more forward pass).
