@@ -217,7 +217,8 @@ class DHKFAC(keras.optimizers.Optimizer):
         * ``"kronecker"``: ``eta = min(eta_max, sqrt(2 delta_k / q))`` with the Kronecker ``q`` (the
           paper's rule; no extra model passes).
         * ``"line"`` (default): the exact quadratic model along the step direction ``D`` (``V`` plus
-          heavy-ball momentum; :meth:`set_step_model`, one forward-mode pass of the model per step).
+          heavy-ball momentum; :meth:`set_step_model`, one extra pass of the model per step, see
+          ``jvp_method``).
         * ``"subspace"``: step size and momentum coefficient of every step from the exact quadratic
           model over ``span{V, previous step}`` (:meth:`set_subspace_model`, two forward-mode passes).
       jvp_method: how the train step computes the outputs' tangent ``J V`` of the ``"line"`` model:
