@@ -631,7 +631,8 @@ def kfac_vs_adam(config, out, *, seeds=DEFAULTS["seeds"], adam_steps=DEFAULTS["a
     results = dict(
         benchmark="kfac-vs-adam",
         config=str(config), overrides=overrides, kfac_overrides=_kfac_overrides(kfac_lr, kfac_overrides),
-        rule_overrides=list(kfac_overrides), seeds=seeds, adam_steps=adam_steps, kfac_steps=kfac_steps, sweep_steps=sweep_steps,
+        rule_overrides=list(kfac_overrides), seeds=seeds, adam_steps=adam_steps, kfac_steps=kfac_steps,
+        sweep_steps=sweep_steps,
         eval_every=eval_every, target_factor=target_factor,
         target_rule=f"per seed: {target_factor} x the best validation loss of Adam's full-budget run",
         protocol=_protocol(base, kfac_base),

@@ -238,9 +238,11 @@ def assemble_suite(out, *, manifest=DEFAULT_MANIFEST, tasks: Optional[Sequence[s
     if not found:
         raise ConfigError("--out", str(out), "a suite run's directory: no <task>/results.json for any of "
                           f"{', '.join(t.name for t in chosen)}")
+    def setting(r):  # what one suite run shares across its tasks: seeds, --kfac-set, --compare
+        return (list(r["seeds"]), r.get("rule_overrides", []),
+                {k: c.get("rule_overrides") for k, c in r.get("compare", {}).items()})
+
     first = next(iter(found.values()))
-    setting = lambda r: (list(r["seeds"]), r.get("rule_overrides", []),  # noqa: E731
-                         {k: c.get("rule_overrides") for k, c in r.get("compare", {}).items()})
     for name, r in found.items():
         if setting(r) != setting(first):
             raise ConfigError(f"--out {out}", name, "results of one suite run (same seeds, --kfac-set and "

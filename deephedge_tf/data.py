@@ -63,8 +63,8 @@ class PathBatches(keras.utils.PyDataset):
 
     def _batch(self, paths: MarketPaths) -> dict:
         """``make_batch(paths, ...)`` as one traced graph: run eagerly it dispatches ~1000 small ops per
-        batch, 2-3x the graph's time and a third of a small policy's Adam step (BENCHMARKS.md).  Every
-        batch has the same shapes, so it traces once."""
+        batch, 5-6x the graph's time and a third of a small policy's Adam step (BENCHMARKS.md,
+        "Training-batch assembly").  Every batch has the same shapes, so it traces once."""
         if self._assemble is None:
             dt, derivative, instruments = paths.dt, self.derivative, self.instruments
 

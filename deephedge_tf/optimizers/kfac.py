@@ -225,8 +225,8 @@ class DHKFAC(keras.optimizers.Optimizer):
         ``"finite_difference"`` (default: one plain forward pass at ``w + eps V``, relative error ~1e-3,
         0.25-1.2x an Adam step cheaper per step on the suite's tasks, BENCHMARKS.md; see
         :func:`deephedge_tf.optimizers.train_step.finite_difference_curvature`) or ``"forward_mode"``
-        (exact, forward-mode autodiff).  Under a multi-replica
-        strategy the line model is always forward mode (weights cannot be moved per replica).
+        (exact, forward-mode autodiff).  Under a multi-replica strategy the line model is always forward
+        mode (weights cannot be moved per replica).
       diagonal_learning_rate, diagonal_beta_1, diagonal_beta_2, diagonal_epsilon: the Adam step of
         the variables outside Kronecker blocks.
       epsilon: relative floor of the damped diagonal, ``s_d >= epsilon * mean(s)`` (only matters with

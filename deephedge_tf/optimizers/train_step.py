@@ -129,7 +129,8 @@ def _hand_over_step_model(model, optimizer, grads, variables, forward, base_term
             # Moving the weights would need every replica to write the same mirrored variables mid-step.
             _LOG.warning("DHKFAC: jvp_method='finite_difference' runs on one replica; under this multi-replica "
                          "strategy the line model uses forward mode (exact, slower)")
-        if finite_difference and multi_replica_context() is None:
+            finite_difference = False
+        if finite_difference:
             # base_terms: the outputs at w on the paths forward() runs on (None: run it at w).
             base = forward() if base_terms is None else base_terms
             curvature = finite_difference_curvature(model, forward, variables, directions, base)
