@@ -441,6 +441,8 @@ def test_adaptive_momentum_with_exact_model_is_conjugate_gradients_on_a_quadrati
         DHKFAC(momentum=0.5, step_model="subspace")
     with pytest.raises(ValueError, match="step_model must be one of"):
         DHKFAC(step_model="newton")
+    with pytest.raises(ValueError, match="jvp_method must be one of .*'forward_mode', 'finite_difference'"):
+        DHKFAC(jvp_method="central")
 
 
 def test_line_model_steps_along_the_momentum_direction():
