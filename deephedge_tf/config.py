@@ -284,7 +284,7 @@ class KFACConfig:
         "w + eps V (finite_difference: relative error ~1e-3, 0.25-1.2x an Adam step cheaper) or forward-mode "
         "autodiff (forward_mode: exact)")
     diagonal_learning_rate: float = param(1e-3, "Adam step of variables outside Kronecker blocks "
-                                          "(RMSNorm scales, OCE intercepts)", gt=0.0)
+                                          "(RMSNorm scales, an objective's own weights)", gt=0.0)
     ggn_mode: Literal["exact", "sampled"] = param(
         "exact", "GGN pseudo-gradients: exact rank one (variance term) or sampled with the L2 cost term")
     ggn_cost_l2: float = param(0.0, "weight c2 of the L2 cost surrogate (ggn_mode = sampled)", ge=0.0)

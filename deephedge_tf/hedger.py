@@ -102,16 +102,14 @@ class Hedger(keras.Model):
     Args:
       policy: a :class:`deephedge_tf.policies.base.Policy`.
       objective: a :class:`deephedge_tf.objectives.Objective` layer: ``objective(pnl, costs)`` is the
-        training loss (its own trainable weights, e.g. an OCE intercept, train with the policy).
+        training loss (trainable weights of its own, if any, train with the policy).
       ggn_mode, ggn_cost_l2: curvature for second-order optimizers: the objective's GGN factor in the
         PnL ("exact"), plus an L2 surrogate of the costs on the actions of weight ggn_cost_l2
         ("sampled"; :class:`CostL2Curvature`).
       curvature_paths: statistics and step model from the first this-many paths of each batch
         (None: all).
       natural_units: measure the policy's trades in natural units of each instrument (set from the
-        first batch by :meth:`set_instrument_units` when the hedger is built), and start an objective's
-        intercept at its optimum on that batch (``objective.start_from``); ``False``: contracts and the
-        objective's own initial values.
+        first batch by :meth:`set_instrument_units` when the hedger is built); ``False``: contracts.
 
     With an optimizer that takes curvature statistics (:class:`deephedge_tf.optimizers.DHKFAC`) the train
     step is :func:`deephedge_tf.optimizers.train_step.curvature_train_step`: every Dense and LSTM layer of
@@ -177,9 +175,6 @@ class Hedger(keras.Model):
             self.set_instrument_units(batch)
         small = tf.nest.map_structure(lambda x: tf.convert_to_tensor(x)[:2], batch)
         self._loss(self.unroll(small))
-        if self.natural_units and hasattr(self.objective, "start_from"):
-            # The objective's own scale (an OCE intercept, in currency) from the pilot batch as well.
-            self.objective.start_from(self.unroll(batch)["pnl"])
         self.build()
         if getattr(self, "optimizer", None) is not None and not self.optimizer.built:
             self.optimizer.build(self.trainable_variables)

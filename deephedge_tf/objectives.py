@@ -12,14 +12,16 @@ and Wood (2019) and pfhedge: ``rho`` is decreasing in ``X``, cash-invariant
 (``rho(X + c) = rho(X) - c``), ``rho(c) = -c`` for a sure amount ``c`` and convex.  A smaller
 ``rho`` is better; ``certainty_equivalent = -rho`` is the sure amount the position is worth.
 
-Every objective is a Keras layer, so a model that holds one as an attribute tracks, trains and saves
-its state (the optimised-certainty-equivalent intercept ``w`` of :class:`ExpectedShortfall`).  Two
-evaluations exist on purpose:
+Every objective is a Keras layer (a model that holds one as an attribute tracks and saves it).  Two
+evaluations exist:
 
-* ``objective(pnl, costs)`` (``call``) is the training loss: a differentiable batch average that may
-  use the learned intercept and so only upper-bounds the risk until ``w`` has converged;
-* ``objective.risk(pnl)`` is the exact risk of the sample ``pnl`` (the inner minimisation over ``w``
-  solved in closed form), used for evaluation, reporting and indifference prices.
+* ``objective(pnl, costs)`` (``call``) is the training loss of a batch;
+* ``objective.risk(pnl)`` is the exact risk of the sample ``pnl``, used for evaluation, reporting and
+  indifference prices.
+
+They are the same function for the OCE risk measures (the inner minimisation over the intercept ``w``
+is solved on every batch, in closed form); :class:`MeanVariance` trains on the paper's loss, which
+charges the costs on their own.
 
 Both compute in the dtype of ``pnl`` (float32 or float64; half precision is promoted to float32
 because a loss summed over a batch in float16 loses the information hedging relies on) and work
@@ -129,8 +131,7 @@ class Objective(keras.layers.Layer):
     ``name`` defaults to the snake-case class name, made unique per instance by Keras.
 
     Inputs are never autocast to the layer's dtype: the loss is computed in the dtype of ``pnl``, so
-    a float64 PnL is not rounded to float32 by a float32 layer.  Pass ``dtype="float64"`` to also
-    keep trainable state (the intercept) in float64.
+    a float64 PnL is not rounded to float32 by a float32 layer.
     """
 
     kind: str = ""
@@ -290,40 +291,38 @@ class ExpectedShortfall(OCEObjective):
 
     and the infimum is attained at ``w = VaR_alpha(X)``, the ``alpha``-quantile of the loss ``-X``.
 
-    Training loss (``call``): ``w + mean(max(-pnl - w, 0)) / (1 - alpha)`` with the learned scalar
-    intercept ``w`` (a trainable weight named ``"intercept"``, initialised at ``w_init``, currency
-    units); it converges to the expected shortfall as ``w`` converges to the value-at-risk.  A
-    ``w_init`` near the expected loss scale shortens that convergence.
+    Training loss (``call``) and risk (``risk``) are the same: the exact sample value, i.e. the OCE with
+    its inner minimisation over ``w`` solved on every batch (``w`` = the batch's value at risk), as for
+    :class:`EntropicRisk`.  By the envelope theorem its gradient is the OCE's gradient at the optimal
+    ``w``: the mean over the worst ``1 - alpha`` paths.  Buehler et al. learn ``w`` jointly with the
+    policy instead; a learned intercept trails the value at risk as the hedge improves (a value at risk
+    of a few currency units moved by a first-order step of ~1e-3), and until it has caught up the
+    gradient weights the wrong tail (BENCHMARKS.md, suite section on the Heston CVaR task).
 
-    Risk (``risk``): the exact sample value.  With losses sorted from worst, ``L_1 >= ... >= L_B``,
-    and ``m = (1 - alpha) B``, it is ``(1/m) [L_1 + ... + L_floor(m) + (m - floor(m)) L_{floor(m)+1}]``:
-    the mean of the worst ``ceil(m)`` outcomes with the last one weighted by the fractional part, which
-    is the OCE minimum on the empirical distribution (e.g. 2.5 for ``X = -[0, 1, 2, 3]`` at
-    ``alpha = 0.5``).
+    With losses sorted from worst, ``L_1 >= ... >= L_B``, and ``m = (1 - alpha) B``, the sample value is
+    ``(1/m) [L_1 + ... + L_floor(m) + (m - floor(m)) L_{floor(m)+1}]``: the mean of the worst
+    ``ceil(m)`` outcomes with the last one weighted by the fractional part, which is the OCE minimum on
+    the empirical distribution.
+
+        >>> es = ExpectedShortfall(alpha=0.5)
+        >>> float(es.risk([0.0, -1.0, -2.0, -3.0]))      # worst half of the losses 3, 2
+        2.5
+        >>> float(es.oce_value([0.0, -1.0, -2.0, -3.0], es.value_at_risk([0.0, -1.0, -2.0, -3.0])))
+        2.5
 
     Args:
       alpha: confidence level, ``0 < alpha < 1``.
-      w_init: initial intercept, currency units.
     """
 
     kind = "expected_shortfall"
 
-    def __init__(self, alpha: float = 0.5, w_init: float = 0.0, **kwargs):
+    def __init__(self, alpha: float = 0.5, **kwargs):
         super().__init__(**kwargs)
         self.alpha = _check_real(self.kind, "alpha", alpha, lo=0.0, hi=1.0,
                                  allowed="a number with 0 < alpha < 1")
-        self.w_init = _check_real(self.kind, "w_init", w_init, allowed="a finite number")
-        # The intercept does not depend on the input shape: create it now so that it exists before
-        # the first traced training step (optimizers and tf.function need variables up front).
-        self.build()
-
-    def build(self, pnl_shape=None, costs_shape=None):
-        self.intercept = self.add_weight(
-            shape=(), initializer=keras.initializers.Constant(self.w_init), trainable=True,
-            name="intercept")
 
     def _params(self):
-        return {"alpha": self.alpha, "w_init": self.w_init}
+        return {"alpha": self.alpha}
 
     def loss_function(self, x):
         # 1 / (1 - alpha) computed in float64 before conversion so that float64 runs keep full
@@ -331,18 +330,10 @@ class ExpectedShortfall(OCEObjective):
         return tf.nn.relu(x) * to_float(1.0 / (1.0 - self.alpha), x.dtype)
 
     def call(self, pnl, costs=None):
-        pnl = _as_pnl(pnl)
-        return self.oce_value(pnl, tf.cast(self.intercept, pnl.dtype))
+        return self.risk(pnl)
 
     def output_curvature(self):
         return ShortfallCurvature(self)
-
-    def start_from(self, pnl) -> None:
-        """Sets the intercept to its optimum for ``pnl`` (a pilot batch of the initial policy): the
-        value at risk, the ``alpha``-quantile of ``-pnl``.  The intercept is in currency units and
-        trains with a first-order step; started at zero it would need thousands of steps to reach a
-        value at risk of a few units (the Hedger calls this when it is built with natural units)."""
-        self.intercept.assign(tf.cast(self.value_at_risk(pnl), self.intercept.dtype))
 
     def _sorted_losses_and_m(self, pnl):
         losses = tf.sort(-pnl, direction="DESCENDING")
@@ -531,13 +522,19 @@ class ShortfallCurvature(OutputCurvature):
     """A smooth surrogate of the expected-shortfall loss's curvature (its Hessian is zero almost
     everywhere).
 
-    The OCE loss ``w + mean(relu(-pnl - w)) / (1 - alpha)`` has its kink at the value-at-risk.  The
-    surrogate replaces ``relu(x)`` by ``tau softplus(x / tau)``, whose second derivative is
-    ``s(1 - s) / tau`` with ``s = sigmoid(x / tau)``: per path
-    ``B H_bb = s_b (1 - s_b) / (tau (1 - alpha))`` at ``x_b = -pnl_b - w`` (``w`` the objective's current
-    intercept), diagonal across paths.  The width ``tau = smoothing * std(pnl)`` of the batch (default
-    ``smoothing = 0.5``) spreads the curvature over the paths within about two ``tau`` of the VaR; it
-    is held fixed in the derivatives.  The intercept itself takes the optimizer's diagonal step.
+    The sample expected shortfall is ``min_w f(pnl, w)``, ``f = w + mean(relu(-pnl - w)) / (1 - alpha)``.
+    The surrogate replaces ``relu(x)`` by ``tau softplus(x / tau)``, whose second derivative is
+    ``s(1 - s) / tau`` with ``s = sigmoid(x / tau)``, at ``w`` = the batch's value at risk: per path
+    ``h_b = s_b (1 - s_b) / (tau (1 - alpha) B)`` at ``x_b = -pnl_b - w``.  The width
+    ``tau = smoothing * std(pnl)`` of the batch (default ``smoothing = 0.5``) spreads the curvature over
+    the paths within about two ``tau`` of the value at risk; it is held fixed in the derivatives.
+    Minimising over ``w`` removes the direction in which ``w`` follows the PnL (a shift of every path
+    near the quantile moves the quantile with it): the Hessian w.r.t. the PnL is the Schur complement
+
+        H = diag(h) - h h^T / sum(h)       (f_xx - f_xw f_ww^-1 f_wx),
+
+    a weighted variance, so :meth:`jacobian_rows` are centred with weights ``h / sum(h)``, :meth:`bilinear`
+    has the cross term, and the per-path pseudo-gradients carry ``B H_bb = B h_b (1 - h_b / sum(h))``.
     """
 
     def __init__(self, objective, smoothing: float = 0.5):
@@ -545,24 +542,27 @@ class ShortfallCurvature(OutputCurvature):
         self.smoothing = float(smoothing)
 
     def _diagonal(self, pnl):
+        """``B h_b`` per path (``[B]``)."""
         pnl = tf.convert_to_tensor(pnl)
         dt = pnl.dtype
         tau = to_float(self.smoothing, dt) * tf.math.reduce_std(pnl) + tf.constant(1e-12, dt)
-        x = -pnl - tf.cast(self.objective.intercept, dt)
+        x = -pnl - tf.stop_gradient(self.objective.value_at_risk(pnl))
         s = tf.sigmoid(x / tau)
         return s * (1.0 - s) / (tau * to_float(1.0 - self.objective.alpha, dt))
 
     def pseudo_gradient(self, outputs, targets=None, seed=None, sample_weight=None):
-        return tf.sqrt(self._diagonal(outputs))
+        d = self._diagonal(outputs)
+        return tf.sqrt(d * (1.0 - d / tf.reduce_sum(d)))
 
     def jacobian_rows(self, outputs, targets=None, seed=None, sample_weight=None) -> RowFactor:
         d = self._diagonal(outputs)
-        return scalar_rows(outputs, d / tf.cast(tf.shape(d)[0], d.dtype))
+        return scalar_rows(outputs, d / tf.cast(tf.shape(d)[0], d.dtype), d / tf.reduce_sum(d))
 
     def bilinear(self, outputs, u, v, targets=None, sample_weight=None):
         d = self._diagonal(outputs)
         u, v = tf.cast(u, d.dtype), tf.cast(v, d.dtype)
-        return tf.reduce_sum(d * u * v) / tf.cast(tf.shape(d)[0], d.dtype)
+        centred = tf.reduce_sum(d * u * v) - tf.reduce_sum(d * u) * tf.reduce_sum(d * v) / tf.reduce_sum(d)
+        return centred / tf.cast(tf.shape(d)[0], d.dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -614,7 +614,7 @@ OBJECTIVE_KINDS = {
 
 _KIND_PARAMS = {
     MeanVariance: ("gamma",),
-    ExpectedShortfall: ("alpha", "w_init"),
+    ExpectedShortfall: ("alpha",),
     EntropicRisk: ("a",),
     ExponentialUtility: ("a",),
 }
@@ -627,7 +627,7 @@ def make_objective(kind: str, **params) -> Objective:
     """Builds an objective from its kind and parameters.
 
     Kinds (case-insensitive, ``-`` or spaces read as ``_``): ``"mean_variance"`` (``gamma``),
-    ``"expected_shortfall"`` / ``"cvar"`` / ``"es"`` (``alpha``, ``w_init``), ``"entropic"`` /
+    ``"expected_shortfall"`` / ``"cvar"`` / ``"es"`` (``alpha``), ``"entropic"`` /
     ``"entropic_risk"`` (``a``), ``"exponential_utility"`` (``a``); every kind also takes the Keras
     layer arguments ``dtype`` and ``name``.
 

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deephedge_tf.objectives import EntropicRisk, VarianceCurvature
+from deephedge_tf.objectives import EntropicRisk, ExpectedShortfall, VarianceCurvature
 from deephedge_tf.optimizers import DHKFAC, Recorder, with_curvature
 from deephedge_tf.optimizers.losses import MeanSquaredErrorCurvature
 from deephedge_tf.optimizers.train_step import CurvatureTerm, _jacobian_rows
 from deephedge_tf.optimizers.woodbury import factorise, gauss_newton_direction, levenberg_marquardt, solve
-from test_loss_curvature import output_hessian  # the same brute-force H (tests/ is on sys.path)
+from test_loss_curvature import output_hessian, shortfall_surrogate_hessian  # tests/ is on sys.path
 
 B = 6
 
@@ -68,6 +68,23 @@ def test_rows_reproduce_the_brute_force_ggn(case):
         loss = lambda p: 3.0 * tf.reduce_mean(tf.square(p - m))  # noqa: E731
     ggn = brute_force_ggn(net, x, loss)
     r = flat_rows(sample_rows(net, x, curvature), net)
+    np.testing.assert_allclose(r.T @ r, ggn, rtol=1e-9, atol=1e-12 * np.abs(ggn).max())
+    assert np.abs(ggn).max() > 1e-3
+
+
+def test_shortfall_rows_reproduce_the_surrogate_ggn():
+    """Expected shortfall: the centred rows give J^T H J with H the surrogate's Hessian after the
+    intercept is minimised out (a brute-force Schur complement of the joint Hessian in pnl and w)."""
+    net = tiny_net()
+    x = tf.constant(np.random.default_rng(1).normal(size=(B, 3)))
+    es = ExpectedShortfall(alpha=0.5)
+    with tf.GradientTape(persistent=True) as tape:
+        pnl = net(x)[:, 0]
+    jac = tape.jacobian(pnl, net.trainable_variables, experimental_use_pfor=False)
+    jac = np.concatenate([j.numpy().reshape(B, -1) for j in jac], axis=1)
+    tau = tf.constant(0.5 * float(tf.math.reduce_std(pnl)), tf.float64)
+    ggn = jac.T @ shortfall_surrogate_hessian(es, tau, pnl) @ jac
+    r = flat_rows(sample_rows(net, x, es.output_curvature()), net)
     np.testing.assert_allclose(r.T @ r, ggn, rtol=1e-9, atol=1e-12 * np.abs(ggn).max())
     assert np.abs(ggn).max() > 1e-3
 

@@ -62,7 +62,7 @@ region: the damping adapts to how well the model predicted the last step.  A var
   (``M^{-1}`` applied per block in its eigenbasis), and ``|d|^2`` above becomes ``d^T M d``.  Outside the
   sample span the step is the Kronecker step ``M^{-1} g / lambda`` instead of a gradient step.
 
-Variables outside any block (RMSNorm scales, an objective's intercept, ...) are *diagonal*: they take
+Variables outside any block (RMSNorm scales, trainable weights of an objective, ...) are *diagonal*: they take
 an Adam step (``diagonal_learning_rate``, ``diagonal_beta_1/2``, ``diagonal_epsilon``) of their own.
 No curvature estimate exists for them, so they neither enter ``q`` nor use ``eta``: the GGN-scaled
 ``eta`` (~1 for a Newton step) would be far too large for a raw gradient.
