@@ -2,7 +2,8 @@
 
 Commands:
   train CONFIG --out DIR [--set k=v ...]     the main job: train the configured policy, evaluate it
-                                             against baselines out of sample, write DIR
+        [--overwrite]                        against baselines out of sample, write DIR (run again:
+                                             resumes; another config in DIR: refused, or --overwrite)
   evaluate RUN_DIR [--paths N]               re-evaluate a trained run (metrics, report, plots)
   export RUN_DIR --out PATH                  SavedModel of a trained run's policy
   benchmark kfac-vs-adam --config C --out D  DH-KFAC vs a tuned Adam: steps and wall time to a target
@@ -10,6 +11,8 @@ Commands:
                                              vs reference) and check the hedging instruments
   config show CONFIG [--set k=v ...]     print the resolved config (every value, defaults included)
   config doc [--write FILE]              print (or write) the reference of every config key
+
+``deephedge --verbose <command>`` also shows TensorFlow's start-up log lines (hidden by default).
 
 Exit status: 0 on success, 2 on a usage, config or data error (the message names the field), 1 on an
 unexpected error.
@@ -31,12 +34,16 @@ def _add_config_args(p):
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deephedge", description="Deep hedging with TensorFlow/Keras.")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's start-up log lines (CUDA, oneDNN, CPU features); before the command")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train, evaluate and report (the main job)")
     _add_config_args(train)
     train.add_argument("--out", required=True, help="output directory (created)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--overwrite", action="store_true",
+                       help="discard a run of another config in --out (without it, that is an error)")
 
     ev = sub.add_parser("evaluate", help="re-evaluate a trained run directory")
     ev.add_argument("run_dir", help="directory written by `deephedge train`")
@@ -79,7 +86,34 @@ def write_reference(path: Path, table: str) -> None:
     os.replace(tmp, path)
 
 
+def quiet_tensorflow() -> None:
+    """Imports TensorFlow with its start-up lines kept out of the user's terminal: the C++ runtime logs
+    oneDNN, CUDA probing and CPU-feature notices straight to file descriptor 2 at import and at device
+    initialisation, and in TF 2.21 ``TF_CPP_MIN_LOG_LEVEL`` no longer hides them.  Descriptor 2 goes to
+    a temporary file meanwhile; if the import fails, what it logged is shown with the error."""
+    import tempfile
+
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # device probing logs now, not at the first training step
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--verbose" not in argv and "--help" not in argv and "-h" not in argv:
+        quiet_tensorflow()  # before the parser: building it imports the benchmark module, hence TensorFlow
     args = _parser().parse_args(argv)
     from deephedge_tf.config import config_reference, dump_config, load_config
     from deephedge_tf.errors import ConfigError, DeepHedgeError
@@ -119,7 +153,7 @@ def main(argv=None) -> int:
         if args.command == "train":
             from deephedge_tf.run import train_job
 
-            train_job(cfg, Path(args.out), verbose=0 if args.quiet else "auto")
+            train_job(cfg, Path(args.out), verbose=0 if args.quiet else "auto", overwrite=args.overwrite)
             return 0
     except DeepHedgeError as e:
         print(f"deephedge: error: {e}", file=sys.stderr)

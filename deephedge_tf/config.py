@@ -127,6 +127,8 @@ class DerivativeConfig:
         None, "maturity; a whole number of steps, at most the horizon (null: the horizon)",
         units="years", gt=0.0)
     variance_strike: float = param(0.04, "variance swap strike", units="annualised variance", ge=0.0)
+    path_features: bool = param(True, "the policy observes the derivative's path state: a lookback's running "
+                                "maximum, a cliquet's period return and payoff so far")
     cliquet: CliquetConfig = section(CliquetConfig, "cliquet terms (kind = cliquet)")
 
     def check(self, key):

@@ -15,6 +15,7 @@ alone, and validation data can use another seed or a disjoint range of paths.
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from deephedge_tf.features import make_batch
@@ -25,24 +26,42 @@ class PathBatches(keras.utils.PyDataset):
     """Batches of paths from ``market.simulate(num_paths, start, seed)``.
 
     Args:
-      market: object with ``simulate(num_paths, start=0, seed=None) -> MarketPaths``.
-      derivative: the liability (``.payoff(paths)``).
-      instruments: hedging instruments (``.tensors(paths)``).
+      market: a market (:mod:`deephedge_tf.market.models`): ``steps``, ``dt`` and
+        ``simulate(num_paths, start=0, seed=None) -> MarketPaths``.
+      derivative: the liability (``.payoff(paths)``; see :mod:`deephedge_tf.instruments.derivatives`).
+      instruments: hedging instruments (``.tensors(paths)``), completed from the market where they need
+        it (:func:`deephedge_tf.instruments.hedges.bind_instruments`).
       batch_size: paths per batch.
-      num_batches: batches per epoch.
+      batches_per_epoch: batches per epoch.
       fresh: new paths each epoch (True) or a fixed set (False).
-      seed: seed of the path stream (None: the market's default).
+      seed: seed of the path stream (None: the market's own).
       offset: index of the first path used.
+
+        >>> import deephedge_tf as dh
+        >>> market = dh.GBM(s0=100.0, sigma=0.2, steps=10, dt=1 / 365)
+        >>> data = PathBatches(market, dh.EuropeanOption(strike=100.0), [dh.Spot()], batch_size=64,
+        ...                    batches_per_epoch=2)
+        >>> len(data), tuple(data[0]["returns"].shape)      # batch-major [B, T, N]
+        (2, (64, 10, 1))
     """
 
-    def __init__(self, market, derivative, instruments, batch_size: int, num_batches: int, fresh: bool = True,
-                 seed=None, offset: int = 0):
+    def __init__(self, market, derivative, instruments, batch_size: int, batches_per_epoch: int,
+                 fresh: bool = True, seed=None, offset: int = 0):
         super().__init__(workers=1, use_multiprocessing=False)
-        if batch_size < 1 or num_batches < 1:
-            raise ValueError(f"PathBatches: batch_size and num_batches must be >= 1; got {batch_size}, "
-                             f"{num_batches}")
-        self.market, self.derivative, self.instruments = market, derivative, instruments
-        self.batch_size, self.batches_per_epoch = int(batch_size), int(num_batches)
+        from deephedge_tf.instruments.hedges import bind_instruments
+        from deephedge_tf.market.models import check_market
+
+        for name, value in (("batch_size", batch_size), ("batches_per_epoch", batches_per_epoch)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"PathBatches: {name} must be an integer >= 1; got {value!r}")
+        check_market(market, "PathBatches: market")
+        if not callable(getattr(derivative, "payoff", None)):
+            raise ValueError(f"PathBatches: derivative {derivative!r} has no payoff(paths)")
+        self.market, self.derivative = market, derivative
+        self.instruments = bind_instruments(list(instruments), market)
+        if not self.instruments:
+            raise ValueError("PathBatches: no hedging instruments")
+        self.batch_size, self.batches_per_epoch = int(batch_size), int(batches_per_epoch)
         self.fresh, self.seed, self.offset = fresh, seed, int(offset)
         self.epoch = 0
         self._assemble = None  # make_batch traced on the first batch (see _batch)

@@ -18,13 +18,16 @@ them; at the Keras boundary (datasets, ``fit``, ``predict``) they travel batch-m
 
 Network features (all O(1) in size, so no normalisation layer is needed):
   * ``time``: fraction of the horizon elapsed, ``k / T``;
-  * ``log_spot``: ``log(S_k / S_0)``, or for options with a strike (European, call spread, lookback)
-    ``log_moneyness``: ``log(S_k / K)`` in its place.  Not both: with ``S_0`` the same on every path
-    they differ by the constant ``log(S_0 / K)``, so together with a bias they would make the inputs
-    linearly dependent (a singular curvature factor for second-order optimizers, nothing gained);
+  * ``log_spot``: ``log(S_k / S_0)``, or for derivatives with a ``moneyness_strike`` (European, call
+    spread, lookback) ``log_moneyness``: ``log(S_k / K)`` in its place.  Not both: with ``S_0`` the same
+    on every path they differ by the constant ``log(S_0 / K)``, so together with a bias they would make
+    the inputs linearly dependent (a singular curvature factor for second-order optimizers, nothing
+    gained);
   * ``vol``: ``sqrt(v_k)``, the observed (model or realised) volatility;
-  * cliquet only: ``log_period``: ``log(S_k / S_last_reset)`` and ``payoff_now``: the payoff if the
-    cliquet matured now (capped returns of completed periods plus the current one, floored).
+  * then the derivative's own path features (``derivative.feature_names``, see
+    :mod:`deephedge_tf.instruments.derivatives`): ``log_running_max`` of a lookback, ``log_period`` and
+    ``payoff_now`` of a cliquet, any a user's :class:`~deephedge_tf.instruments.derivatives.PathDerivative`
+    declares.
 """
 
 from __future__ import annotations
@@ -32,48 +35,37 @@ from __future__ import annotations
 import tensorflow as tf
 
 from deephedge_tf.dtypes import to_float
-from deephedge_tf.instruments.derivatives import CallSpread, Cliquet, EuropeanOption, LookbackCall
+from deephedge_tf.errors import DeepHedgeError
 from deephedge_tf.instruments.hedges import hedge_tensors
 from deephedge_tf.market.paths import MarketPaths
-from deephedge_tf.pricing.black_scholes import bs_delta, bs_gamma
 
 
 def feature_names(derivative) -> tuple[str, ...]:
     """Names of the network features, in column order, for ``derivative``."""
-    spot = "log_spot" if _reference_strike(derivative) is None else "log_moneyness"
-    names = ("time", spot, "vol")
-    if isinstance(derivative, Cliquet):
-        names += ("log_period", "payoff_now")
-    return names
+    spot = "log_spot" if getattr(derivative, "moneyness_strike", None) is None else "log_moneyness"
+    return ("time", spot, "vol") + tuple(getattr(derivative, "feature_names", ()))
 
 
-def _reference_strike(derivative):
-    if isinstance(derivative, (EuropeanOption, LookbackCall)):
-        return derivative.strike
-    if isinstance(derivative, CallSpread):
-        return derivative.strike_low
-    return None
-
-
-def _cliquet_features(spot, c: Cliquet, steps: int):
-    """``log(S_k / S_last_reset)`` and the payoff if the cliquet matured at ``t_k``, each [T, B]."""
-    period = c.reset_every
-    k = tf.range(steps)
-    last_reset = (k // period) * period  # [T]
-    s_reset = tf.gather(spot, last_reset)  # [T, B]
-    s_k = spot[:-1]
-    current = s_k / s_reset - 1.0
-
-    def clip(r):
-        r = tf.minimum(r, to_float(c.local_cap, r.dtype))
-        return r if c.local_floor is None else tf.maximum(r, to_float(c.local_floor, r.dtype))
-
-    # Completed periods' capped returns, accumulated and then held constant within each period.
-    resets = spot[0: steps + 1: period]
-    done = tf.concat([tf.zeros_like(resets[:1]), tf.cumsum(clip(resets[1:] / resets[:-1] - 1.0), axis=0)], 0)
-    accumulated = tf.gather(done, k // period)
-    payoff_now = tf.maximum(accumulated + clip(current), to_float(c.global_floor, spot.dtype))
-    return tf.math.log(s_k / s_reset), payoff_now
+def derivative_features(paths: MarketPaths, derivative) -> list:
+    """The derivative's own path features (``derivative.features(paths)``), checked: the names it
+    declares, each ``[T, B]``."""
+    names = tuple(getattr(derivative, "feature_names", ()))
+    if not names:
+        return []
+    values = derivative.features(paths)
+    if tuple(values) != names:
+        raise DeepHedgeError(f"{derivative!r}: features(paths) returned {list(values)}, but feature_names is "
+                             f"{list(names)} (the same names, in the same order)")
+    want = paths.spot[:-1]
+    cols = []
+    for name in names:
+        x = tf.convert_to_tensor(values[name])
+        if x.shape.rank != 2 or x.shape[0] != want.shape[0] or (x.shape[1] is not None and want.shape[1] is not None
+                                                                 and x.shape[1] != want.shape[1]):
+            raise DeepHedgeError(f"{derivative!r}: feature {name!r} has shape {x.shape}; expected [T, B] = "
+                                 f"{want.shape} (one value per decision time t_0 .. t_(T-1) and path)")
+        cols.append(tf.cast(x, want.dtype))
+    return cols
 
 
 def observations(paths: MarketPaths, derivative) -> dict:
@@ -82,37 +74,27 @@ def observations(paths: MarketPaths, derivative) -> dict:
     s, v = paths.spot[:-1], paths.variance[:-1]
     dtype = s.dtype
     k = tf.cast(tf.range(steps), dtype)[:, None]
-    maturity = derivative.maturity_steps or steps
+    maturity = getattr(derivative, "maturity_steps", None) or steps
     tau = tf.maximum(tf.cast(maturity, dtype) - k, 0.0) * to_float(paths.dt, dtype) * tf.ones_like(s)
     vol = tf.sqrt(tf.maximum(v, 0.0))
-    strike = _reference_strike(derivative)
+    strike = getattr(derivative, "moneyness_strike", None)
     reference = paths.spot[0] if strike is None else to_float(strike, dtype)
-    cols = [k / steps * tf.ones_like(s), tf.math.log(s / reference), vol]
-    if isinstance(derivative, Cliquet):
-        cols.extend(_cliquet_features(paths.spot, derivative, steps))
+    cols = [k / steps * tf.ones_like(s), tf.math.log(s / reference), vol] + derivative_features(paths, derivative)
     delta, gamma = liability_greeks(derivative, s, tau, vol)
     return {"features": tf.stack(cols, axis=-1), "spot": s, "variance": v, "tau": tau,
             "bs_delta": delta, "bs_gamma": gamma}
 
 
 def liability_greeks(derivative, spot, tau, vol):
-    """Black-Scholes delta and gamma of the liability at volatility ``vol`` (zeros where undefined).
-
-    Defined for European options and call spreads; after maturity both are 0.
-    """
+    """Black-Scholes delta and gamma of the liability at volatility ``vol`` (``derivative.greeks``;
+    zeros for a derivative without them); after maturity both are 0."""
     zeros = tf.zeros_like(spot)
-    if isinstance(derivative, EuropeanOption):
-        d = bs_delta(spot, derivative.strike, tau, vol, is_call=derivative.is_call, dtype=spot.dtype)
-        g = bs_gamma(spot, derivative.strike, tau, vol, dtype=spot.dtype)
-    elif isinstance(derivative, CallSpread):
-        d = (bs_delta(spot, derivative.strike_low, tau, vol, dtype=spot.dtype)
-             - bs_delta(spot, derivative.strike_high, tau, vol, dtype=spot.dtype))
-        g = (bs_gamma(spot, derivative.strike_low, tau, vol, dtype=spot.dtype)
-             - bs_gamma(spot, derivative.strike_high, tau, vol, dtype=spot.dtype))
-    else:
+    greeks = getattr(derivative, "greeks", None)
+    if greeks is None:
         return zeros, zeros
+    d, g = greeks(spot, tau, vol)
     live = tau > 0
-    return tf.where(live, d, zeros), tf.where(live, g, zeros)
+    return tf.where(live, tf.cast(d, spot.dtype), zeros), tf.where(live, tf.cast(g, spot.dtype), zeros)
 
 
 def make_batch(paths: MarketPaths, derivative, instruments) -> dict:

@@ -190,6 +190,7 @@ class Hedger(keras.Model):
         trained with (the exported policy's inputs and outputs are contracts).
         """
         returns = tf.convert_to_tensor(batch["returns"])
+        self.policy.set_num_instruments(int(returns.shape[-1]))
         tradable = tf.cast(tf.convert_to_tensor(batch["mask"]) > 0, returns.dtype)
         count = tf.maximum(tf.reduce_sum(tradable, axis=[0, 1]), 1.0)
         mean = tf.reduce_sum(returns * tradable, axis=[0, 1]) / count

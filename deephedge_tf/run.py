@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from deephedge_tf.builders import build_hedges, build_market, floating_grid_premiums
+from deephedge_tf.builders import build_hedges, build_market
 from deephedge_tf.config import Config, dump_config
-from deephedge_tf.instruments.derivatives import CallSpread, EuropeanOption, derivative_from_config
+from deephedge_tf.instruments.derivatives import derivative_from_config
 from deephedge_tf.instruments.hedges import hedge_tensors, option_is_call
 from deephedge_tf.training import instrument_names
 
@@ -43,31 +43,20 @@ def mean_and_se(x) -> tuple[float, float]:
     return float(x.mean()), float(x.std(ddof=1) / math.sqrt(x.size))
 
 
-def reference_price(cfg: Config, derivative):
-    """(price, method) of the derivative from a closed form or Fourier pricer, or (None, reason)."""
-    m = cfg.market
-    tau = (derivative.maturity_steps or cfg.time.steps) * cfg.time.dt
-    if m.model == "historical":
-        return None, "none (historical data has no pricing model)"
+def reference_price(market, derivative):
+    """(price, method) of the derivative from the market's pricer (``derivative.reference_price(market)``),
+    or (None, why not): the derivative has no closed form, the market no pricing model, or a drift."""
+    from deephedge_tf.market.models import NoPricingMeasure
 
-    def vanilla(strike, is_call):
-        if m.model == "heston":
-            from deephedge_tf.pricing.heston import heston_price
-
-            h = m.heston
-            return float(heston_price(m.s0, strike, tau, h.v0, h.kappa, h.theta, h.xi, h.rho, is_call=is_call))
-        from deephedge_tf.pricing.black_scholes import bs_price
-
-        return float(bs_price(m.s0, strike, tau, m.gbm.sigma, is_call=is_call))
-
-    method = "Heston Fourier" if m.model == "heston" else "Black-Scholes"
-    if m.model == "gbm" and m.gbm.mu != 0 or m.model == "heston" and m.heston.mu != 0:
+    price_of = getattr(derivative, "reference_price", None)
+    if price_of is None:
+        return None, "none (no closed form for this payoff; Monte Carlo only)"
+    if getattr(market, "vanilla_price", None) is None:
+        return None, f"none ({type(market).__name__} has no pricing model)"
+    try:
+        return float(price_of(market)), market.pricing_method
+    except NoPricingMeasure:
         return None, "none (the market has a drift: not the pricing measure)"
-    if isinstance(derivative, EuropeanOption):
-        return vanilla(derivative.strike, derivative.is_call), method
-    if isinstance(derivative, CallSpread):
-        return vanilla(derivative.strike_low, True) - vanilla(derivative.strike_high, True), method
-    return None, "none (no closed form for this payoff; Monte Carlo only)"
 
 
 def instrument_table(hedges) -> list[dict]:
@@ -105,7 +94,8 @@ def premium_table_check(cfg: Config) -> dict | None:
 
     from deephedge_tf.pricing.heston import heston_price
 
-    table = floating_grid_premiums(cfg)
+    years = [n * cfg.time.dt for n in fg.maturities]
+    table = build_market(cfg).premium_model(fg.moneyness, years)
     h = cfg.market.heston
     v = np.linspace(0.0, 4.0 * max(h.theta, h.v0), 41)
     interp = table(tf.constant(v, tf.float64)).numpy()  # [41, J]
@@ -123,17 +113,18 @@ def simulate_job(cfg: Config, out: Path, echo=print) -> dict:
 
     n = cfg.simulation.paths
     t0 = time.perf_counter()
-    paths = build_market(cfg).simulate(n)
+    market = build_market(cfg)
+    paths = market.simulate(n)
     sim_s = time.perf_counter() - t0
     n = int(paths.spot.shape[1])  # rolling windows of a short series may give fewer paths
 
     derivative = derivative_from_config(cfg)
     payoff = derivative.payoff(paths).numpy()
     mc, se = mean_and_se(payoff)
-    ref, method = reference_price(cfg, derivative)
+    ref, method = reference_price(market, derivative)
 
     t0 = time.perf_counter()
-    hedges = hedge_tensors(build_hedges(cfg), paths)
+    hedges = hedge_tensors(build_hedges(cfg, market), paths)
     hedge_s = time.perf_counter() - t0
     rows = instrument_table(hedges)
     table_check = premium_table_check(cfg)
@@ -194,31 +185,17 @@ STRATEGY_LABELS = {"no_hedge": "unhedged", "bs_delta": "bs_delta"}
 def evaluate_strategies(cfg: Config, hedger, parts, num_paths: int | None = None, chunk: int = 8192) -> dict:
     """Out-of-sample outputs (pnl, costs, turnover, actions of a few paths) of the trained hedger and
     of the baselines that apply, on the same evaluation paths (seed + 2)."""
-    from deephedge_tf.features import make_batch
-    from deephedge_tf.training import EVALUATION_SEED_OFFSET, make_hedger
+    from deephedge_tf.evaluation.compare import EVALUATION_SEED_OFFSET, strategy_outputs
+    from deephedge_tf.training import make_hedger
 
     n = num_paths or cfg.evaluation.paths
     models = {"hedged": hedger}
     for kind in BASELINES:
-        if kind == "bs_delta" and (cfg.derivative.kind not in ("european", "call_spread")
-                                   or not cfg.hedges.spot.enabled):
+        if kind == "bs_delta" and (getattr(parts.derivative, "greeks", None) is None or not cfg.hedges.spot.enabled):
             continue
         models[STRATEGY_LABELS[kind]] = make_hedger(cfg, parts, policy_kind=kind, compile=False)
-    outputs = {name: {"pnl": [], "costs": [], "turnover": []} for name in models}
-    seed = cfg.seed + EVALUATION_SEED_OFFSET
-    for start in range(0, n, chunk):
-        size = min(chunk, n - start)
-        batch = make_batch(parts.market.simulate(size, start=start, seed=seed), parts.derivative, parts.instruments)
-        for name, model in models.items():
-            out = model(batch, training=False)
-            for key in ("pnl", "costs", "turnover"):
-                outputs[name][key].append(out[key].numpy())
-            if start == 0:
-                outputs[name]["actions"] = out["actions"].numpy()[:, :16]
-    for o in outputs.values():
-        for key in ("pnl", "costs", "turnover"):
-            o[key] = np.concatenate(o[key])
-    return outputs
+    return strategy_outputs(models, parts.market, parts.derivative, parts.instruments, n,
+                            cfg.seed + EVALUATION_SEED_OFFSET, chunk)
 
 
 def objective_value(objective, pnl, costs) -> float:
@@ -228,31 +205,55 @@ def objective_value(objective, pnl, costs) -> float:
     return float(objective(tf.constant(pnl), tf.constant(costs)))
 
 
-def train_job(cfg: Config, out: Path, echo=print, verbose="auto") -> dict:
+def check_run_directory(cfg: Config, out: Path, overwrite: bool = False) -> None:
+    """A run directory holds one config's run: starting ``train`` again with the same config resumes it
+    (from ``checkpoints/backup``); with another config it is refused, or with ``overwrite`` the old run's
+    checkpoints and history are removed first, so nothing of it is resumed or mixed in."""
+    from deephedge_tf.errors import DeepHedgeError
+
+    written = out / "config.yaml"
+    if not written.is_file() or written.read_text() == dump_config(cfg):
+        return
+    if not overwrite:
+        raise DeepHedgeError(f"{out} holds a run of another config ({written}); train into a new --out, or "
+                             "pass --overwrite to discard that run")
+    import shutil
+
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    for name in ("history.csv", "report.json", "metrics.csv"):
+        (out / name).unlink(missing_ok=True)
+
+
+def train_job(cfg: Config, out: Path, echo=print, verbose="auto", overwrite: bool = False) -> dict:
     """Trains the configured policy, evaluates it against baselines, writes the run directory:
-    config.yaml, report.json, metrics.csv, history.csv, plots/*.png, saved_model/, checkpoints/."""
+    config.yaml, report.json, metrics.csv, history.csv, plots/*.png, saved_model/, checkpoints/.
+
+    Killed and started again with the same command, the run resumes from its last epoch backup, ends at
+    the weights of an uninterrupted run and keeps the whole history (``training.RunHistory``); a directory
+    of another config is refused unless ``overwrite`` (:func:`check_run_directory`)."""
     import keras
 
     from deephedge_tf.evaluation import plot_learning_curves
-    from deephedge_tf.training import build_parts, fit_hedger, make_hedger
+    from deephedge_tf.training import RunHistory, build_parts, fit_hedger, make_hedger
 
+    check_run_directory(cfg, out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     _write_atomic(out / "config.yaml", dump_config(cfg))
     parts = build_parts(cfg)
     hedger = make_hedger(cfg, parts)
     ckpt = out / "checkpoints"
-    callbacks = [keras.callbacks.CSVLogger(str(out / "history.csv")),
-                 keras.callbacks.BackupAndRestore(str(ckpt / "backup"))]
-    t0 = time.perf_counter()
-    history = fit_hedger(cfg, hedger, parts, callbacks=callbacks, verbose=verbose)
-    wall = time.perf_counter() - t0
+    history = RunHistory(out / "history.csv")
+    callbacks = [keras.callbacks.BackupAndRestore(str(ckpt / "backup")), history]  # restore first
+    fit_hedger(cfg, hedger, parts, callbacks=callbacks, verbose=verbose)
     hedger.save_weights(str(ckpt / WEIGHTS_FILE))
-    train = {"steps": int(hedger.optimizer.iterations.numpy()), "epochs": len(history.history["loss"]),
-             "wall_s": wall, "final_loss": float(history.history["loss"][-1]),
-             "final_val_loss": float(history.history["val_loss"][-1]),
-             "skipped_steps": float(sum(history.history.get("skipped_steps", [0.0])))}
+    curves = history.history()
+    wall = history.rows[-1]["wall_s"]
+    train = {"steps": int(hedger.optimizer.iterations.numpy()), "epochs": len(history.rows),
+             "wall_s": wall, "final_loss": float(curves["loss"][-1]),
+             "final_val_loss": float(curves["val_loss"][-1]),
+             "skipped_steps": float(sum(curves.get("skipped_steps", [0.0])))}
     if cfg.evaluation.plots:
-        plot_learning_curves(history.history, out / "plots" / "learning_curves.png")
+        plot_learning_curves(curves, out / "plots" / "learning_curves.png")
     export_run(cfg, hedger, parts, out / "saved_model")
     report = evaluate_run(cfg, hedger, parts, out, train, echo)
     echo(f"trained {train['steps']} steps in {wall:.1f} s")
@@ -324,7 +325,7 @@ def evaluate_run(cfg: Config, hedger, parts, out: Path, train: dict | None, echo
     table.to_csv(tmp)
     os.replace(tmp, out / "metrics.csv")
 
-    ref, method = reference_price(cfg, parts.derivative)
+    ref, method = reference_price(parts.market, parts.derivative)
     hedged = outputs["hedged"]
     report = {
         "objective": objective.description,

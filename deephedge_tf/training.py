@@ -10,8 +10,12 @@ Seeds: training paths use ``cfg.seed``, validation paths ``cfg.seed + 1``, evalu
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import math
+import os
+import time
+from pathlib import Path
 
 import keras
 import tensorflow as tf
@@ -25,7 +29,6 @@ from deephedge_tf.objectives import make_objective
 from deephedge_tf.policies import make_policy
 
 VALIDATION_SEED_OFFSET = 1
-EVALUATION_SEED_OFFSET = 2
 
 
 @dataclasses.dataclass
@@ -38,7 +41,8 @@ class RunParts:
 
 
 def build_parts(cfg: Config) -> RunParts:
-    return RunParts(build_market(cfg), derivative_from_config(cfg), build_hedges(cfg))
+    market = build_market(cfg)
+    return RunParts(market, derivative_from_config(cfg), build_hedges(cfg, market))
 
 
 def instrument_names(parts: RunParts) -> list[str]:
@@ -145,6 +149,52 @@ class TargetLossStopping(keras.callbacks.Callback):
         if value is not None and value <= self.target and self.reached_at_step is None:
             self.reached_at_step = int(self.model.optimizer.iterations.numpy())
             self.model.stop_training = True
+
+
+class RunHistory(keras.callbacks.Callback):
+    """``history.csv`` of a run that may be killed and started again: one row per epoch over the whole
+    run, with ``wall_s``, the training time up to the end of that epoch, summed over restarts.
+
+    Put it after ``keras.callbacks.BackupAndRestore`` in the callback list: a restarted ``fit`` resumes
+    at the epoch after the last backup (Keras stores it as the model's initial epoch when the backup is
+    restored), and this keeps the earlier rows up to there and drops any written after the backup (the
+    restart repeats those epochs).  The file is rewritten whole, atomically, after every epoch.
+    """
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = Path(path)
+        self.rows: list[dict] = []
+
+    def _read(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        with self.path.open(newline="") as f:
+            return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+    def on_train_begin(self, logs=None):
+        first = int(getattr(self.model, "_initial_epoch", 0) or 0)
+        self.rows = [r for r in self._read() if int(r["epoch"]) < first] if first else []
+        self._earlier = self.rows[-1]["wall_s"] if self.rows else 0.0
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": float(epoch), **{k: float(v) for k, v in (logs or {}).items()}}
+        row["wall_s"] = self._earlier + time.perf_counter() - self._start
+        self.rows.append(row)
+        keys = list(dict.fromkeys(k for r in self.rows for k in r))
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys, restval="")
+            writer.writeheader()
+            for r in self.rows:
+                writer.writerow({k: (int(v) if k == "epoch" else repr(v)) for k, v in r.items()})
+        os.replace(tmp, self.path)
+
+    def history(self) -> dict:
+        """``{metric: [per-epoch values]}`` of the whole run (the form of Keras' ``History.history``)."""
+        keys = [k for k in dict.fromkeys(k for r in self.rows for k in r) if k not in ("epoch", "wall_s")]
+        return {k: [r.get(k, float("nan")) for r in self.rows] for k in keys}
 
 
 def standard_callbacks(cfg: Config) -> list:

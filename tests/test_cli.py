@@ -78,6 +78,22 @@ def test_console_script_runs_in_a_fresh_process(tmp_path):
     assert yaml.safe_load(out.stdout)["market"]["model"] == "gbm"
 
 
+def test_tensorflow_start_up_lines_only_with_verbose(tmp_path):
+    """TensorFlow's C++ runtime writes oneDNN / CUDA / absl lines to stderr when it loads; the CLI keeps
+    them out unless asked (the simulation touches TensorFlow, so the runtime is loaded in both runs)."""
+    def run(*flags):
+        return subprocess.run([sys.executable, "-m", "deephedge_tf.cli", *flags, "simulate",
+                               str(REPO / "configs/bs_call_ntb.yaml"), "--out", str(tmp_path / "sim"),
+                               "--set", "simulation.paths=256"], capture_output=True, text=True, timeout=300)
+
+    quiet, verbose = run(), run("--verbose")
+    assert quiet.returncode == 0 and verbose.returncode == 0, quiet.stderr + verbose.stderr
+    assert quiet.stderr == "", quiet.stderr
+    assert "Monte Carlo price" in quiet.stdout
+    # The verbose run shows what the runtime logs (its exact lines depend on the machine).
+    assert verbose.stderr.strip() != ""
+
+
 def test_train_with_dhkfac_on_a_band_policy_from_the_cli(tmp_path):
     """`deephedge train CONFIG --set training.optimizer=dhkfac` works for a policy other than the
     recurrent one (here the no-transaction band under expected shortfall)."""

@@ -1,5 +1,5 @@
-"""The runnable examples in the docstrings of the optimizer modules and the objectives' curvature
-run and print what they say (doctest)."""
+"""The runnable examples in the docstrings of the public API's modules run and print what they say
+(doctest)."""
 
 import doctest
 import importlib
@@ -8,7 +8,9 @@ import pytest
 
 MODULES = ["deephedge_tf.optimizers.capture", "deephedge_tf.optimizers.losses",
            "deephedge_tf.optimizers.train_step", "deephedge_tf.optimizers.woodbury", "deephedge_tf.objectives",
-           "deephedge_tf.benchmark_suite"]
+           "deephedge_tf.benchmark_suite", "deephedge_tf.market.models", "deephedge_tf.instruments.derivatives",
+           "deephedge_tf.instruments.hedges", "deephedge_tf.data", "deephedge_tf.evaluation.compare",
+           "deephedge_tf.policies.base"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -131,8 +131,8 @@ def test_observations_of_a_cliquet():
 
 def test_fit_with_adam_reduces_the_loss_and_never_applies_nan():
     _, market, derivative, hedges, _ = small_setup()
-    train = PathBatches(market, derivative, hedges, batch_size=512, num_batches=4)
-    valid = PathBatches(market, derivative, hedges, batch_size=512, num_batches=1, fresh=False, seed=123)
+    train = PathBatches(market, derivative, hedges, batch_size=512, batches_per_epoch=4)
+    valid = PathBatches(market, derivative, hedges, batch_size=512, batches_per_epoch=1, fresh=False, seed=123)
     hedger = Hedger(LinearPolicy(2, dtype=F64), MeanVariance(dtype=F64), dtype=F64)
     hedger.compile(optimizer=keras.optimizers.Adam(1e-2))
     hist = hedger.fit(train, validation_data=valid, epochs=4, verbose=0)

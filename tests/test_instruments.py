@@ -112,7 +112,7 @@ def test_floating_grid_put_call_convention_and_errors():
 
 
 def test_fixed_grid_against_loop(random_paths):
-    grid = FixedGrid(strikes=(0.9, 1.1), expiry_step=8, pricer=black_scholes_pricer)
+    grid = FixedGrid(strikes=(0.9, 1.1), expiry_step=8, pricer=black_scholes_pricer, call_from=1.0)
     h = grid.tensors(random_paths)
     s, v = random_paths.spot.numpy(), random_paths.variance.numpy()
     for k in range(12):

@@ -640,7 +640,7 @@ def test_xla_step_matches_the_graph_and_eager_steps():
 def test_recurrent_policy_blocks_capture_and_identity_preconditioning():
     keras.utils.set_random_seed(11)
     b, t = 5, 3
-    policy = RecurrentPolicy(1, num_blocks=1, width=4, dtype="float64")
+    policy = RecurrentPolicy(1, num_blocks=1, width=4, dtype="float64", name="recurrent_policy")
     rng = np.random.default_rng(11)
     obs = [{"features": tf.constant(rng.normal(size=(b, 2))), "mask": tf.ones((b, 1), F64)} for _ in range(t)]
     policy(obs[0], tf.zeros((b, 1), F64), policy.initial_state(b, F64))

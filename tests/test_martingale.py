@@ -33,7 +33,7 @@ def test_gbm_spot_and_floating_grid_and_fixed_grid():
     paths = simulate_gbm(40000, 20, DT, sigma=0.3, seed=11, dtype=tf.float64)
     moneyness, maturities = (0.95, 1.0, 1.05, 1.0), (5, 5, 10, 20)
     grid = FloatingGrid(moneyness, maturities, BlackScholesPremiums(moneyness, [t * DT for t in maturities]))
-    fixed = FixedGrid(strikes=(0.9, 1.0, 1.1), expiry_step=20, pricer=black_scholes_pricer)
+    fixed = FixedGrid(strikes=(0.9, 1.0, 1.1), expiry_step=20, pricer=black_scholes_pricer, call_from=1.0)
     for inst in (Spot(), grid, fixed):
         h = inst.tensors(paths)
         assert_zero_mean(h.returns, h.mask, type(inst).__name__)

@@ -142,7 +142,7 @@ def test_make_policy_kinds_and_errors():
         make_policy("no_transaction_band", 1, anchor="delta")
     with pytest.raises(ValueError, match="risk_aversion must be > 0"):
         make_policy("whalley_wilmott", 1, risk_aversion=0.0)
-    with pytest.raises(ValueError, match="num_instruments must be >= 1"):
+    with pytest.raises(ValueError, match="num_instruments must be an integer >= 1"):
         make_policy("mlp", 0)
     with pytest.raises(DeepHedgeError, match="width"):
         make_policy("mlp", 2, width="wide")
@@ -321,3 +321,29 @@ def test_whalley_wilmott_band():
     a = action.numpy()[:, 0]
     assert a[0] == 0.0 and a[2] == 0.0  # inside the band: no trade
     assert a[3] == pytest.approx(-0.1)  # zero gamma: trade to delta
+
+
+@pytest.mark.parametrize("kind", list(POLICY_KINDS))
+def test_policy_without_num_instruments_takes_it_from_the_first_observations(kind):
+    """A policy made without N has, once it has seen observations, the weights of one made with N and,
+    with those weights, the same actions."""
+    obs = make_obs()
+    given = make_policy(kind, N, dtype="float64", **SMALL[kind])
+    later = POLICY_KINDS[kind](dtype="float64", **SMALL[kind])
+    assert later.num_instruments is None
+    a_given, _ = run(given, obs)
+    run(later, obs)
+    assert later.num_instruments == N and tuple(later.instrument_units.shape) == (N,)
+    assert [w.path for w in later.weights] == [w.path.replace(given.name, later.name, 1) for w in given.weights]
+    assert [tuple(w.shape) for w in later.weights] == [tuple(w.shape) for w in given.weights]
+    later.set_weights(given.get_weights())
+    a_later, _ = run(later, obs)
+    np.testing.assert_allclose(a_later.numpy(), a_given.numpy(), rtol=1e-12)
+    with pytest.raises(ValueError, match=f"built for {N} instruments, given 2"):
+        later.set_num_instruments(2)
+
+
+def test_policy_without_num_instruments_or_mask_is_refused():
+    obs = {k: v for k, v in make_obs().items() if k != "mask"}
+    with pytest.raises(ValueError, match="number of instruments is unknown"):
+        MLPPolicy(width=4, dtype="float64").build({k: tuple(v.shape) for k, v in obs.items()})

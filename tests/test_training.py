@@ -11,7 +11,8 @@ from deephedge_tf.config import from_dict
 from deephedge_tf.data import PathBatches
 from deephedge_tf.features import make_batch
 from deephedge_tf.run import train_job
-from deephedge_tf.training import TargetLossStopping, build_parts, fit_hedger, make_hedger
+from deephedge_tf.errors import DeepHedgeError
+from deephedge_tf.training import RunHistory, TargetLossStopping, build_parts, fit_hedger, make_hedger
 
 
 def tiny_cfg(*extra):
@@ -53,6 +54,42 @@ def test_killed_and_resumed_run_ends_at_the_same_weights(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     # and the interrupted run had really moved away from the final weights
     assert any(not np.allclose(a, b) for a, b in zip(weights(first), weights(straight)))
+
+
+def test_history_of_a_killed_and_restarted_run_is_whole(tmp_path):
+    """A kill after the history wrote epoch 2 but before the backup saved it: the restart repeats epoch 2,
+    and history.csv ends with one row per epoch 0..3, the first two from the killed process (same
+    values), wall time summed over both processes."""
+    cfg = tiny_cfg()
+    parts = build_parts(cfg)
+    path = tmp_path / "history.csv"
+    first = RunHistory(path)
+    with pytest.raises(KeyboardInterrupt):
+        fit_hedger(cfg, make_hedger(cfg, parts), parts, verbose=0,
+                   callbacks=[first, KillAfterEpoch(2), keras.callbacks.BackupAndRestore(str(tmp_path / "b"))])
+    killed = [dict(r) for r in first.rows]
+    assert [int(r["epoch"]) for r in killed] == [0, 1, 2]
+    again = RunHistory(path)
+    fit_hedger(cfg, make_hedger(cfg, parts), parts, verbose=0,
+               callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path / "b")), again])
+    rows = RunHistory(path)._read()
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    assert rows[:2] == [{k: pytest.approx(v, rel=1e-12) for k, v in r.items()} for r in killed[:2]]
+    assert rows[2]["wall_s"] > killed[1]["wall_s"] and all(a["wall_s"] < b["wall_s"] for a, b in zip(rows, rows[1:]))
+    assert again.history()["loss"] == [r["loss"] for r in rows]
+
+
+def test_train_job_refuses_a_directory_of_another_config(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text("seed: 99\n")
+    (out / "checkpoints").mkdir()
+    with pytest.raises(DeepHedgeError, match="holds a run of another config.*--overwrite"):
+        train_job(tiny_cfg("training.epochs=1"), out, echo=lambda *_: None, verbose=0)
+    assert (out / "checkpoints").is_dir()  # nothing touched
+    train_job(tiny_cfg("training.epochs=1", "evaluation.plots=false"), out, echo=lambda *_: None, verbose=0,
+              overwrite=True)
+    assert json.loads((out / "report.json").read_text())["train"]["epochs"] == 1
 
 
 def test_xla_train_step_matches_plain_tf_function():

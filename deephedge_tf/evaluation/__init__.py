@@ -8,18 +8,23 @@
   :func:`welch_t_test` (independent paths).
 * PNG plots: :func:`plot_pnl_histograms`, :func:`plot_hedges_over_time`,
   :func:`plot_learning_curves` (matplotlib Agg, no pyplot state touched).
+* A trained hedger against the baselines on fresh paths: :func:`evaluate` (a DataFrame, one row per
+  strategy; :mod:`deephedge_tf.evaluation.compare`).
 
-Nothing here imports TensorFlow; tensors are accepted wherever ``np.asarray`` converts them.
+The metrics and plots do not import TensorFlow; tensors are accepted wherever ``np.asarray`` converts
+them.
 """
 
 from deephedge_tf.evaluation.metrics import (
     DEFAULT_LEVELS, entropic_risk, expected_shortfall, metrics_table, paired_t_test,
     strategy_metrics, value_at_risk, welch_t_test)
+from deephedge_tf.evaluation.compare import evaluate
 from deephedge_tf.evaluation.plots import plot_hedges_over_time, plot_learning_curves, plot_pnl_histograms
 
 __all__ = [
     "DEFAULT_LEVELS",
     "entropic_risk",
+    "evaluate",
     "expected_shortfall",
     "metrics_table",
     "paired_t_test",

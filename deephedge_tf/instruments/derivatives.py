@@ -1,22 +1,44 @@
-"""Derivatives: payoffs on a path.
+"""Derivatives: payoffs on a path, and what a hedger of them may observe.
 
-Each derivative maps :class:`~deephedge_tf.market.paths.MarketPaths` (``[T + 1, B]`` tensors) to its
-payoff ``[B]`` paid at its maturity step (interest rates are zero, so paying at maturity or at the
-horizon is the same).  Strikes are absolute prices; :func:`derivative_from_config` converts the
-config's strikes, which are relative to ``market.s0``.
+A *derivative* is any object with ``payoff(paths) -> [B]``: it maps
+:class:`~deephedge_tf.market.paths.MarketPaths` (``[T + 1, B]`` tensors) to its payoff paid at its
+maturity step (interest rates are zero, so paying at maturity or at the horizon is the same).  What it
+may add, each optional (absent: the default in brackets):
 
-Maturities are in steps; ``None`` means the last step of the paths (the hedging horizon).
+* ``maturity_steps``: its maturity in steps [None: the last step of the paths];
+* ``moneyness_strike``: the strike the policy's spot feature is measured against, ``log(S_k / K)``
+  [None: ``log(S_k / S_0)``];
+* ``feature_names`` and ``features(paths)``: path state the policy observes, a mapping of those names
+  to ``[T, B]`` tensors, one value per decision time ``t_0 .. t_{T-1}`` (a lookback's running
+  maximum, a cliquet's period return) [none];
+* ``greeks(spot, tau, vol) -> (delta, gamma)``: Black-Scholes Greeks, for the delta baselines and
+  band anchors [zeros: no delta baseline];
+* ``reference_price(market) -> float``: a price from the market's option pricer
+  (``market.vanilla_price``) [none: the report says so].
+
+:class:`Derivative` holds these defaults; subclassing it is optional.  :class:`PathDerivative` makes
+one from a function of the paths.  Strikes are absolute prices; :func:`derivative_from_config` converts
+the config's strikes, which are relative to ``market.s0``.
+
+    >>> import tensorflow as tf
+    >>> from deephedge_tf.market.models import GBM
+    >>> paths = GBM(s0=100.0, steps=5).simulate(3)
+    >>> asian = PathDerivative(lambda p: tf.nn.relu(tf.reduce_mean(p.spot[1:], axis=0) - 100.0), name="asian",
+    ...                        features={"average": lambda p: tf.cumsum(p.spot[:-1], axis=0)
+    ...                                  / tf.range(1.0, 6.0)[:, None] / 100.0})
+    >>> tuple(asian.payoff(paths).shape), asian.feature_names, tuple(asian.features(paths)["average"].shape)
+    ((3,), ('average',), (5, 3))
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Callable, Mapping, Optional
 
 import tensorflow as tf
 
 from deephedge_tf.dtypes import to_float
-
+from deephedge_tf.errors import DeepHedgeError
 from deephedge_tf.market.paths import MarketPaths
 
 
@@ -27,54 +49,160 @@ def _maturity(steps: Optional[int], paths: MarketPaths) -> int:
     return n
 
 
+class Derivative:
+    """The optional parts of the derivative protocol (module doc), as defaults."""
+
+    maturity_steps: Optional[int] = None
+    moneyness_strike: Optional[float] = None
+    feature_names: tuple = ()
+
+    def payoff(self, paths: MarketPaths) -> tf.Tensor:
+        raise NotImplementedError
+
+    def features(self, paths: MarketPaths) -> dict:
+        return {}
+
+
+class PathDerivative(Derivative):
+    """A derivative from a payoff function of the paths.
+
+    Args:
+      payoff: ``MarketPaths -> [B]`` payoff (``paths.spot`` etc. are ``[T + 1, B]``).
+      name: a label for reports.
+      features: optional mapping of names to functions ``MarketPaths -> [T, B]`` (one value per decision
+        time), observed by the policy after the standard features; keep them O(1) in size.
+      maturity_steps: the maturity in steps (None: the horizon); used for the time-to-maturity input.
+      moneyness_strike: a strike for the ``log(S / K)`` feature (None: ``log(S / S_0)``).
+    """
+
+    def __init__(self, payoff: Callable, name: str = "path_derivative", features: Mapping | None = None,
+                 maturity_steps: int | None = None, moneyness_strike: float | None = None):
+        if not callable(payoff):
+            raise DeepHedgeError(f"PathDerivative: payoff must be a function of the paths; got {payoff!r}")
+        features = dict(features or {})
+        for key, fn in features.items():
+            if not isinstance(key, str) or not callable(fn):
+                raise DeepHedgeError(f"PathDerivative: features must map names to functions of the paths; got "
+                                     f"{key!r}: {fn!r}")
+        self._payoff, self.name, self._features = payoff, str(name), features
+        self.feature_names = tuple(features)
+        self.maturity_steps, self.moneyness_strike = maturity_steps, moneyness_strike
+
+    def payoff(self, paths: MarketPaths) -> tf.Tensor:
+        return self._payoff(paths)
+
+    def features(self, paths: MarketPaths) -> dict:
+        return {key: fn(paths) for key, fn in self._features.items()}
+
+    def __repr__(self):
+        return f"PathDerivative(name={self.name!r}, features={list(self.feature_names)})"
+
+
+def _running_max(x):
+    """``max_{j <= k} x_j`` along axis 0 (``[T, B]``): a scan, T is small and static."""
+    return tf.scan(tf.maximum, x)
+
+
+def _black_scholes_greeks(spot, strike, tau, vol, is_call=True):
+    from deephedge_tf.pricing.black_scholes import bs_delta, bs_gamma
+
+    return (bs_delta(spot, strike, tau, vol, is_call=is_call, dtype=spot.dtype),
+            bs_gamma(spot, strike, tau, vol, dtype=spot.dtype))
+
+
 @dataclasses.dataclass(frozen=True)
-class EuropeanOption:
+class EuropeanOption(Derivative):
     """European call or put: ``max(S_n - K, 0)`` or ``max(K - S_n, 0)``."""
 
     strike: float
     is_call: bool = True
     maturity_steps: Optional[int] = None
 
+    @property
+    def moneyness_strike(self):
+        return self.strike
+
     def payoff(self, paths: MarketPaths) -> tf.Tensor:
         s = paths.spot[_maturity(self.maturity_steps, paths)]
         k = to_float(self.strike, s.dtype)
         return tf.nn.relu(s - k) if self.is_call else tf.nn.relu(k - s)
 
+    def greeks(self, spot, tau, vol):
+        return _black_scholes_greeks(spot, self.strike, tau, vol, self.is_call)
+
+    def reference_price(self, market) -> float:
+        return market.vanilla_price(self.strike, (self.maturity_steps or market.steps) * market.dt, self.is_call)
+
 
 @dataclasses.dataclass(frozen=True)
-class CallSpread:
+class CallSpread(Derivative):
     """Long a call at ``strike_low``, short a call at ``strike_high``: payoff in [0, K_high - K_low]."""
 
     strike_low: float
     strike_high: float
     maturity_steps: Optional[int] = None
 
+    @property
+    def moneyness_strike(self):
+        return self.strike_low
+
     def payoff(self, paths: MarketPaths) -> tf.Tensor:
         s = paths.spot[_maturity(self.maturity_steps, paths)]
         lo, hi = to_float(self.strike_low, s.dtype), to_float(self.strike_high, s.dtype)
         return tf.nn.relu(s - lo) - tf.nn.relu(s - hi)
 
+    def greeks(self, spot, tau, vol):
+        low, high = (_black_scholes_greeks(spot, k, tau, vol) for k in (self.strike_low, self.strike_high))
+        return low[0] - high[0], low[1] - high[1]
+
+    def reference_price(self, market) -> float:
+        years = (self.maturity_steps or market.steps) * market.dt
+        return market.vanilla_price(self.strike_low, years, True) - market.vanilla_price(self.strike_high, years, True)
+
 
 @dataclasses.dataclass(frozen=True)
-class LookbackCall:
-    """Lookback call on the running maximum: ``max(max_{k <= n} S_k - K, 0)``."""
+class LookbackCall(Derivative):
+    """Lookback call on the running maximum: ``max(max_{k <= n} S_k - K, 0)``.
+
+    The policy observes ``log_running_max``, ``log(M_k / K)`` with ``M_k = max_{j <= k} S_j`` at each
+    decision time (``path_features=False``: not).
+    """
 
     strike: float
     maturity_steps: Optional[int] = None
+    path_features: bool = True
+
+    @property
+    def moneyness_strike(self):
+        return self.strike
+
+    @property
+    def feature_names(self):
+        return ("log_running_max",) if self.path_features else ()
 
     def payoff(self, paths: MarketPaths) -> tf.Tensor:
         n = _maturity(self.maturity_steps, paths)
         running_max = tf.reduce_max(paths.spot[: n + 1], axis=0)
         return tf.nn.relu(running_max - to_float(self.strike, running_max.dtype))
 
+    def features(self, paths: MarketPaths) -> dict:
+        if not self.path_features:
+            return {}
+        running_max = _running_max(paths.spot[:-1])
+        return {"log_running_max": tf.math.log(running_max / to_float(self.strike, running_max.dtype))}
+
 
 @dataclasses.dataclass(frozen=True)
-class Cliquet:
+class Cliquet(Derivative):
     """Locally capped, globally floored cliquet (the DH-KFAC paper's liability).
 
     With reset dates every ``reset_every`` steps up to the maturity, period returns
     ``r_i = S_{tau_i} / S_{tau_{i-1}} - 1`` are capped (and optionally floored) locally and summed:
     ``payoff = max(sum_i clip(r_i, local_floor, local_cap), global_floor)``.  Notional 1.
+
+    The policy observes ``log_period``, ``log(S_k / S_last_reset)``, and ``payoff_now``, the payoff if
+    the cliquet matured at ``t_k`` (capped returns of completed periods plus the current one, floored)
+    (``path_features=False``: neither).
     """
 
     reset_every: int
@@ -82,21 +210,43 @@ class Cliquet:
     local_floor: Optional[float] = None
     global_floor: float = 0.0
     maturity_steps: Optional[int] = None
+    path_features: bool = True
+
+    @property
+    def feature_names(self):
+        return ("log_period", "payoff_now") if self.path_features else ()
+
+    def _clip(self, r):
+        r = tf.minimum(r, to_float(self.local_cap, r.dtype))
+        return r if self.local_floor is None else tf.maximum(r, to_float(self.local_floor, r.dtype))
+
+    def features(self, paths: MarketPaths) -> dict:
+        if not self.path_features:
+            return {}
+        spot, steps, period = paths.spot, paths.num_steps, self.reset_every
+        k = tf.range(steps)
+        s_reset = tf.gather(spot, (k // period) * period)  # [T, B]: spot at the last reset
+        s_k = spot[:-1]
+        # Completed periods' capped returns, accumulated and then held constant within each period.
+        resets = spot[0: steps + 1: period]
+        done = tf.concat([tf.zeros_like(resets[:1]), tf.cumsum(self._clip(resets[1:] / resets[:-1] - 1.0), axis=0)],
+                         0)
+        accumulated = tf.gather(done, k // period)
+        payoff_now = tf.maximum(accumulated + self._clip(s_k / s_reset - 1.0),
+                                to_float(self.global_floor, spot.dtype))
+        return {"log_period": tf.math.log(s_k / s_reset), "payoff_now": payoff_now}
 
     def payoff(self, paths: MarketPaths) -> tf.Tensor:
         n = _maturity(self.maturity_steps, paths)
         if n % self.reset_every:
             raise ValueError(f"cliquet: reset_every = {self.reset_every} does not divide {n} steps")
         resets = paths.spot[0: n + 1: self.reset_every]  # [m + 1, B]
-        r = resets[1:] / resets[:-1] - 1.0
-        r = tf.minimum(r, to_float(self.local_cap, r.dtype))
-        if self.local_floor is not None:
-            r = tf.maximum(r, to_float(self.local_floor, r.dtype))
+        r = self._clip(resets[1:] / resets[:-1] - 1.0)
         return tf.maximum(tf.reduce_sum(r, axis=0), to_float(self.global_floor, r.dtype))
 
 
 @dataclasses.dataclass(frozen=True)
-class VarianceSwap:
+class VarianceSwap(Derivative):
     """Variance swap (notional 1 in variance units): realised annualised variance minus strike.
 
     Realised variance = ``sum_k log(S_{k+1}/S_k)**2 / (n * dt)`` over the ``n`` steps to maturity,
@@ -122,10 +272,10 @@ def derivative_from_config(cfg):
     if d.kind == "call_spread":
         return CallSpread(d.strike * s0, d.strike_high * s0, n)
     if d.kind == "lookback":
-        return LookbackCall(d.strike * s0, n)
+        return LookbackCall(d.strike * s0, n, path_features=d.path_features)
     if d.kind == "cliquet":
         c = d.cliquet
-        return Cliquet(c.reset_every, c.local_cap, c.local_floor, c.global_floor, n)
+        return Cliquet(c.reset_every, c.local_cap, c.local_floor, c.global_floor, n, path_features=d.path_features)
     if d.kind == "variance_swap":
         return VarianceSwap(d.variance_strike, n)
     raise AssertionError(f"unhandled derivative kind {d.kind!r}")  # config validation forbids it

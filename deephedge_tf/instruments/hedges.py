@@ -30,12 +30,13 @@ Instruments:
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
 from deephedge_tf.dtypes import to_float
+from deephedge_tf.errors import DeepHedgeError
 
 from deephedge_tf.market.paths import MarketPaths
 from deephedge_tf.pricing.black_scholes import bs_price
@@ -136,8 +137,16 @@ class FloatingGrid:
 
     moneyness: Tuple[float, ...]
     maturities: Tuple[int, ...]
-    premium_over_spot: Callable[[tf.Tensor], tf.Tensor]
+    premium_over_spot: Optional[Callable[[tf.Tensor], tf.Tensor]] = None
     cost: float = 1e-2
+
+    def for_market(self, market) -> "FloatingGrid":
+        """This grid with the market's premium model (``market.premium_model``) unless it has one."""
+        if self.premium_over_spot is not None:
+            return self
+        model = _capability(market, "premium_model", "FloatingGrid", "option premiums")
+        years = [int(n) * float(market.dt) for n in self.maturities]
+        return dataclasses.replace(self, premium_over_spot=model(self.moneyness, years))
 
     def __post_init__(self):
         if len(self.moneyness) != len(self.maturities) or not self.moneyness:
@@ -151,6 +160,7 @@ class FloatingGrid:
         return tuple(f"{k}{m:g}x{t}" for k, m, t in zip(kind, self.moneyness, self.maturities))
 
     def tensors(self, paths: MarketPaths) -> HedgeTensors:
+        _require_bound(self, "premium_over_spot")
         s = paths.spot
         steps = paths.num_steps
         spot_k = s[:-1]  # [T, B]
@@ -185,12 +195,20 @@ class FixedGrid:
 
     strikes: Tuple[float, ...]
     expiry_step: int
-    pricer: Callable
-    call_from: float = 1.0
+    pricer: Optional[Callable] = None
+    call_from: Optional[float] = None
     cost: float = 1e-2
+
+    def for_market(self, market) -> "FixedGrid":
+        """This grid with the market's option pricer (``market.option_pricer()``) and calls from its
+        ``s0`` up, where not given."""
+        pricer = self.pricer or _capability(market, "option_pricer", "FixedGrid", "an option pricer")()
+        call_from = float(market.s0) if self.call_from is None else self.call_from
+        return dataclasses.replace(self, pricer=pricer, call_from=call_from)
 
     @property
     def is_call(self) -> np.ndarray:
+        _require_bound(self, "call_from")
         return np.asarray(self.strikes) >= self.call_from
 
     @property
@@ -198,6 +216,7 @@ class FixedGrid:
         return tuple(f"{'C' if c else 'P'}{k:g}@{self.expiry_step}" for k, c in zip(self.strikes, self.is_call))
 
     def tensors(self, paths: MarketPaths) -> HedgeTensors:
+        _require_bound(self, "pricer")
         s = paths.spot
         steps, dt = paths.num_steps, s.dtype
         if not 1 <= self.expiry_step <= steps:
@@ -246,11 +265,21 @@ class VarianceSwapHedge:
     integrated variance, so ``S2_T = I_T`` and ``R_k = S2_T - S2_k`` has zero conditional mean.
     """
 
-    kappa: float
-    theta: float
+    kappa: Optional[float] = None
+    theta: Optional[float] = None
     cost: float = 0.0
 
+    def for_market(self, market) -> "VarianceSwapHedge":
+        """This instrument with the market's variance mean reversion (``market.variance_reversion()``)."""
+        if self.kappa is not None and self.theta is not None:
+            return self
+        kappa, theta = _capability(market, "variance_reversion", "VarianceSwapHedge",
+                                   "a mean-reverting variance (kappa, theta), e.g. Heston")()
+        return dataclasses.replace(self, kappa=kappa if self.kappa is None else self.kappa,
+                                   theta=theta if self.theta is None else self.theta)
+
     def tensors(self, paths: MarketPaths) -> HedgeTensors:
+        _require_bound(self, "kappa", "theta")
         steps, dt = paths.num_steps, paths.dt
         weights = variance_swap_weights(steps, dt, self.kappa)
         steps_left = tf.range(steps, -1, -1)[:, None]  # [T + 1, 1]: T - k
@@ -260,6 +289,33 @@ class VarianceSwapHedge:
         returns = (s2[-1] - s2[:-1])[:, :, None]
         return HedgeTensors(premiums, returns, tf.ones_like(premiums), _costs_like(premiums, self.cost),
                             ("varswap",))
+
+
+def _capability(market, name: str, instrument: str, what: str):
+    fn = getattr(market, name, None)
+    if fn is None:
+        raise DeepHedgeError(f"{instrument}: the market {type(market).__name__} has no {name} ({what}); pass "
+                             "the missing argument to the instrument, or use a market that has it")
+    return fn
+
+
+def _require_bound(instrument, *fields: str) -> None:
+    missing = [f for f in fields if getattr(instrument, f) is None]
+    if missing:
+        raise DeepHedgeError(f"{type(instrument).__name__}: {', '.join(missing)} not set; pass it, or bind the "
+                             "instrument to its market first (bind_instruments; PathBatches and evaluate do)")
+
+
+def bind_instruments(instruments, market) -> list:
+    """Each instrument completed from the market where it needs it (``for_market``; an instrument
+    without that method is used as it is): premium models, pricers, variance reversion.
+
+        >>> from deephedge_tf.market.models import Heston
+        >>> market = Heston(s0=100.0, v0=0.04, kappa=1.0, theta=0.04, xi=2.0, rho=-0.7)
+        >>> bind_instruments([Spot(cost=1e-4), VarianceSwapHedge()], market)[1]
+        VarianceSwapHedge(kappa=1.0, theta=0.04, cost=0.0)
+    """
+    return [i.for_market(market) if hasattr(i, "for_market") else i for i in instruments]
 
 
 def hedge_tensors(instruments, paths: MarketPaths) -> HedgeTensors:

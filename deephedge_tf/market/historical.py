@@ -26,6 +26,7 @@ loaded by :func:`load_sp500`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from pathlib import Path
@@ -457,3 +458,57 @@ class HistoricalMarket:
             f"HistoricalMarket({self._values.size} prices, {first} .. {last}, "
             f"dt={self._dt:.6g}, vol_window={self._vol_window})"
         )
+
+
+class HistoricalPaths:
+    """A market (see :mod:`deephedge_tf.market.models`) served from one price series: block-bootstrap
+    resamples (``method="bootstrap"``, a stream of as many paths as asked for) or the series' own
+    windows (``method="rolling"``, finite: at most every window, normalised to start at ``s0``).
+
+    Real data has no pricing model, so there is no ``vanilla_price`` (no reference price); where
+    instruments need option premiums they are Black-Scholes at the realised variance
+    (``premium_model``, ``option_pricer``).
+
+    Args:
+      series: a :class:`HistoricalMarket` (or a ``pandas.Series`` of prices, wrapped with ``dt`` and
+        ``vol_window``).
+      steps: steps per path.  s0: the paths' initial spot.  method, block_length, stride: as above.
+      seed: the bootstrap stream's seed.  dtype: ``"float32"`` or ``"float64"``.
+    """
+
+    pricing_method = None
+
+    def __init__(self, series, steps: int, dt: float = 1.0 / TRADING_DAYS_PER_YEAR, s0: float = 1.0,
+                 method: str = "bootstrap", block_length: int = 20, stride: int = 1, vol_window: int = 20,
+                 seed: int = 0, dtype: str = "float32"):
+        if method not in ("bootstrap", "rolling"):
+            raise ValueError(f"HistoricalPaths: method must be 'bootstrap' or 'rolling'; got {method!r}")
+        self.series = series if isinstance(series, HistoricalMarket) else HistoricalMarket(series, dt, vol_window)
+        self.steps = _check_int("steps", steps, 1)
+        self.dt, self.s0, self.method = self.series.dt, float(s0), method
+        self.block_length, self.stride, self.seed, self.dtype = block_length, stride, seed, dtype
+        self._windows = None
+
+    def simulate(self, num_paths: int, start: int = 0, seed=None) -> MarketPaths:
+        if self.method == "bootstrap":
+            return self.series.block_bootstrap(num_paths, self.steps, block_length=self.block_length,
+                                               seed=self.seed if seed is None else seed, s0=self.s0,
+                                               start=start, dtype=self.dtype)
+        if self._windows is None:
+            self._windows = self.series.rolling_windows(self.steps, stride=self.stride, normalize=True,
+                                                        dtype=self.dtype)
+        total = int(self._windows.spot.shape[1])
+        if start >= total:
+            raise ValueError(f"rolling windows: start {start} >= the {total} windows of the series")
+        paths = self._windows.slice_paths(start, min(start + num_paths, total))
+        return paths if self.s0 == 1.0 else dataclasses.replace(paths, spot=paths.spot * self.s0)
+
+    def premium_model(self, moneyness, years):
+        from deephedge_tf.instruments.hedges import BlackScholesPremiums
+
+        return BlackScholesPremiums(moneyness, years)
+
+    def option_pricer(self):
+        from deephedge_tf.instruments.hedges import black_scholes_pricer
+
+        return black_scholes_pricer

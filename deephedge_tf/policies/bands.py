@@ -57,7 +57,7 @@ class _BandPolicy(Policy):
     outputs_positions = True
     num_outputs = 2
 
-    def __init__(self, num_instruments: int, num_layers: int = 2, width: int = 32, **kwargs):
+    def __init__(self, num_instruments: int | None = None, num_layers: int = 2, width: int = 32, **kwargs):
         super().__init__(num_instruments, **kwargs)
         _check_body(type(self).__name__, num_layers, width, "relu")
         self.num_layers = int(num_layers)
@@ -66,6 +66,7 @@ class _BandPolicy(Policy):
 
     def build(self, obs_shape):
         """Creates the weights; ``obs_shape`` is the dict of observation shapes (needs ``features``)."""
+        super().build(obs_shape)
         build_stack(self.net, int(obs_shape["features"][-1]))
 
     def band(self, obs):
@@ -96,7 +97,8 @@ class NoTransactionBandPolicy(_BandPolicy):
     ``features [B, F] -> MLP -> [B, 2] -> band -> clamp(holdings[:, 0]) -> trades [B, N]``.
     """
 
-    def __init__(self, num_instruments: int, num_layers: int = 2, width: int = 32, anchor: str = "none", **kwargs):
+    def __init__(self, num_instruments: int | None = None, num_layers: int = 2, width: int = 32, anchor: str = "none",
+                 **kwargs):
         if anchor not in _ANCHORS:
             raise DeepHedgeError(f"NoTransactionBandPolicy: anchor must be one of {', '.join(_ANCHORS)}; got {anchor!r}")
         super().__init__(num_instruments, num_layers, width, **kwargs)

@@ -43,6 +43,7 @@ first); baselines that hedge the spot only require it (:attr:`Policy.needs_spot`
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 OBS_KEYS = ("features", "mask", "holdings", "spot", "variance", "tau", "bs_delta", "bs_gamma")
@@ -56,14 +57,47 @@ class Policy(keras.layers.Layer):
     #: True for policies that produce target positions (trade = target - holdings).
     outputs_positions = False
 
-    def __init__(self, num_instruments: int, **kwargs):
+    def __init__(self, num_instruments: int | None = None, **kwargs):
         super().__init__(**kwargs)
-        if int(num_instruments) < 1:
-            raise ValueError(f"{type(self).__name__}: num_instruments must be >= 1; got {num_instruments}")
-        self.num_instruments = int(num_instruments)
+        self.num_instruments = None
+        if num_instruments is not None:
+            self.set_num_instruments(num_instruments)
+
+    def set_num_instruments(self, num_instruments: int) -> None:
+        """Fixes ``N``, the number of hedging instruments (action columns), and creates the weights that
+        depend on it only.  A policy made without ``num_instruments`` learns it from the first
+        observations (:func:`policy_rollout` calls this); a different ``N`` later is an error.
+
+            >>> from deephedge_tf.policies import MLPPolicy
+            >>> policy = MLPPolicy(num_layers=1, width=4)     # N from the first batch it sees
+            >>> policy.set_num_instruments(2)
+            >>> tuple(policy.instrument_units.shape)
+            (2,)
+        """
+        bad = isinstance(num_instruments, bool) or not isinstance(num_instruments, (int, np.integer))
+        if bad or int(num_instruments) < 1:
+            raise ValueError(f"{type(self).__name__}: num_instruments must be an integer >= 1; got "
+                             f"{num_instruments!r}")
+        n = int(num_instruments)
+        if self.num_instruments is not None:
+            if n != self.num_instruments:
+                raise ValueError(f"{type(self).__name__}: built for {self.num_instruments} instruments, given "
+                                 f"{n} (one policy per set of hedging instruments)")
+            return
+        self.num_instruments = n
         # Contracts per natural unit of each instrument (see the module doc); saved with the weights.
-        self.instrument_units = self.add_weight(shape=(self.num_instruments,), initializer="ones",
-                                                trainable=False, name="instrument_units")
+        self.instrument_units = self.add_weight(shape=(n,), initializer="ones", trainable=False,
+                                                name="instrument_units")
+
+    def build(self, obs_shape):
+        """Takes ``N`` from ``obs_shape["mask"]`` when it is not known yet; subclasses call this first,
+        then create their weights (``obs_shape`` is the dict of observation shapes)."""
+        if self.num_instruments is None:
+            mask = obs_shape.get("mask") if isinstance(obs_shape, dict) else None
+            if mask is None or mask[-1] is None:
+                raise ValueError(f"{type(self).__name__}: the number of instruments is unknown; pass "
+                                 "num_instruments= or call it with observations that have a 'mask'")
+            self.set_num_instruments(int(mask[-1]))
 
     def initial_state(self, batch_size, dtype=tf.float32) -> tuple:
         """Recurrent state at ``t_0``: a tuple of ``[B, ...]`` tensors (empty when stateless)."""
@@ -113,6 +147,7 @@ def policy_rollout(policy, obs, mask, training=None):
     T must be static (the loop is unrolled in Python).
     """
     steps = int(mask.shape[0])
+    policy.set_num_instruments(int(mask.shape[-1]))
     holdings = tf.zeros_like(mask[0])
     prev_action = tf.zeros_like(mask[0])
     state = policy.initial_state(tf.shape(mask)[1], mask.dtype)

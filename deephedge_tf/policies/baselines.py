@@ -62,7 +62,7 @@ class WhalleyWilmottPolicy(Policy):
     needs_spot = True
     outputs_positions = True
 
-    def __init__(self, num_instruments: int, risk_aversion: float = 1.0, cost: float = 1e-3, **kwargs):
+    def __init__(self, num_instruments: int | None = None, risk_aversion: float = 1.0, cost: float = 1e-3, **kwargs):
         super().__init__(num_instruments, **kwargs)
         if not float(risk_aversion) > 0.0:
             raise DeepHedgeError(f"WhalleyWilmottPolicy: risk_aversion must be > 0; got {risk_aversion}")

@@ -59,7 +59,7 @@ class MLPPolicy(Policy):
     """Target positions from ``[features, holdings]`` by an MLP shared over time.
 
     Args:
-      num_instruments: ``N``.
+      num_instruments: ``N`` (None: from the first observations).
       num_layers: hidden layers (>= 0; 0 gives a linear policy).
       width: units per hidden layer.
       activation: hidden activation, one of relu, tanh, elu, gelu, silu, softplus, sigmoid, leaky_relu.
@@ -69,16 +69,25 @@ class MLPPolicy(Policy):
 
     outputs_positions = True
 
-    def __init__(self, num_instruments: int, num_layers: int = 2, width: int = 32, activation: str = "relu", **kwargs):
-        super().__init__(num_instruments, **kwargs)
+    def __init__(self, num_instruments: int | None = None, num_layers: int = 2, width: int = 32,
+                 activation: str = "relu", **kwargs):
         _check_body("MLPPolicy", num_layers, width, activation)
+        super().__init__(num_instruments, **kwargs)
         self.num_layers = int(num_layers)
         self.width = int(width)
         self.activation = activation
-        self.net = dense_stack(self.num_layers, self.width, activation, self.num_instruments, self.dtype_policy)
+        # The output layer has N units: made here when N is given (the initialisers then draw their
+        # seeds in the same order as always), else once the first observations tell N.
+        self.net = None if self.num_instruments is None else self._make_net()
+
+    def _make_net(self):
+        return dense_stack(self.num_layers, self.width, self.activation, self.num_instruments, self.dtype_policy)
 
     def build(self, obs_shape):
         """Creates the weights; ``obs_shape`` is the dict of observation shapes (needs ``features``)."""
+        super().build(obs_shape)
+        if self.net is None:
+            self.net = self._make_net()
         build_stack(self.net, int(obs_shape["features"][-1]) + self.num_instruments)
 
     def step(self, obs, prev_action, state, training=None):

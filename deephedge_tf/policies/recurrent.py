@@ -33,7 +33,8 @@ class RecurrentPolicy(Policy):
     """Residual LSTM policy with action recurrence (Mueller et al. 2024, "Fast Deep Hedging").
 
     Args:
-      num_instruments: ``N``, the number of hedging instruments (action columns).
+      num_instruments: ``N``, the number of hedging instruments (action columns); None: from the first
+        observations.
       num_blocks: residual RMSNorm + LSTMCell blocks (>= 1).
       width: hidden width ``W`` (>= 1) of the input maps and every block.
       head_scale: factor (> 0) on the head's He-normal kernel; sets the size of the first actions.
@@ -41,7 +42,8 @@ class RecurrentPolicy(Policy):
     State: ``(h_1, c_1, ..., h_n, c_n)``, each ``[B, W]``, zeros at ``t_0``.
     """
 
-    def __init__(self, num_instruments: int, num_blocks: int = 4, width: int = 32, head_scale: float = 1e-3, **kwargs):
+    def __init__(self, num_instruments: int | None = None, num_blocks: int = 4, width: int = 32,
+                 head_scale: float = 1e-3, **kwargs):
         super().__init__(num_instruments, **kwargs)
         if int(num_blocks) < 1:
             raise DeepHedgeError(f"RecurrentPolicy: num_blocks must be >= 1; got {num_blocks}")
@@ -57,16 +59,19 @@ class RecurrentPolicy(Policy):
         self.action_in = keras.layers.Dense(self.width, name="action_in", dtype=dt)
         self.norms = [RMSNorm(name=f"block{i}_norm", dtype=dt) for i in range(self.num_blocks)]
         self.cells = [LSTMCell(self.width, name=f"block{i}_lstm", dtype=dt) for i in range(self.num_blocks)]
-        self.head = keras.layers.Dense(
-            self.num_instruments,
-            name="head",
-            kernel_initializer=ScaledHeNormal(self.head_scale),
-            bias_initializer="zeros",
-            dtype=dt,
-        )
+        # The head has N units: made here when N is given (the initialisers then draw their seeds in the
+        # same order as always), else once the first observations tell N.
+        self.head = None if self.num_instruments is None else self._make_head()
+
+    def _make_head(self):
+        return keras.layers.Dense(self.num_instruments, name="head", kernel_initializer=ScaledHeNormal(self.head_scale),
+                                  bias_initializer="zeros", dtype=self.dtype_policy)
 
     def build(self, obs_shape):
         """Creates every weight; ``obs_shape`` is the dict of observation shapes (needs ``features``)."""
+        super().build(obs_shape)
+        if self.head is None:
+            self.head = self._make_head()
         num_features = int(obs_shape["features"][-1])
         self.feature_in.build((None, num_features))
         self.action_in.build((None, self.num_instruments))
