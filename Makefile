@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 CONFIG ?= configs/quickstart.yaml
 OUT ?= runs/quickstart
 
-.PHONY: train test bench lock venv
+.PHONY: train test bench docs lock venv
 
 venv: $(STAMP)
 
@@ -22,6 +22,10 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# The API reference, generated from the docstrings into docs/api/ (open docs/api/index.html).
+docs: $(STAMP)
+	$(PY) -m deephedge_tf.docs docs/api
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_market.py --write BENCHMARKS.md

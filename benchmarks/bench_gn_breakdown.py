@@ -39,7 +39,8 @@ from deephedge_tf.optimizers.blocks import stack
 from deephedge_tf.optimizers.capture import Recorder
 from deephedge_tf.optimizers.train_step import (_jacobian_rows, directional_curvature, finite_difference_curvature,
                                                 first_paths)
-from deephedge_tf.training import build_parts, datasets, make_optimizer
+from deephedge_tf.builders import build_optimizer
+from deephedge_tf.training import build_parts, datasets
 
 
 def median_ms(fn, batches, repeats: int) -> float:
@@ -70,13 +71,13 @@ def breakdown(config: str, repeats: int) -> tuple[dict, str]:
     batches = [train[i] for i in range(min(4, len(train)))]
     times = {}
 
-    adam = benchmark._Runner(adam_cfg, parts, make_optimizer(adam_cfg), None, batches[0], None)
+    adam = benchmark._Runner(adam_cfg, parts, build_optimizer(adam_cfg), None, batches[0], None)
     times["Adam train step"] = median_ms(adam.train_step, batches, repeats)
-    gn = benchmark._Runner(cfg, parts, make_optimizer(cfg), None, batches[0], None)
+    gn = benchmark._Runner(cfg, parts, build_optimizer(cfg), None, batches[0], None)
     times["Gauss-Newton train step (forward-mode line model)"] = median_ms(gn.train_step, batches, repeats)
     fd_cfg = load_config(config, overrides=benchmark._kfac_overrides(
         1.0, gauss_newton + ["training.kfac.jvp_method=finite_difference"]))
-    fd = benchmark._Runner(fd_cfg, parts, make_optimizer(fd_cfg), None, batches[0], None)
+    fd = benchmark._Runner(fd_cfg, parts, build_optimizer(fd_cfg), None, batches[0], None)
     times["Gauss-Newton train step, finite-difference line model"] = median_ms(fd.train_step, batches, repeats)
     del fd
 

@@ -22,7 +22,8 @@ import numpy as np
 import report
 from deephedge_tf import benchmark
 from deephedge_tf.config import load_config
-from deephedge_tf.training import build_parts, datasets, make_optimizer
+from deephedge_tf.builders import build_optimizer
+from deephedge_tf.training import build_parts, datasets
 
 
 def measure(config: str, variant: str, parts, batches, repeats: int) -> tuple[float, np.ndarray]:
@@ -32,7 +33,7 @@ def measure(config: str, variant: str, parts, batches, repeats: int) -> tuple[fl
     else:
         extra = [s for s in variant.split(",") if s]
         cfg = load_config(config, overrides=benchmark._kfac_overrides(1.0, extra))
-    runner = benchmark._Runner(cfg, parts, make_optimizer(cfg), None, batches[0], None)
+    runner = benchmark._Runner(cfg, parts, build_optimizer(cfg), None, batches[0], None)
     times = []
     for k in range(repeats):
         t0 = time.perf_counter()

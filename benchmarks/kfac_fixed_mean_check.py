@@ -13,7 +13,8 @@ from deephedge_tf import benchmark as bm
 from deephedge_tf.config import load_config
 from deephedge_tf.objectives import VarianceCurvature
 from deephedge_tf.dtypes import to_float
-from deephedge_tf.training import build_parts, datasets, make_optimizer
+from deephedge_tf.builders import build_optimizer
+from deephedge_tf.training import build_parts, datasets
 
 def bilinear(self, outputs, u, v, targets=None, sample_weight=None):   # the old, uncentred GGN
     u = tf.convert_to_tensor(u); v = tf.cast(v, u.dtype)
@@ -32,7 +33,7 @@ kfac_base = load_config(config, bm._kfac_overrides(1.0, []))
 parts = build_parts(base)
 seeds = [int(a) for a in sys.argv[1:]]
 warmup = datasets(dataclasses.replace(base, seed=0), parts)[0][0]
-kfac = bm._Runner(kfac_base, parts, make_optimizer(kfac_base), None, warmup, print)
+kfac = bm._Runner(kfac_base, parts, build_optimizer(kfac_base), None, warmup, print)
 for s in seeds:
     cfg_a, cfg_k = dataclasses.replace(base, seed=s), dataclasses.replace(kfac_base, seed=s)
     valid = list(datasets(cfg_a, parts)[1]); init = bm._initial_weights(cfg_a, parts, warmup)

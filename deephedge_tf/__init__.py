@@ -30,6 +30,7 @@ __version__ = "0.1.0"
 # deephedge_tf`` and the command line start without importing TensorFlow.
 _EXPORTS = {
     "deephedge_tf.market.models": ("GBM", "Heston"),
+    "deephedge_tf.market.rough_bergomi": ("RoughBergomi",),
     "deephedge_tf.market.historical": ("HistoricalMarket", "HistoricalPaths", "load_price_series"),
     "deephedge_tf.market.paths": ("MarketPaths",),
     "deephedge_tf.instruments.derivatives": ("Derivative", "PathDerivative", "EuropeanOption", "CallSpread",

@@ -57,7 +57,6 @@ import os
 import platform
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -65,6 +64,7 @@ import numpy as np
 
 from deephedge_tf.config import Config, load_config
 from deephedge_tf.errors import ConfigError, DeepHedgeError
+from deephedge_tf.files import write_atomic
 
 # Below this many paths a fixed training set can be over-fitted within the budgets used here.
 MIN_FIXED_TRAINING_PATHS = 65536
@@ -424,7 +424,7 @@ def _make_scaled_schedule(cfg: Config):
 def _adam(cfg: Config, schedule):
     import keras
 
-    # As training.make_optimizer's Adam, with the variable-peak schedule.
+    # As builders.adam_optimizer's Adam, with the variable-peak schedule.
     kwargs = {} if cfg.training.clipnorm is None else {"clipnorm": cfg.training.clipnorm}
     return keras.optimizers.Adam(learning_rate=schedule, **kwargs)
 
@@ -606,12 +606,12 @@ def kfac_vs_adam(config, out, *, seeds=DEFAULTS["seeds"], adam_steps=DEFAULTS["a
     del adam
 
     # Phase 3 (and 4): each DH-KFAC rule per seed until the seed's target.
-    from deephedge_tf.training import make_optimizer
+    from deephedge_tf.builders import build_optimizer
 
     first_call = dict(adam=adam_first_call)
     for name, rule_cfg in rule_cfgs.items():
         log(f"tracing DH-KFAC's train step ({name} rule)")
-        kfac = _Runner(rule_cfg, parts, make_optimizer(rule_cfg), None, warmup_batch, log)
+        kfac = _Runner(rule_cfg, parts, build_optimizer(rule_cfg), None, warmup_batch, log)
         for s in seeds:
             log(f"DH-KFAC ({name}) seed {s}, target {targets[s]:.6g}, at most {kfac_steps} steps")
             run = _train(kfac, dataclasses.replace(rule_cfg, seed=s), parts, init_of[s], None, kfac_steps,
@@ -649,7 +649,7 @@ def kfac_vs_adam(config, out, *, seeds=DEFAULTS["seeds"], adam_steps=DEFAULTS["a
         total_wall_s=time.perf_counter() - started,
     )
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "results.json", (json.dumps(_jsonable(results), indent=2) + "\n").encode())
+    write_atomic(out / "results.json", (json.dumps(_jsonable(results), indent=2) + "\n").encode())
     plot_benchmark_curves(results, out / "learning_curves.png")
     return results
 
@@ -748,17 +748,6 @@ def _jsonable(x):
     if isinstance(x, (float, np.floating)):
         return float(x) if math.isfinite(x) else None
     return x
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    # Readers (and an interrupted run) never see a half-written file.
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _summary_text(results: dict) -> str:
@@ -886,7 +875,7 @@ def plot_benchmark_curves(results: dict, path) -> str:
     fig.savefig(buf, format="png", dpi=110)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, buf.getvalue())
+    write_atomic(path, buf.getvalue())
     return str(path)
 
 

@@ -220,7 +220,8 @@ def assemble_suite(out, *, manifest=DEFAULT_MANIFEST, tasks: Optional[Sequence[s
     suite --assemble`` runs it alone, e.g. on a run stopped before its last task).  Tasks without results
     are left out and named in ``missing``; the tasks' results must agree on seeds and overrides.
     Returns the ``suite.json`` dict."""
-    from deephedge_tf.benchmark import DEFAULT_RULE, _jsonable, _write_atomic
+    from deephedge_tf.benchmark import DEFAULT_RULE, _jsonable
+    from deephedge_tf.files import write_atomic
 
     m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
     chosen = select(m, tasks)
@@ -258,8 +259,8 @@ def assemble_suite(out, *, manifest=DEFAULT_MANIFEST, tasks: Optional[Sequence[s
                    compare=compare, target_factor=m.target_factor, rows=rows, tasks=per_task, missing=missing,
                    goal_met=not missing and all(r["goal_met"] for r in rows if r["rule"] == DEFAULT_RULE))
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "suite.json", (json.dumps(_jsonable(summary), indent=2) + "\n").encode())
-    _write_atomic(out / "suite.md", suite_markdown(summary).encode())
+    write_atomic(out / "suite.json", (json.dumps(_jsonable(summary), indent=2) + "\n").encode())
+    write_atomic(out / "suite.md", suite_markdown(summary).encode())
     plot_suite(summary, out / "learning_curves.png")
     return summary
 
@@ -297,7 +298,8 @@ def plot_suite(summary: dict, path) -> str:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from deephedge_tf.benchmark import _write_atomic, run_colors, run_label
+    from deephedge_tf.benchmark import run_colors, run_label
+    from deephedge_tf.files import write_atomic
 
     names = list(summary["tasks"])
     cols = min(3, len(names))
@@ -331,7 +333,7 @@ def plot_suite(summary: dict, path) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     path = Path(path)
-    _write_atomic(path, buf.getvalue())
+    write_atomic(path, buf.getvalue())
     return str(path)
 
 

@@ -81,9 +81,9 @@ def write_reference(path: Path, table: str) -> None:
         raise SystemExit(f"{path}: missing the markers {DOC_BEGIN.strip()} / {DOC_END.strip()}")
     head, rest = text.split(DOC_BEGIN, 1)
     _, tail = rest.split(DOC_END, 1)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(head + DOC_BEGIN + table + DOC_END + tail)
-    os.replace(tmp, path)
+    from deephedge_tf.files import write_atomic
+
+    write_atomic(path, head + DOC_BEGIN + table + DOC_END + tail)
 
 
 def quiet_tensorflow() -> None:

@@ -27,11 +27,28 @@ from typing import Literal, Optional, Sequence, Tuple
 
 import yaml
 
+from deephedge_tf import registry
 from deephedge_tf.config_schema import build, describe_markdown, param, section, set_by_path, to_dict
 from deephedge_tf.errors import ConfigError
 
 # Relative tolerance when checking that a maturity (years) is a whole number of steps.
 _STEP_TOL = 1e-6
+
+
+def _callable_field(component: str):
+    return param("", f"kind python: the {component} class or function, 'package.module:name'")
+
+
+def _params_field(component: str, given: str):
+    return param(None, f"kind python or a registered {component}: its keyword arguments (the library passes "
+                 f"{given} itself); null: none")
+
+
+def _check_python(section, kind: str, key: str, kind_key: str) -> None:
+    """``callable`` exactly when the kind is python; ``params`` only for python or registered kinds."""
+    if (kind == registry.PYTHON) != bool(section.callable):
+        raise ConfigError(f"{key}.callable", section.callable,
+                          f"'package.module:name' when {kind_key} is python, else empty")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +104,10 @@ class SamplingConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MarketConfig:
-    model: Literal["heston", "gbm", "historical"] = param("heston", "market model")
+    model: str = param("heston", "market model (registered kinds; python: market.callable)",
+                       choices=registry.MARKETS.kinds)
+    callable: str = _callable_field("market")
+    params: Optional[dict] = _params_field("market", "steps, dt, s0, seed, dtype")
     s0: float = param(1.0, "initial spot (simulators; historical paths are normalised to it)", gt=0.0)
     heston: HestonConfig = section(HestonConfig, "Heston parameters (used when model = heston)")
     gbm: GBMConfig = section(GBMConfig, "GBM parameters (used when model = gbm)")
@@ -99,6 +119,7 @@ class MarketConfig:
                 self.sampling.antithetic or self.sampling.sobol):
             raise ConfigError(f"{key}.heston.scheme", "exact",
                               "'qe' when sampling.antithetic or sampling.sobol is on")
+        _check_python(self, self.model, key, f"{key}.model")
         if self.model == "historical" and (self.sampling.antithetic or self.sampling.sobol):
             raise ConfigError(f"{key}.sampling", to_dict(self.sampling),
                               "antithetic and sobol off for historical data")
@@ -118,8 +139,10 @@ class CliquetConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DerivativeConfig:
-    kind: Literal["european", "call_spread", "lookback", "cliquet", "variance_swap"] = param(
-        "european", "the liability hedged (we are short one unit)")
+    kind: str = param("european", "the liability hedged (we are short one unit; python: derivative.callable)",
+                      choices=registry.DERIVATIVES.kinds)
+    callable: str = _callable_field("derivative")
+    params: Optional[dict] = _params_field("derivative", "nothing")
     is_call: bool = param(True, "call (true) or put (false); european only")
     strike: float = param(1.0, "strike relative to market.s0 (lower strike of a call spread)", gt=0.0)
     strike_high: float = param(1.1, "upper strike of a call spread, relative to market.s0", gt=0.0)
@@ -132,6 +155,7 @@ class DerivativeConfig:
     cliquet: CliquetConfig = section(CliquetConfig, "cliquet terms (kind = cliquet)")
 
     def check(self, key):
+        _check_python(self, self.kind, key, f"{key}.kind")
         if self.kind == "call_spread" and not self.strike_high > self.strike:
             raise ConfigError(f"{key}.strike_high", self.strike_high, f"> strike ({self.strike})")
 
@@ -177,12 +201,24 @@ class VarianceSwapHedgeConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ExtraHedgeConfig:
+    kind: str = param(registry.PYTHON, "a registered hedge kind, or python (callable)", choices=registry.HEDGES.kinds)
+    callable: str = _callable_field("hedging instrument")
+    params: Optional[dict] = _params_field("hedging instrument", "nothing")
+
+    def check(self, key):
+        _check_python(self, self.kind, key, f"{key}.kind")
+
+
+@dataclasses.dataclass(frozen=True)
 class HedgesConfig:
     spot: SpotHedgeConfig = section(SpotHedgeConfig, "the underlying")
     floating_grid: FloatingGridConfig = section(
         FloatingGridConfig, "options with fixed moneyness and time to maturity at every step")
     fixed_grid: FixedGridConfig = section(FixedGridConfig, "the same option contracts at every step")
     variance_swap: VarianceSwapHedgeConfig = section(VarianceSwapHedgeConfig, "variance swap")
+    extra: Tuple[ExtraHedgeConfig, ...] = param((), "more instruments after the built-in ones: a list of "
+                                                "{kind, callable, params} (a user's instrument class)")
     natural_units: bool = param(True, "the policy trades in natural units: one unit of each instrument is the "
                                 "number of contracts whose per-step price change has the first instrument's "
                                 "standard deviation (set from the first training batch, saved with the model and "
@@ -198,8 +234,9 @@ class SimulationConfig:
 
 @dataclasses.dataclass(frozen=True)
 class PolicyConfig:
-    kind: Literal["recurrent", "mlp", "no_transaction_band", "delta_band", "no_hedge", "bs_delta",
-                  "whalley_wilmott"] = param("recurrent", "hedging policy")
+    kind: str = param("recurrent", "hedging policy (python: policy.callable)", choices=registry.POLICIES.kinds)
+    callable: str = _callable_field("policy")
+    params: Optional[dict] = _params_field("policy", "dtype and name")
     num_blocks: int = param(4, "residual RMSNorm + LSTM blocks (recurrent)", ge=1)
     width: int = param(32, "hidden width (recurrent, mlp, band networks)", ge=1)
     head_scale: float = param(1e-3, "scale of the last layer's He-initialised weights (recurrent)", gt=0.0)
@@ -211,7 +248,10 @@ class PolicyConfig:
         "reference code, which gives the published price) or the band edges themselves ('none', the "
         "paper's text; can stall at never trading, see BENCHMARKS.md)")
 
-    def params(self, spot_cost: float, kind: Optional[str] = None) -> dict:
+    def check(self, key):
+        _check_python(self, self.kind, key, f"{key}.kind")
+
+    def builtin_params(self, spot_cost: float, kind: Optional[str] = None) -> dict:
         """Keyword parameters of :func:`deephedge_tf.policies.make_policy` for ``kind`` (default: this
         section's kind; another kind, e.g. a baseline, takes its parameters from this section too)."""
         by_kind = {
@@ -226,13 +266,18 @@ class PolicyConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
-    kind: Literal["mean_variance", "expected_shortfall", "entropic", "exponential_utility"] = param(
-        "mean_variance", "training objective: gamma Var[PnL] + E[costs], or an OCE risk measure of PnL")
+    kind: str = param("mean_variance", "training objective: gamma Var[PnL] + E[costs], or an OCE risk measure of "
+                      "PnL (python: objective.callable)", choices=registry.OBJECTIVES.kinds)
+    callable: str = _callable_field("objective")
+    params: Optional[dict] = _params_field("objective", "dtype")
     gamma: float = param(1.0, "variance weight (mean_variance)", ge=0.0)
     alpha: float = param(0.5, "expected-shortfall level: the worst (1 - alpha) of outcomes", gt=0.0, lt=1.0)
     a: float = param(1.0, "risk aversion (entropic, exponential_utility)", gt=0.0)
 
-    def params(self) -> dict:
+    def check(self, key):
+        _check_python(self, self.kind, key, f"{key}.kind")
+
+    def builtin_params(self) -> dict:
         return {"mean_variance": dict(gamma=self.gamma), "expected_shortfall": dict(alpha=self.alpha),
                 "entropic": dict(a=self.a), "exponential_utility": dict(a=self.a)}[self.kind]
 
@@ -318,9 +363,12 @@ class KFACConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
-    optimizer: Literal["adam", "dhkfac"] = param("adam", "optimizer ('dhkfac': the second-order DH-KFAC, set up "
-                                                 "by training.kfac; learning_rate, warmup, decay and clipnorm are "
-                                                 "Adam's)")
+    optimizer: str = param("adam", "optimizer ('dhkfac': the second-order DH-KFAC, set up by training.kfac; "
+                           "learning_rate, warmup, decay and clipnorm are Adam's; python: optimizer_callable)",
+                           choices=registry.OPTIMIZERS.kinds)
+    optimizer_callable: str = param("", "optimizer python: a Keras optimizer class or function, "
+                                    "'package.module:name'")
+    optimizer_params: Optional[dict] = param(None, "optimizer python: its keyword arguments (null: none)")
     learning_rate: float = param(1e-3, "Adam's peak learning rate (dhkfac: see training.kfac.max_step)", gt=0.0)
     warmup_steps: int = param(0, "linear learning-rate warm-up", units="steps", ge=0)
     decay_rate: float = param(1.0, "exponential decay factor per decay_steps after warm-up (1: none)",
@@ -340,6 +388,11 @@ class TrainingConfig:
                                          "(null: never)")
     jit_compile: Optional[bool] = param(None, "XLA-compile the train step (null: auto = on GPU, off on CPU)")
     kfac: KFACConfig = section(KFACConfig, "DH-KFAC settings (optimizer = dhkfac)")
+
+    def check(self, key):
+        if (self.optimizer == registry.PYTHON) != bool(self.optimizer_callable):
+            raise ConfigError(f"{key}.optimizer_callable", self.optimizer_callable,
+                              f"'package.module:name' when {key}.optimizer is python, else empty")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -377,8 +430,9 @@ class Config:
             if m > steps:
                 raise ConfigError(f"hedges.floating_grid.maturities[{i}]", m,
                                   f"<= time.steps ({steps}): a longer option is never available")
-        if self.hedges.variance_swap.enabled and self.market.model != "heston":
-            raise ConfigError("hedges.variance_swap.enabled", True, "false unless market.model is heston")
+        if self.hedges.variance_swap.enabled and self.market.model in ("gbm", "historical"):
+            raise ConfigError("hedges.variance_swap.enabled", True, "false unless the market's variance mean-reverts "
+                              "(heston, or a market with variance_reversion())")
         if self.market.sampling.sobol and self.market.model != "historical" and steps * 2 > 21201:
             raise ConfigError("market.sampling.sobol", True, f"false for more than 10600 steps ({steps})")
         needs_spot = ("no_transaction_band", "delta_band", "bs_delta", "whalley_wilmott")
@@ -387,12 +441,13 @@ class Config:
                               "hedges.spot.enabled = true")
         uses_delta = self.policy.kind in ("delta_band", "bs_delta", "whalley_wilmott") or (
             self.policy.kind == "no_transaction_band" and self.policy.band_anchor == "bs_delta")
-        if uses_delta and d.kind not in (
-                "european", "call_spread"):
+        # A python derivative may have greeks: the builder checks it when the objects exist.
+        if uses_delta and d.kind in ("lookback", "cliquet", "variance_swap"):
             raise ConfigError("policy.kind", self.policy.kind, "a policy without a Black-Scholes delta for "
-                              f"derivative.kind = {d.kind} (delta needs european or call_spread)")
+                              f"derivative.kind = {d.kind} (delta needs european, call_spread or a derivative "
+                              "with greeks)")
         if not (self.hedges.spot.enabled or fg.moneyness or self.hedges.fixed_grid.strikes
-                or self.hedges.variance_swap.enabled):
+                or self.hedges.variance_swap.enabled or self.hedges.extra):
             raise ConfigError("hedges", to_dict(self.hedges), "at least one hedging instrument")
 
     @property

@@ -60,8 +60,15 @@ def _type_name(tp) -> str:
         return f"list of {_type_name(typing.get_args(tp)[0])}"
     if origin is typing.Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    return {float: "number", int: "integer", bool: "true/false", str: "string"}.get(
+    return {float: "number", int: "integer", bool: "true/false", str: "string", dict: "mapping"}.get(
         tp, getattr(tp, "__name__", str(tp)))
+
+
+def _choices(meta) -> tuple:
+    """A field's allowed values: a sequence, or a function returning one (a registry's kinds, which
+    grow when a user registers more)."""
+    choices = meta.get("choices")
+    return tuple(choices() if callable(choices) else choices)
 
 
 def _range_text(meta) -> str:
@@ -70,7 +77,7 @@ def _range_text(meta) -> str:
         if meta.get(op) is not None:
             parts.append(f"{sym} {meta[op]}")
     if meta.get("choices"):
-        parts.append("one of " + ", ".join(repr(c) for c in meta["choices"]))
+        parts.append("one of " + ", ".join(repr(c) for c in _choices(meta)))
     if meta.get("min_len") is not None:
         parts.append(f"at least {meta['min_len']} entries")
     if meta.get("max_len") is not None:
@@ -105,6 +112,10 @@ def _check_scalar(value, tp, meta, key):
     elif tp is str:
         if not isinstance(value, str):
             raise ConfigError(key, value, allowed)
+    elif tp is dict:
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(key, value, "a mapping of parameter names to values")
+        return dict(value)
     elif typing.get_origin(tp) is typing.Literal:
         if value not in typing.get_args(tp):
             raise ConfigError(key, value, allowed)
@@ -120,7 +131,7 @@ def _check_scalar(value, tp, meta, key):
             raise ConfigError(key, value, allowed)
         if meta.get("le") is not None and not value <= meta["le"]:
             raise ConfigError(key, value, allowed)
-        if meta.get("choices") is not None and value not in meta["choices"]:
+        if meta.get("choices") is not None and value not in _choices(meta):
             raise ConfigError(key, value, allowed)
     return value
 
@@ -187,7 +198,7 @@ def to_dict(obj) -> dict:
         if dataclasses.is_dataclass(v):
             v = to_dict(v)
         elif isinstance(v, tuple):
-            v = list(v)
+            v = [to_dict(x) if dataclasses.is_dataclass(x) else x for x in v]
         out[f.name] = v
     return out
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -26,15 +25,10 @@ import numpy as np
 
 from deephedge_tf.builders import build_hedges, build_market
 from deephedge_tf.config import Config, dump_config
+from deephedge_tf.files import write_atomic
 from deephedge_tf.instruments.derivatives import derivative_from_config
 from deephedge_tf.instruments.hedges import hedge_tensors, option_is_call
 from deephedge_tf.training import instrument_names
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def mean_and_se(x) -> tuple[float, float]:
@@ -109,7 +103,7 @@ def premium_table_check(cfg: Config) -> dict | None:
 def simulate_job(cfg: Config, out: Path, echo=print) -> dict:
     """Runs the job, writes ``out/config.yaml`` and ``out/report.json``; returns the report."""
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "config.yaml", dump_config(cfg))
+    write_atomic(out / "config.yaml", dump_config(cfg))
 
     n = cfg.simulation.paths
     t0 = time.perf_counter()
@@ -141,7 +135,7 @@ def simulate_job(cfg: Config, out: Path, echo=print) -> dict:
         "instruments_wall_s": hedge_s,
         "premium_table": table_check,
     }
-    _write_atomic(out / "report.json", json.dumps(report, indent=2, allow_nan=True))
+    write_atomic(out / "report.json", json.dumps(report, indent=2, allow_nan=True))
     echo(format_report(report))
     echo(f"wrote {out / 'config.yaml'} and {out / 'report.json'}")
     return report
@@ -238,7 +232,7 @@ def train_job(cfg: Config, out: Path, echo=print, verbose="auto", overwrite: boo
 
     check_run_directory(cfg, out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "config.yaml", dump_config(cfg))
+    write_atomic(out / "config.yaml", dump_config(cfg))
     parts = build_parts(cfg)
     hedger = make_hedger(cfg, parts)
     ckpt = out / "checkpoints"
@@ -321,9 +315,7 @@ def evaluate_run(cfg: Config, hedger, parts, out: Path, train: dict | None, echo
     table = metrics_table({k: {kk: v[kk] for kk in ("pnl", "costs", "turnover")} for k, v in outputs.items()})
     objective = hedger.objective
     table.insert(0, "objective", [objective_value(objective, o["pnl"], o["costs"]) for o in outputs.values()])
-    tmp = out / "metrics.csv.tmp"
-    table.to_csv(tmp)
-    os.replace(tmp, out / "metrics.csv")
+    write_atomic(out / "metrics.csv", table.to_csv())
 
     ref, method = reference_price(parts.market, parts.derivative)
     hedged = outputs["hedged"]
@@ -337,7 +329,7 @@ def evaluate_run(cfg: Config, hedger, parts, out: Path, train: dict | None, echo
                   "reference": ref, "reference_method": method},
         "evaluation_paths": int(hedged["pnl"].size),
     }
-    _write_atomic(out / "report.json", json.dumps(report, indent=2))
+    write_atomic(out / "report.json", json.dumps(report, indent=2))
     if cfg.evaluation.plots:
         plots = out / "plots"
         plot_pnl_histograms({k: v["pnl"] for k, v in outputs.items()}, plots / "pnl_histograms.png")

@@ -12,21 +12,21 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
-import os
 import time
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 
-from deephedge_tf.builders import build_hedges, build_market
+from deephedge_tf.builders import (build_derivative, build_hedges, build_market, build_objective, build_optimizer,
+                                   build_policy)
 from deephedge_tf.config import Config
 from deephedge_tf.data import PathBatches, SyncEpoch
 from deephedge_tf.hedger import Hedger
-from deephedge_tf.instruments.derivatives import derivative_from_config
-from deephedge_tf.objectives import make_objective
-from deephedge_tf.policies import make_policy
+from deephedge_tf.errors import ConfigError
+from deephedge_tf.files import write_atomic
 
 VALIDATION_SEED_OFFSET = 1
 
@@ -42,7 +42,17 @@ class RunParts:
 
 def build_parts(cfg: Config) -> RunParts:
     market = build_market(cfg)
-    return RunParts(market, derivative_from_config(cfg), build_hedges(cfg, market))
+    return RunParts(market, build_derivative(cfg), build_hedges(cfg, market))
+
+
+def _check_delta(cfg: Config, policy, derivative) -> None:
+    """A policy built on the Black-Scholes delta needs a derivative with greeks (a python derivative may
+    lack them; the config cannot tell)."""
+    uses_delta = cfg.policy.kind in ("delta_band", "bs_delta", "whalley_wilmott") or (
+        cfg.policy.kind == "no_transaction_band" and cfg.policy.band_anchor == "bs_delta")
+    if uses_delta and getattr(derivative, "greeks", None) is None:
+        raise ConfigError("policy.kind", cfg.policy.kind, f"a policy without a Black-Scholes delta: the derivative "
+                          f"{derivative!r} has no greeks")
 
 
 def instrument_names(parts: RunParts) -> list[str]:
@@ -71,36 +81,6 @@ class WarmupExponentialDecay(keras.optimizers.schedules.LearningRateSchedule):
                     decay_steps=self.decay_steps)
 
 
-def make_optimizer(cfg: Config):
-    t = cfg.training
-    lr = WarmupExponentialDecay(t.learning_rate, t.warmup_steps, t.decay_rate, t.decay_steps)
-    kwargs = {} if t.clipnorm is None else {"clipnorm": t.clipnorm}
-    if t.optimizer == "adam":
-        return keras.optimizers.Adam(learning_rate=lr, **kwargs)
-    if t.optimizer == "dhkfac":
-        from deephedge_tf.optimizers import DHKFAC
-
-        # Adam's schedule and clipping are for raw-gradient steps; DH-KFAC sizes its own (eta_max caps it).
-        k = t.kfac
-        return DHKFAC(learning_rate=k.max_step, damping=k.damping, damping_mode=k.damping_mode, ekfac=k.ekfac,
-                      statistics_decay=k.statistics_decay, curvature_period=k.curvature_period,
-                      inverse_period=k.inverse_period, trust_radius=k.trust_radius,
-                      trust_radius_decay=k.trust_radius_decay, trust_radius_min=k.trust_radius_min,
-                      trust_radius_mode=k.trust_radius_mode,
-                      momentum=k.momentum, step_model=k.step_model, jvp_method=k.jvp_method,
-                      diagonal_learning_rate=k.diagonal_learning_rate, preconditioner=k.preconditioner,
-                      jacobian_rows=k.jacobian_rows, damping_floor=k.damping_floor,
-                      max_relative_change=k.max_relative_change, metric=k.metric,
-                      metric_shrinkage=k.metric_shrinkage)
-    raise AssertionError(f"unhandled optimizer {t.optimizer!r}")  # config validation forbids it
-
-
-def make_policy_from_config(cfg: Config, num_instruments: int, kind: str | None = None, name=None):
-    kind = kind or cfg.policy.kind
-    params = cfg.policy.params(cfg.hedges.spot.cost, kind)
-    return make_policy(kind, num_instruments, dtype=cfg.dtype, name=name or kind, **params)
-
-
 def make_hedger(cfg: Config, parts: RunParts, policy_kind: str | None = None, compile: bool = True) -> Hedger:
     """A Hedger for ``cfg`` (``policy_kind`` overrides ``cfg.policy.kind``, e.g. for baselines).
 
@@ -109,14 +89,16 @@ def make_hedger(cfg: Config, parts: RunParts, policy_kind: str | None = None, co
     """
     keras.utils.set_random_seed(cfg.seed)
     n = len(instrument_names(parts))
-    policy = make_policy_from_config(cfg, n, policy_kind)
-    objective = make_objective(cfg.objective.kind, dtype=cfg.dtype, **cfg.objective.params())
+    policy = build_policy(cfg, n, policy_kind)
+    objective = build_objective(cfg)
+    if policy_kind is None and getattr(policy, "outputs_positions", None) is not None:
+        _check_delta(cfg, policy, parts.derivative)
     k = cfg.training.kfac
     hedger = Hedger(policy, objective, ggn_mode=k.ggn_mode, ggn_cost_l2=k.ggn_cost_l2,
                     curvature_paths=k.curvature_paths, natural_units=cfg.hedges.natural_units, dtype=cfg.dtype)
     if compile:
         jit = "auto" if cfg.training.jit_compile is None else cfg.training.jit_compile
-        hedger.compile(optimizer=make_optimizer(cfg), jit_compile=jit)
+        hedger.compile(optimizer=build_optimizer(cfg), jit_compile=jit)
     return hedger
 
 
@@ -183,13 +165,12 @@ class RunHistory(keras.callbacks.Callback):
         row["wall_s"] = self._earlier + time.perf_counter() - self._start
         self.rows.append(row)
         keys = list(dict.fromkeys(k for r in self.rows for k in r))
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys, restval="")
-            writer.writeheader()
-            for r in self.rows:
-                writer.writerow({k: (int(v) if k == "epoch" else repr(v)) for k, v in r.items()})
-        os.replace(tmp, self.path)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=keys, restval="")
+        writer.writeheader()
+        for r in self.rows:
+            writer.writerow({k: (int(v) if k == "epoch" else repr(v)) for k, v in r.items()})
+        write_atomic(self.path, text.getvalue())
 
     def history(self) -> dict:
         """``{metric: [per-epoch values]}`` of the whole run (the form of Keras' ``History.history``)."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Optional, Union
@@ -26,6 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from deephedge_tf.errors import DeepHedgeError
+from deephedge_tf.files import write_atomic
 from deephedge_tf.evaluation.metrics import _as_samples
 
 __all__ = ["plot_hedges_over_time", "plot_learning_curves", "plot_pnl_histograms"]
@@ -57,24 +57,7 @@ def _render_png(fig: Figure) -> bytes:
 
 
 def _write_atomic(path: Path, data: bytes) -> str:
-    """Write `data` to `path` via a temporary file in the same directory and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    # os.open with mode 0o666 lets the process umask set the final permissions, as for any file
-    # the user creates (tempfile.mkstemp would leave a private 0o600 PNG behind).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())  # contents on disk before the rename makes them visible
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_atomic(path, data)
     return str(path)
 
 

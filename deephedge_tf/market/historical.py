@@ -43,6 +43,7 @@ from deephedge_tf.market.paths import MarketPaths
 
 __all__ = [
     "HistoricalMarket",
+    "HistoricalPaths",
     "load_price_series",
     "load_sp500",
     "sp500_path",

@@ -9,6 +9,13 @@ volatility (vega) and per year (theta, the derivative with respect to calendar t
 
 Limits ``tau * vol**2 -> 0`` are handled without NaNs: the price tends to intrinsic value, delta to
 the indicator of being in the money (1/2 for a call exactly at the money), gamma and vega to 0.
+
+    >>> round(float(bs_price(100.0, 100.0, 30 / 365, 0.2)), 4)          # ATM call, 30 days
+    2.2872
+    >>> round(float(bs_delta(100.0, 100.0, 30 / 365, 0.2, is_call=False)), 4)
+    -0.4886
+    >>> round(float(bs_implied_vol(bs_price(100.0, 95.0, 0.5, 0.3), 100.0, 95.0, 0.5)), 6)
+    0.3
 """
 
 from __future__ import annotations

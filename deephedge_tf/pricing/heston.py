@@ -369,6 +369,11 @@ def heston_price(spot, strike, tau, v0, kappa, theta, xi, rho, is_call=True) -> 
 
     Zero interest rate and dividends; prices in the currency of ``spot``; the output shape is the
     broadcast shape of all arguments (a 0-d array for scalar inputs).
+
+        >>> round(float(heston_price(100.0, 100.0, 30 / 365, 0.04, 1.0, 0.04, 2.0, -0.7)), 4)  # Buehler et al.: 1.69
+        1.6918
+        >>> heston_price(100.0, [95.0, 105.0], 30 / 365, 0.04, 1.0, 0.04, 2.0, -0.7, is_call=[False, True]).shape
+        (2,)
     """
     price = heston_price_tf(spot, strike, tau, v0, kappa, theta, xi, rho, is_call)
     return np.asarray(price.numpy(), dtype=np.float64)
