@@ -34,7 +34,6 @@ hedging", Quant. Finance 19 (2019), sections 3 and 4.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import keras
@@ -44,6 +43,7 @@ import tensorflow as tf
 from deephedge_tf.dtypes import to_float
 from deephedge_tf.errors import DeepHedgeError
 from deephedge_tf.optimizers.losses import OutputCurvature, RowFactor, scalar_rows
+from deephedge_tf.validation import check_real
 
 __all__ = [
     "Objective",
@@ -100,22 +100,6 @@ def _as_pnl(x, what: str = "pnl") -> tf.Tensor:
     if rank != 1:
         raise DeepHedgeError(f"{what}: expected shape [B] (or [B, 1]); got {t.shape}")
     return t
-
-
-def _check_real(kind: str, name: str, value, *, lo=None, hi=None, lo_open=True, hi_open=True,
-                allowed: str) -> float:
-    """``value`` as a Python float, or a DeepHedgeError naming ``kind``, ``name`` and ``allowed``."""
-    bad = isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
-    v = math.nan if bad else float(value)
-    if not bad:
-        bad = not math.isfinite(v)
-    if not bad and lo is not None:
-        bad = v <= lo if lo_open else v < lo
-    if not bad and hi is not None:
-        bad = v >= hi if hi_open else v > hi
-    if bad:
-        raise DeepHedgeError(f"{kind}: parameter '{name}' = {value!r} is not allowed; allowed: {allowed}")
-    return v
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,8 +234,7 @@ class MeanVariance(Objective):
 
     def __init__(self, gamma: float = 1.0, **kwargs):
         super().__init__(**kwargs)
-        self.gamma = _check_real(self.kind, "gamma", gamma, lo=0.0, lo_open=False,
-                                 allowed="a finite number >= 0")
+        self.gamma = check_real(self.kind, "gamma", gamma, low=0.0)
 
     def _params(self):
         return {"gamma": self.gamma}
@@ -318,8 +301,7 @@ class ExpectedShortfall(OCEObjective):
 
     def __init__(self, alpha: float = 0.5, **kwargs):
         super().__init__(**kwargs)
-        self.alpha = _check_real(self.kind, "alpha", alpha, lo=0.0, hi=1.0,
-                                 allowed="a number with 0 < alpha < 1")
+        self.alpha = check_real(self.kind, "alpha", alpha, low=0.0, low_open=True, high=1.0, high_open=True)
 
     def _params(self):
         return {"alpha": self.alpha}
@@ -389,7 +371,7 @@ class EntropicRisk(OCEObjective):
 
     def __init__(self, a: float = 1.0, **kwargs):
         super().__init__(**kwargs)
-        self.a = _check_real(self.kind, "a", a, lo=0.0, allowed="a finite number > 0")
+        self.a = check_real(self.kind, "a", a, low=0.0, low_open=True)
 
     def _params(self):
         return {"a": self.a}

@@ -12,7 +12,7 @@ MODULES = ["deephedge_tf.optimizers.capture", "deephedge_tf.optimizers.losses",
            "deephedge_tf.instruments.hedges", "deephedge_tf.data", "deephedge_tf.evaluation.compare",
            "deephedge_tf.policies.base", "deephedge_tf.registry", "deephedge_tf.market.rough_bergomi",
            "deephedge_tf.files", "deephedge_tf.pricing.black_scholes", "deephedge_tf.pricing.heston",
-           "deephedge_tf.hedger"]
+           "deephedge_tf.hedger", "deephedge_tf.validation"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -117,8 +117,8 @@ def test_default_v_max():
         (dict(moneyness=[0.9, 1.0], maturities=[0.1, 0.0]), "'maturities'.*> 0"),
         (dict(moneyness=[[1.0]], maturities=[[0.1]]), "1-D"),
         (dict(moneyness=[1.0], maturities=[0.1], num_nodes=3), "num_nodes"),
-        (dict(moneyness=[1.0], maturities=[0.1], xi=0.0), "'xi'.*xi > 0"),
-        (dict(moneyness=[1.0], maturities=[0.1], rho=-1.5), "'rho'"),
+        (dict(moneyness=[1.0], maturities=[0.1], xi=0.0), "HestonPremiumTable: xi must be > 0.0"),
+        (dict(moneyness=[1.0], maturities=[0.1], rho=-1.5), "HestonPremiumTable: rho must be >= -1.0 and <= 1.0"),
         (dict(moneyness=[1.0], maturities=[0.1], theta=0.0), "v_max"),
     ],
 )

@@ -60,7 +60,7 @@ def test_paths_do_not_depend_on_the_batch_split():
 
 
 def test_bad_parameters_are_named():
-    with pytest.raises(DeepHedgeError, match="hurst must be < 0.5"):
+    with pytest.raises(DeepHedgeError, match="RoughBergomi: hurst must be > 0.0 and < 0.5; got 0.6"):
         RoughBergomi(hurst=0.6)
     with pytest.raises(DeepHedgeError, match="xi0 must be a number > 0 or steps \\+ 1 = 5"):
         RoughBergomi(xi0=[0.04, 0.05], steps=4)

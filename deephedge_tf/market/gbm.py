@@ -11,52 +11,17 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import tensorflow as tf
 
 from deephedge_tf.dtypes import as_float_dtype
-from deephedge_tf.errors import DeepHedgeError
 from deephedge_tf.market.paths import MarketPaths
 from deephedge_tf.market.random import BLOCK_SIZE, path_normals
+from deephedge_tf.validation import check_int, check_real
 
 __all__ = ["simulate_gbm"]
 
 
 # -- argument checks shared by the simulators -------------------------------------------------
-def _as_real(fn: str, name: str, value) -> float:
-    """``value`` as a finite Python float; DeepHedgeError naming ``fn`` and ``name`` otherwise."""
-    try:
-        x = float(value)
-    except (TypeError, ValueError) as e:
-        raise DeepHedgeError(f"{fn}: {name} must be a real number; got {value!r}") from e
-    if not math.isfinite(x):
-        raise DeepHedgeError(f"{fn}: {name} must be finite; got {value!r}")
-    return x
-
-
-def check_real(fn: str, name: str, value, low=None, low_open=False, high=None) -> float:
-    """Returns ``value`` as a float after checking ``low <= value`` (``<`` if ``low_open``) and
-    ``value <= high``; the DeepHedgeError (a ValueError) names the argument and its allowed range."""
-    x = _as_real(fn, name, value)
-    bad = (low is not None and (x <= low if low_open else x < low)) or (high is not None and x > high)
-    if bad:
-        lo = "" if low is None else (f"> {low}" if low_open else f">= {low}")
-        hi = "" if high is None else f"<= {high}"
-        allowed = " and ".join(s for s in (lo, hi) if s)
-        raise DeepHedgeError(f"{fn}: {name} must be {allowed}; got {value!r}")
-    return x
-
-
-def check_int(fn: str, name: str, value, low: int) -> int:
-    """Returns ``value`` as an int after checking it is an integer ``>= low``."""
-    # bool is an int subclass; True paths or steps is almost surely a mistake.
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise DeepHedgeError(f"{fn}: {name} must be an integer >= {low}; got {value!r}")
-    if value < low:
-        raise DeepHedgeError(f"{fn}: {name} must be an integer >= {low}; got {value!r}")
-    return int(value)
-
-
 def check_grid(fn: str, num_paths, steps, dt, start):
     """Validates the arguments every simulator shares; returns them as ``(int, int, float, int)``."""
     return (

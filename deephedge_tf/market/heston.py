@@ -39,7 +39,8 @@ import tensorflow as tf
 
 from deephedge_tf.dtypes import as_float_dtype
 from deephedge_tf.errors import DeepHedgeError
-from deephedge_tf.market.gbm import check_grid, check_real, cumulative_from_zero, whole_blocks
+from deephedge_tf.market.gbm import check_grid, cumulative_from_zero, whole_blocks
+from deephedge_tf.validation import check_real
 from deephedge_tf.market.paths import MarketPaths
 from deephedge_tf.market.random import BLOCK_SIZE, block_seeds, path_normals, sub_seed
 

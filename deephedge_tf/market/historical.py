@@ -40,6 +40,7 @@ from deephedge_tf.dtypes import as_float_dtype
 from deephedge_tf.errors import DataError
 from deephedge_tf.market import random as mrandom
 from deephedge_tf.market.paths import MarketPaths
+from deephedge_tf.validation import check_int
 
 __all__ = [
     "HistoricalMarket",
@@ -188,12 +189,7 @@ def load_sp500() -> pd.Series:
 # Market
 # ---------------------------------------------------------------------------------------------
 def _check_int(name: str, value, lo: int, hi: Optional[int] = None, why: str = "") -> int:
-    """``value`` as an int in ``[lo, hi]``; ValueError naming the argument and range otherwise."""
-    allowed = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-    if not ok or value < lo or (hi is not None and value > hi):
-        raise ValueError(f"{name} must be {allowed}{why}; got {value!r}")
-    return int(value)
+    return check_int("HistoricalMarket", name, value, lo, hi, why)
 
 
 def _is_real(x) -> bool:

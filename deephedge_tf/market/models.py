@@ -35,7 +35,7 @@ import dataclasses
 from typing import Optional, Sequence
 
 from deephedge_tf.errors import DeepHedgeError
-from deephedge_tf.market.gbm import check_int, check_real
+from deephedge_tf.validation import check_int, check_real
 from deephedge_tf.market.paths import MarketPaths
 
 __all__ = ["GBM", "Heston", "check_market"]

@@ -46,7 +46,8 @@ from scipy import special
 
 from deephedge_tf.dtypes import as_float_dtype
 from deephedge_tf.errors import DeepHedgeError
-from deephedge_tf.market.gbm import check_grid, check_int, check_real, cumulative_from_zero, whole_blocks
+from deephedge_tf.market.gbm import check_grid, cumulative_from_zero, whole_blocks
+from deephedge_tf.validation import check_int, check_real
 from deephedge_tf.market.paths import MarketPaths
 from deephedge_tf.market.random import path_normals
 
@@ -86,9 +87,7 @@ class RoughBergomi:
         self.dt = check_real(name, "dt", dt, low=0.0, low_open=True)
         self.s0 = check_real(name, "s0", s0, low=0.0, low_open=True)
         self.eta = check_real(name, "eta", eta, low=0.0)
-        self.hurst = check_real(name, "hurst", hurst, low=0.0, low_open=True)
-        if not self.hurst < 0.5:
-            raise DeepHedgeError(f"{name}: hurst must be < 0.5 (rough volatility); got {hurst!r}")
+        self.hurst = check_real(name, "hurst", hurst, low=0.0, low_open=True, high=0.5, high_open=True)
         self.rho = check_real(name, "rho", rho, low=-1.0, high=1.0)
         curve = np.atleast_1d(np.asarray(xi0, np.float64))
         if curve.ndim != 1 or curve.size not in (1, self.steps + 1) or not np.all(np.isfinite(curve) & (curve > 0)):

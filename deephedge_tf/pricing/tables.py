@@ -22,8 +22,11 @@ from scipy import interpolate, stats
 
 from deephedge_tf.errors import DeepHedgeError
 from deephedge_tf.pricing.heston import heston_price_tf
+from deephedge_tf.validation import check_real
 
 __all__ = ["HestonPremiumTable", "default_v_max"]
+
+_OWNER = "HestonPremiumTable"
 
 # Upper quantile of the stationary variance distribution used for the default v_max.
 _STATIONARY_QUANTILE = 1.0 - 1e-6
@@ -40,17 +43,6 @@ def _as_vector(name: str, values) -> np.ndarray:
         raise DeepHedgeError(
             f"HestonPremiumTable: '{name}' must be finite and > 0; got {arr.tolist()}")
     return arr
-
-
-def _check_scalar(name: str, value, test, allowed: str) -> float:
-    try:
-        x = float(value)
-    except (TypeError, ValueError) as e:
-        raise DeepHedgeError(f"HestonPremiumTable: '{name}' must be a number; got {value!r}") from e
-    if not (np.isfinite(x) and test(x)):
-        raise DeepHedgeError(
-            f"HestonPremiumTable: '{name}' out of range: got {x!r}; allowed: {allowed}")
-    return x
 
 
 def default_v_max(kappa: float, theta: float, xi: float, v0: Optional[float] = None) -> float:
@@ -119,15 +111,15 @@ class HestonPremiumTable:
             raise DeepHedgeError(
                 f"HestonPremiumTable: 'moneyness' and 'maturities' must have the same length (one "
                 f"entry per option); got {m.size} and {tau.size}")
-        kappa = _check_scalar("kappa", kappa, lambda x: x >= 0, "kappa >= 0")
-        theta = _check_scalar("theta", theta, lambda x: x >= 0, "theta >= 0")
-        xi = _check_scalar("xi", xi, lambda x: x > 0, "xi > 0")
-        rho = _check_scalar("rho", rho, lambda x: abs(x) <= 1, "-1 <= rho <= 1")
+        kappa = check_real(_OWNER, "kappa", kappa, low=0.0)
+        theta = check_real(_OWNER, "theta", theta, low=0.0)
+        xi = check_real(_OWNER, "xi", xi, low=0.0, low_open=True)
+        rho = check_real(_OWNER, "rho", rho, low=-1.0, high=1.0)
         if v0 is not None:
-            v0 = _check_scalar("v0", v0, lambda x: x >= 0, "v0 >= 0")
+            v0 = check_real(_OWNER, "v0", v0, low=0.0)
         if v_max is None:
             v_max = default_v_max(kappa, theta, xi, v0)
-        v_max = _check_scalar("v_max", v_max, lambda x: x > 0, "v_max > 0")
+        v_max = check_real(_OWNER, "v_max", v_max, low=0.0, low_open=True)
         if isinstance(num_nodes, bool) or int(num_nodes) != num_nodes or num_nodes < 4:
             raise DeepHedgeError(
                 f"HestonPremiumTable: 'num_nodes' must be an integer >= 4; got {num_nodes!r}")
