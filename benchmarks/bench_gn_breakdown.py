@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 import report
-from deephedge_tf import benchmark
+from optimizer_bench import protocol as benchmark
 from deephedge_tf.config import load_config
 from deephedge_tf.optimizers import woodbury
 from deephedge_tf.optimizers.blocks import stack

@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 import report
-from deephedge_tf import benchmark
+from optimizer_bench import protocol as benchmark
 from deephedge_tf.config import load_config
 from deephedge_tf.builders import build_optimizer
 from deephedge_tf.training import build_parts, datasets

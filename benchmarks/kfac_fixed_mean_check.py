@@ -9,7 +9,7 @@ runs/kfac_vs_adam_generic/results.json for the targets)
 """
 import dataclasses, json, sys
 import tensorflow as tf
-from deephedge_tf import benchmark as bm
+from optimizer_bench import protocol as bm
 from deephedge_tf.config import load_config
 from deephedge_tf.objectives import VarianceCurvature
 from deephedge_tf.dtypes import to_float

@@ -53,9 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("run_dir", help="directory written by `deephedge train`")
     ex.add_argument("--out", required=True, help="SavedModel directory to write (replaced if present)")
 
-    from deephedge_tf.benchmark import add_benchmark_parser
-
-    add_benchmark_parser(sub)
+    harness = benchmark_harness()
+    if harness is None:
+        sub.add_parser("benchmark", help="optimizer benchmarks (needs the source tree's benchmarks/ folder)")
+    else:
+        harness.add_benchmark_parser(sub)
 
     sim = sub.add_parser("simulate", help="market and pricing report")
     _add_config_args(sim)
@@ -68,6 +70,21 @@ def _parser() -> argparse.ArgumentParser:
     doc = cfg_sub.add_parser("doc", help="reference of every config key")
     doc.add_argument("--write", metavar="FILE", help="replace the reference table inside FILE")
     return parser
+
+
+#: The optimizer benchmark harness lives with the benchmarks (benchmarks/optimizer_bench), not in the package.
+HARNESS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def benchmark_harness():
+    """The harness module (``optimizer_bench.protocol``) from the source tree, or None without one."""
+    if not (HARNESS_DIR / "optimizer_bench" / "protocol.py").is_file():
+        return None
+    if str(HARNESS_DIR) not in sys.path:
+        sys.path.insert(0, str(HARNESS_DIR))
+    import importlib
+
+    return importlib.import_module("optimizer_bench.protocol")
 
 
 DOC_BEGIN = "<!-- BEGIN GENERATED CONFIG REFERENCE -->\n"
@@ -136,9 +153,11 @@ def main(argv=None) -> int:
             evaluate_job(Path(args.run_dir), args.paths)
             return 0
         if args.command == "benchmark":
-            from deephedge_tf.benchmark import run_benchmark
-
-            return run_benchmark(args)
+            harness = benchmark_harness()
+            if harness is None:
+                raise DeepHedgeError(f"deephedge benchmark runs the harness in the source tree's benchmarks/ folder, "
+                                     f"which is not next to this installation ({HARNESS_DIR}); run it from a clone")
+            return harness.run_benchmark(args)
         if args.command == "export":
             from deephedge_tf.run import export_job
 

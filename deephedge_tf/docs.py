@@ -11,8 +11,8 @@ import sys
 import warnings
 from pathlib import Path
 
-#: Modules left out of the reference: the command line's plumbing and the benchmark harness.
-EXCLUDED = ("deephedge_tf.cli", "deephedge_tf.benchmark", "deephedge_tf.benchmark_suite", "deephedge_tf.docs")
+#: Modules left out of the reference: the command line's plumbing.
+EXCLUDED = ("deephedge_tf.cli", "deephedge_tf.docs")
 
 
 def build(out: Path) -> list[Path]:

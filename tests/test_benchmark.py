@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from deephedge_tf.benchmark import (add_benchmark_parser, first_at_or_below, kfac_vs_adam, main, paired_difference,
+from optimizer_bench.protocol import (add_benchmark_parser, first_at_or_below, kfac_vs_adam, main, paired_difference,
                                     results_markdown,
                                     run_benchmark)
 from deephedge_tf.errors import ConfigError

@@ -6,8 +6,8 @@ import json
 import pytest
 import yaml
 
-from deephedge_tf.benchmark import compare_rules, main
-from deephedge_tf.benchmark_suite import DEFAULT_MANIFEST, load_manifest, run_suite
+from optimizer_bench.protocol import compare_rules, main
+from optimizer_bench.suite import DEFAULT_MANIFEST, load_manifest, run_suite
 from deephedge_tf.config import load_config
 from deephedge_tf.errors import ConfigError
 

@@ -108,3 +108,14 @@ def test_train_with_dhkfac_on_a_band_policy_from_the_cli(tmp_path):
     assert code == 0
     history = (out / "history.csv").read_text().splitlines()
     assert len(history) == 2 and "nan" not in history[1]
+
+
+def test_benchmark_command_without_the_source_trees_harness_says_so(tmp_path, monkeypatch, capsys):
+    """An installation without benchmarks/ next to the package (the harness lives there, not in the
+    library) keeps every other command and explains the benchmark one."""
+    import deephedge_tf.cli as cli
+
+    monkeypatch.setattr(cli, "HARNESS_DIR", tmp_path / "nowhere")
+    assert cli.benchmark_harness() is None
+    assert main(["benchmark"]) == 2
+    assert "source tree's benchmarks/ folder" in capsys.readouterr().err

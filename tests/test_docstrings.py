@@ -8,7 +8,7 @@ import pytest
 
 MODULES = ["deephedge_tf.optimizers.capture", "deephedge_tf.optimizers.losses",
            "deephedge_tf.optimizers.train_step", "deephedge_tf.optimizers.woodbury", "deephedge_tf.objectives",
-           "deephedge_tf.benchmark_suite", "deephedge_tf.market.models", "deephedge_tf.instruments.derivatives",
+           "optimizer_bench.suite", "deephedge_tf.market.models", "deephedge_tf.instruments.derivatives",
            "deephedge_tf.instruments.hedges", "deephedge_tf.data", "deephedge_tf.evaluation.compare",
            "deephedge_tf.policies.base", "deephedge_tf.registry", "deephedge_tf.market.rough_bergomi",
            "deephedge_tf.files", "deephedge_tf.pricing.black_scholes", "deephedge_tf.pricing.heston",

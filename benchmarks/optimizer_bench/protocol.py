@@ -97,7 +97,7 @@ def add_benchmark_parser(subparsers) -> argparse.ArgumentParser:
                        description="Adam (learning rate swept, warm-up, decay, clipping) and DH-KFAC train "
                        "on the same paths and seeds; the target is --target-factor x Adam's best validation "
                        "loss per seed; writes steps and wall time to the target, per-step times and "
-                       "learning curves.  See the deephedge_tf.benchmark module docstring.",
+                       "learning curves.  See the optimizer_bench.protocol module docstring (benchmarks/).",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", required=True, help="YAML config (e.g. configs/cliquet_small.yaml)")
     p.add_argument("--out", required=True, help="output directory (created): results.json, learning_curves.png")
@@ -123,7 +123,7 @@ def add_benchmark_parser(subparsers) -> argparse.ArgumentParser:
                    help="config override for the DH-KFAC runs only, e.g. training.kfac.damping=0.3 (repeatable)")
     add_compare_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    from deephedge_tf.benchmark_suite import add_suite_parser
+    from optimizer_bench.suite import add_suite_parser
 
     add_suite_parser(sub)
     return bench
@@ -133,7 +133,7 @@ def run_benchmark(args) -> int:
     """Runs the benchmark selected by parsed arguments; exit status 0, or 2 on a usage or config error
     (message on stderr), like the other ``deephedge`` commands."""
     if getattr(args, "benchmark_command", None) == "suite":
-        from deephedge_tf.benchmark_suite import run_suite_command
+        from optimizer_bench.suite import run_suite_command
 
         return run_suite_command(args)
     if getattr(args, "benchmark_command", None) != "kfac-vs-adam":
@@ -153,8 +153,9 @@ def run_benchmark(args) -> int:
 
 
 def main(argv=None) -> int:
-    """``python -m deephedge_tf.benchmark kfac-vs-adam ...`` (the same as ``deephedge benchmark ...``)."""
-    parser = argparse.ArgumentParser(prog="python -m deephedge_tf.benchmark")
+    """``python -m optimizer_bench.protocol kfac-vs-adam ...`` from benchmarks/ (the same as ``deephedge
+    benchmark ...``)."""
+    parser = argparse.ArgumentParser(prog="python -m optimizer_bench.protocol")
     sub = parser.add_subparsers(dest="command", required=True)
     add_benchmark_parser(sub)
     # Accept the arguments with or without the leading "benchmark".

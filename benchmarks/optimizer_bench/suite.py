@@ -1,6 +1,6 @@
 """The optimizer suite: ``deephedge benchmark suite --out DIR [--tasks ...] [--seeds ...]``.
 
-Runs the kfac-vs-adam protocol of :mod:`deephedge_tf.benchmark` on every task of a suite manifest
+Runs the kfac-vs-adam protocol of :mod:`optimizer_bench.protocol` on every task of a suite manifest
 (default ``configs/suite/suite.yaml``: task configs, per-task budgets and the goal) and writes
 
 * ``DIR/<task>/results.json`` and ``DIR/<task>/learning_curves.png``: each task's full results;
@@ -37,10 +37,10 @@ from typing import Callable, Optional, Sequence
 
 import yaml
 
-from deephedge_tf.benchmark import _int_at_least, _positive
+from optimizer_bench.protocol import _int_at_least, _positive
 from deephedge_tf.errors import ConfigError, DeepHedgeError
 
-DEFAULT_MANIFEST = Path(__file__).resolve().parent.parent / "configs" / "suite" / "suite.yaml"
+DEFAULT_MANIFEST = Path(__file__).resolve().parents[2] / "configs" / "suite" / "suite.yaml"
 _TASK_KEYS = {"config", "adam_steps", "kfac_steps", "sweep_steps", "lrs", "eval_every", "goal", "target_factor"}
 _GOAL_KEYS = {"step_ratio", "wall_ratio"}
 
@@ -152,7 +152,7 @@ def select(manifest: Manifest, tasks: Optional[Sequence[str]]) -> list:
 def suite_rows(task: Task, results: dict, goal: dict) -> list:
     """One row per seed and DH-KFAC rule of a task's kfac-vs-adam results, judged against ``goal``
     (the default rule's rows first)."""
-    from deephedge_tf.benchmark import DEFAULT_RULE
+    from optimizer_bench.protocol import DEFAULT_RULE
 
     summaries = [(DEFAULT_RULE, results["summary"])]
     summaries += [(name, c["summary"]) for name, c in results.get("compare", {}).items()]
@@ -179,7 +179,7 @@ def run_suite(out, *, manifest=DEFAULT_MANIFEST, tasks: Optional[Sequence[str]] 
               compare: Optional[dict] = None, log: Optional[Callable[[str], None]] = None) -> dict:
     """Runs the suite (see the module doc); returns the ``suite.json`` dict.  Raises
     :class:`ConfigError` for a bad manifest, task selection or task config before any training."""
-    from deephedge_tf.benchmark import DEFAULTS, kfac_vs_adam, resolve_rules
+    from optimizer_bench.protocol import DEFAULTS, kfac_vs_adam, resolve_rules
 
     m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
     chosen = select(m, tasks)
@@ -220,7 +220,7 @@ def assemble_suite(out, *, manifest=DEFAULT_MANIFEST, tasks: Optional[Sequence[s
     suite --assemble`` runs it alone, e.g. on a run stopped before its last task).  Tasks without results
     are left out and named in ``missing``; the tasks' results must agree on seeds and overrides.
     Returns the ``suite.json`` dict."""
-    from deephedge_tf.benchmark import DEFAULT_RULE, _jsonable
+    from optimizer_bench.protocol import DEFAULT_RULE, _jsonable
     from deephedge_tf.files import write_atomic
 
     m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
@@ -267,7 +267,7 @@ def assemble_suite(out, *, manifest=DEFAULT_MANIFEST, tasks: Optional[Sequence[s
 
 def suite_markdown(summary: dict) -> str:
     """The suite table (one row per task, rule and seed) and per-step times, as Markdown."""
-    from deephedge_tf.benchmark import DEFAULT_RULE
+    from optimizer_bench.protocol import DEFAULT_RULE
 
     def f(x, spec):
         return "-" if x is None else format(x, spec)
@@ -298,7 +298,7 @@ def plot_suite(summary: dict, path) -> str:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from deephedge_tf.benchmark import run_colors, run_label
+    from optimizer_bench.protocol import run_colors, run_label
     from deephedge_tf.files import write_atomic
 
     names = list(summary["tasks"])
@@ -352,7 +352,7 @@ def add_suite_parser(sub) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the manifest's)")
     p.add_argument("--kfac-set", dest="kfac_overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override of every DH-KFAC run, e.g. training.kfac.max_step=0.5")
-    from deephedge_tf.benchmark import add_compare_argument
+    from optimizer_bench.protocol import add_compare_argument
 
     add_compare_argument(p)
     p.add_argument("--assemble", action="store_true",
@@ -362,7 +362,7 @@ def add_suite_parser(sub) -> None:
 
 
 def run_suite_command(args) -> int:
-    from deephedge_tf.benchmark import _stderr, compare_rules
+    from optimizer_bench.protocol import _stderr, compare_rules
 
     try:
         if args.assemble:
