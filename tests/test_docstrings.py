@@ -12,7 +12,8 @@ MODULES = ["deephedge_tf.optimizers.capture", "deephedge_tf.optimizers.losses",
            "deephedge_tf.instruments.hedges", "deephedge_tf.data", "deephedge_tf.evaluation.compare",
            "deephedge_tf.policies.base", "deephedge_tf.registry", "deephedge_tf.market.rough_bergomi",
            "deephedge_tf.files", "deephedge_tf.pricing.black_scholes", "deephedge_tf.pricing.heston",
-           "deephedge_tf.hedger", "deephedge_tf.validation"]
+           "deephedge_tf.hedger", "deephedge_tf.validation", "deephedge_tf.evaluation.metrics",
+           "deephedge_tf.policies"]
 
 
 @pytest.mark.parametrize("name", MODULES)

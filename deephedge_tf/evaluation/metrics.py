@@ -21,6 +21,15 @@ Products B (1 - alpha) that are integers up to floating-point error (1000 * (1 -
 
 Two-sample tests: :func:`paired_t_test` for two strategies evaluated on the *same* paths,
 :func:`welch_t_test` for independent samples (see their docstrings for when to use which).
+
+    >>> x = [-3.0, -2.0, -1.0, 0.0]
+    >>> value_at_risk(x, 0.5), expected_shortfall(x, 0.5)      # the worst half: -3, -2
+    (2.0, 2.5)
+    >>> table = metrics_table({"a": x, "b": [-1.0, -1.0, 0.0, 0.0]}, levels=(0.5,))
+    >>> float(table.loc["b", "es_50"])
+    1.0
+    >>> round(paired_t_test(x, [-1.0, -1.0, 0.0, 0.0])["mean_diff"], 3)
+    -1.0
 """
 
 from __future__ import annotations

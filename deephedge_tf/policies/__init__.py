@@ -15,6 +15,14 @@ kind (:func:`make_policy`)  class                            parameters (default
 ==========================  ===============================  ========================================
 
 Every kind also accepts the Keras layer keywords ``name`` and ``dtype``.
+
+    >>> policy = make_policy("mlp", 2, width=8)
+    >>> type(policy).__name__, policy.num_instruments
+    ('MLPPolicy', 2)
+    >>> make_policy("mlp", 2, widht=8)
+    Traceback (most recent call last):
+    ...
+    deephedge_tf.errors.DeepHedgeError: policy 'mlp': unknown parameter 'widht'; allowed: num_layers, width, activation, name, dtype
 """
 
 from __future__ import annotations
