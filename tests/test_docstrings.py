@@ -13,7 +13,7 @@ MODULES = ["deephedge_tf.optimizers.capture", "deephedge_tf.optimizers.losses",
            "deephedge_tf.policies.base", "deephedge_tf.registry", "deephedge_tf.market.rough_bergomi",
            "deephedge_tf.files", "deephedge_tf.pricing.black_scholes", "deephedge_tf.pricing.heston",
            "deephedge_tf.hedger", "deephedge_tf.validation", "deephedge_tf.evaluation.metrics",
-           "deephedge_tf.policies"]
+           "deephedge_tf.policies", "deephedge_tf.optimizers.kfac"]
 
 
 @pytest.mark.parametrize("name", MODULES)
