@@ -135,32 +135,15 @@ def build_hedges(cfg: Config, market=None) -> list:
         out.append(VarianceSwapHedge(cost=hc.variance_swap.cost))
     for i, entry in enumerate(hc.extra):
         key = f"hedges.extra[{i}]"
-        if entry.kind == registry.PYTHON:
-            obj = registry.call_configured(_python(entry, key), entry.params, key)
-        else:
-            obj = registry.HEDGES.builder(entry.kind, f"{key}.kind")(cfg, entry, key)
+        make = _python(entry, key) if entry.kind == registry.PYTHON else registry.HEDGES.builder(entry.kind,
+                                                                                                  f"{key}.kind")
+        obj = registry.call_configured(make, entry.params, key)
         out.append(_built("hedging instrument", obj, f"{key}.callable", ("tensors",)))
     market = build_market(cfg) if market is None else market
     try:
         return bind_instruments(out, market)
     except DeepHedgeError as e:
         raise ConfigError("hedges", type(market).__name__, str(e)) from None
-
-
-def spot_hedge(cfg: Config, entry, key: str):
-    return registry.call_configured(Spot, entry.params, key)
-
-
-def floating_grid_hedge(cfg: Config, entry, key: str):
-    return registry.call_configured(FloatingGrid, entry.params, key)
-
-
-def fixed_grid_hedge(cfg: Config, entry, key: str):
-    return registry.call_configured(FixedGrid, entry.params, key)
-
-
-def variance_swap_hedge(cfg: Config, entry, key: str):
-    return registry.call_configured(VarianceSwapHedge, entry.params, key)
 
 
 # -- policies, objectives, optimizers ---------------------------------------------------------------

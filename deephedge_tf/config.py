@@ -251,6 +251,12 @@ class PolicyConfig:
     def check(self, key):
         _check_python(self, self.kind, key, f"{key}.kind")
 
+    @property
+    def uses_delta(self) -> bool:
+        """Whether the policy is built on the liability's Black-Scholes delta (needs its greeks)."""
+        return self.kind in ("delta_band", "bs_delta", "whalley_wilmott") or (
+            self.kind == "no_transaction_band" and self.band_anchor == "bs_delta")
+
     def builtin_params(self, spot_cost: float, kind: Optional[str] = None) -> dict:
         """Keyword parameters of :func:`deephedge_tf.policies.make_policy` for ``kind`` (default: this
         section's kind; another kind, e.g. a baseline, takes its parameters from this section too)."""
@@ -439,10 +445,8 @@ class Config:
         if self.policy.kind in needs_spot and not self.hedges.spot.enabled:
             raise ConfigError("policy.kind", self.policy.kind, "a policy that does not need the spot, or "
                               "hedges.spot.enabled = true")
-        uses_delta = self.policy.kind in ("delta_band", "bs_delta", "whalley_wilmott") or (
-            self.policy.kind == "no_transaction_band" and self.policy.band_anchor == "bs_delta")
         # A python derivative may have greeks: the builder checks it when the objects exist.
-        if uses_delta and d.kind in ("lookback", "cliquet", "variance_swap"):
+        if self.policy.uses_delta and d.kind in ("lookback", "cliquet", "variance_swap"):
             raise ConfigError("policy.kind", self.policy.kind, "a policy without a Black-Scholes delta for "
                               f"derivative.kind = {d.kind} (delta needs european, call_spread or a derivative "
                               "with greeks)")

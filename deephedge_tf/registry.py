@@ -1,14 +1,15 @@
 """Registries: the kinds a config may name for each component, and a user's own classes from YAML.
 
 One :class:`Registry` per component (:data:`MARKETS`, :data:`DERIVATIVES`, :data:`HEDGES`,
-:data:`POLICIES`, :data:`OBJECTIVES`, :data:`OPTIMIZERS`) maps a config ``kind`` to a builder: a
-function of the validated config (and, for hedges, the entry) that returns the object.  The library's
-kinds are registered by :mod:`deephedge_tf.builders` as ``"module:function"`` strings, so this module
-(and config validation, which lists the kinds) imports no TensorFlow.  A user registers more from
-Python::
+:data:`POLICIES`, :data:`OBJECTIVES`, :data:`OPTIMIZERS`) maps a config ``kind`` to a builder, called by
+:mod:`deephedge_tf.builders` as ``builder(cfg)`` (markets, derivatives, objectives, optimizers),
+``builder(cfg, num_instruments, kind, name)`` (policies) or ``builder(**params)`` (a ``hedges.extra``
+entry: the instrument class itself).  The library's kinds are given as ``"module:name"`` strings, so
+this module (and config validation, which lists the kinds) imports no TensorFlow.  A user registers more
+from Python::
 
     from deephedge_tf.registry import POLICIES
-    POLICIES.register("my_policy", lambda cfg, n: MyPolicy(n, width=cfg.policy.width))
+    POLICIES.register("my_policy", lambda cfg, n, kind, name: MyPolicy(n, width=cfg.policy.width, name=name))
 
 Every component also accepts ``kind: python`` (``model: python`` for markets, ``optimizer: python`` for
 the optimizer) with ``callable: "package.module:name"`` and ``params``, its keyword arguments; the
@@ -151,10 +152,11 @@ MARKETS = Registry("market", {"heston": "deephedge_tf.builders:heston_market",
                               "rough_bergomi": "deephedge_tf.builders:rough_bergomi_market"})
 DERIVATIVES = Registry("derivative", {kind: "deephedge_tf.builders:builtin_derivative"
                                       for kind in ("european", "call_spread", "lookback", "cliquet", "variance_swap")})
-HEDGES = Registry("hedge", {"spot": "deephedge_tf.builders:spot_hedge",
-                            "floating_grid": "deephedge_tf.builders:floating_grid_hedge",
-                            "fixed_grid": "deephedge_tf.builders:fixed_grid_hedge",
-                            "variance_swap": "deephedge_tf.builders:variance_swap_hedge"})
+# Hedge kinds (hedges.extra) name the instrument class itself, called with the entry's params.
+HEDGES = Registry("hedge", {"spot": "deephedge_tf.instruments.hedges:Spot",
+                            "floating_grid": "deephedge_tf.instruments.hedges:FloatingGrid",
+                            "fixed_grid": "deephedge_tf.instruments.hedges:FixedGrid",
+                            "variance_swap": "deephedge_tf.instruments.hedges:VarianceSwapHedge"})
 POLICIES = Registry("policy", {kind: "deephedge_tf.builders:builtin_policy"
                                for kind in ("recurrent", "mlp", "no_transaction_band", "delta_band", "no_hedge",
                                             "bs_delta", "whalley_wilmott")})

@@ -23,10 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from deephedge_tf.builders import build_hedges, build_market
+from deephedge_tf.builders import build_derivative, build_hedges, build_market
 from deephedge_tf.config import Config, dump_config
 from deephedge_tf.files import write_atomic
-from deephedge_tf.instruments.derivatives import derivative_from_config
 from deephedge_tf.instruments.hedges import hedge_tensors, option_is_call
 from deephedge_tf.training import instrument_names
 
@@ -79,8 +78,9 @@ def instrument_table(hedges) -> list[dict]:
     return rows
 
 
-def premium_table_check(cfg: Config) -> dict | None:
-    """Max interpolation error of the Heston floating-grid premium table against the direct pricer."""
+def premium_table_check(cfg: Config, market) -> dict | None:
+    """Max interpolation error of the Heston floating-grid premium table of ``market`` (the configured
+    one) against the direct pricer."""
     fg = cfg.hedges.floating_grid
     if cfg.market.model != "heston" or not fg.moneyness:
         return None
@@ -89,7 +89,7 @@ def premium_table_check(cfg: Config) -> dict | None:
     from deephedge_tf.pricing.heston import heston_price
 
     years = [n * cfg.time.dt for n in fg.maturities]
-    table = build_market(cfg).premium_model(fg.moneyness, years)
+    table = market.premium_model(fg.moneyness, years)
     h = cfg.market.heston
     v = np.linspace(0.0, 4.0 * max(h.theta, h.v0), 41)
     interp = table(tf.constant(v, tf.float64)).numpy()  # [41, J]
@@ -112,7 +112,7 @@ def simulate_job(cfg: Config, out: Path, echo=print) -> dict:
     sim_s = time.perf_counter() - t0
     n = int(paths.spot.shape[1])  # rolling windows of a short series may give fewer paths
 
-    derivative = derivative_from_config(cfg)
+    derivative = build_derivative(cfg)
     payoff = derivative.payoff(paths).numpy()
     mc, se = mean_and_se(payoff)
     ref, method = reference_price(market, derivative)
@@ -121,7 +121,7 @@ def simulate_job(cfg: Config, out: Path, echo=print) -> dict:
     hedges = hedge_tensors(build_hedges(cfg, market), paths)
     hedge_s = time.perf_counter() - t0
     rows = instrument_table(hedges)
-    table_check = premium_table_check(cfg)
+    table_check = premium_table_check(cfg, market)
 
     report = {
         "stage": "market_and_pricing",
@@ -169,25 +169,19 @@ def format_report(r: dict) -> str:
 
 # -- training job ---------------------------------------------------------------------------------
 
-BASELINES = ("no_hedge", "bs_delta")
 # Columns printed by `deephedge train`; metrics.csv has them all.
 REPORT_KEYS = ("objective", "pnl_mean", "pnl_std", "es_95", "entropic", "cost_mean")
 SUMMARY_COLUMNS = ("objective", "pnl_mean", "pnl_std", "es_95", "es_99", "entropic", "cost_mean", "turnover_mean")
-STRATEGY_LABELS = {"no_hedge": "unhedged", "bs_delta": "bs_delta"}
 
 
 def evaluate_strategies(cfg: Config, hedger, parts, num_paths: int | None = None, chunk: int = 8192) -> dict:
     """Out-of-sample outputs (pnl, costs, turnover, actions of a few paths) of the trained hedger and
-    of the baselines that apply, on the same evaluation paths (seed + 2)."""
-    from deephedge_tf.evaluation.compare import EVALUATION_SEED_OFFSET, strategy_outputs
-    from deephedge_tf.training import make_hedger
+    of the baselines that apply (:func:`deephedge_tf.evaluation.compare.baseline_hedgers`), on the same
+    evaluation paths (seed + 2)."""
+    from deephedge_tf.evaluation.compare import EVALUATION_SEED_OFFSET, baseline_hedgers, strategy_outputs
 
     n = num_paths or cfg.evaluation.paths
-    models = {"hedged": hedger}
-    for kind in BASELINES:
-        if kind == "bs_delta" and (getattr(parts.derivative, "greeks", None) is None or not cfg.hedges.spot.enabled):
-            continue
-        models[STRATEGY_LABELS[kind]] = make_hedger(cfg, parts, policy_kind=kind, compile=False)
+    models = {"hedged": hedger, **baseline_hedgers(hedger, parts.derivative, parts.instruments)}
     return strategy_outputs(models, parts.market, parts.derivative, parts.instruments, n,
                             cfg.seed + EVALUATION_SEED_OFFSET, chunk)
 

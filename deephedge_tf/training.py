@@ -45,12 +45,10 @@ def build_parts(cfg: Config) -> RunParts:
     return RunParts(market, build_derivative(cfg), build_hedges(cfg, market))
 
 
-def _check_delta(cfg: Config, policy, derivative) -> None:
+def _check_delta(cfg: Config, derivative) -> None:
     """A policy built on the Black-Scholes delta needs a derivative with greeks (a python derivative may
     lack them; the config cannot tell)."""
-    uses_delta = cfg.policy.kind in ("delta_band", "bs_delta", "whalley_wilmott") or (
-        cfg.policy.kind == "no_transaction_band" and cfg.policy.band_anchor == "bs_delta")
-    if uses_delta and getattr(derivative, "greeks", None) is None:
+    if cfg.policy.uses_delta and getattr(derivative, "greeks", None) is None:
         raise ConfigError("policy.kind", cfg.policy.kind, f"a policy without a Black-Scholes delta: the derivative "
                           f"{derivative!r} has no greeks")
 
@@ -91,8 +89,8 @@ def make_hedger(cfg: Config, parts: RunParts, policy_kind: str | None = None, co
     n = len(instrument_names(parts))
     policy = build_policy(cfg, n, policy_kind)
     objective = build_objective(cfg)
-    if policy_kind is None and getattr(policy, "outputs_positions", None) is not None:
-        _check_delta(cfg, policy, parts.derivative)
+    if policy_kind is None:
+        _check_delta(cfg, parts.derivative)
     k = cfg.training.kfac
     hedger = Hedger(policy, objective, ggn_mode=k.ggn_mode, ggn_cost_l2=k.ggn_cost_l2,
                     curvature_paths=k.curvature_paths, natural_units=cfg.hedges.natural_units, dtype=cfg.dtype)

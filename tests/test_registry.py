@@ -123,3 +123,15 @@ def test_a_user_registered_kind_is_a_config_kind():
     with pytest.raises(ValueError, match="not a user-registered kind"):
         registry.POLICIES.unregister("mlp")
     assert "mlp" in registry.POLICIES.kinds()
+
+
+def test_python_derivative_in_the_simulate_job_and_a_delta_policy_without_greeks(user_module, tmp_path):
+    from deephedge_tf.run import simulate_job
+    from deephedge_tf.training import build_parts, make_hedger
+
+    report = simulate_job(python_cfg("simulation.paths=256"), tmp_path / "sim", echo=lambda *_: None)
+    assert report["price"]["reference"] is None and report["price"]["monte_carlo"] > 0  # the user's Asian call
+    cfg = python_cfg("policy.kind=bs_delta", "policy.callable=''", "hedges.spot.enabled=true")
+    with pytest.raises(ConfigError) as info:
+        make_hedger(cfg, build_parts(cfg), compile=False)
+    assert info.value.key == "policy.kind" and "has no greeks" in info.value.allowed

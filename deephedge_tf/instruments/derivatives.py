@@ -62,6 +62,10 @@ class Derivative:
     def features(self, paths: MarketPaths) -> dict:
         return {}
 
+    def maturity_years(self, market) -> float:
+        """The maturity in years on ``market``'s grid (the horizon when ``maturity_steps`` is None)."""
+        return (self.maturity_steps or market.steps) * market.dt
+
 
 class PathDerivative(Derivative):
     """A derivative from a payoff function of the paths.
@@ -131,7 +135,7 @@ class EuropeanOption(Derivative):
         return _black_scholes_greeks(spot, self.strike, tau, vol, self.is_call)
 
     def reference_price(self, market) -> float:
-        return market.vanilla_price(self.strike, (self.maturity_steps or market.steps) * market.dt, self.is_call)
+        return market.vanilla_price(self.strike, self.maturity_years(market), self.is_call)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,7 +160,7 @@ class CallSpread(Derivative):
         return low[0] - high[0], low[1] - high[1]
 
     def reference_price(self, market) -> float:
-        years = (self.maturity_steps or market.steps) * market.dt
+        years = self.maturity_years(market)
         return market.vanilla_price(self.strike_low, years, True) - market.vanilla_price(self.strike_high, years, True)
 
 
