@@ -135,3 +135,14 @@ def test_python_derivative_in_the_simulate_job_and_a_delta_policy_without_greeks
     with pytest.raises(ConfigError) as info:
         make_hedger(cfg, build_parts(cfg), compile=False)
     assert info.value.key == "policy.kind" and "has no greeks" in info.value.allowed
+
+
+def test_registration_and_binding_errors_are_named():
+    with pytest.raises(ValueError, match="kind 'my policy' must be an identifier other than 'python'"):
+        registry.POLICIES.register("my policy", lambda *a: None)
+    with pytest.raises(ValueError, match="must be an identifier other than 'python'"):
+        registry.POLICIES.register("python", lambda *a: None)
+    cfg = from_dict({"market": {"model": "rough_bergomi"}, "hedges": {"variance_swap": {"enabled": True}}})
+    with pytest.raises(ConfigError) as info:
+        builders.build_hedges(cfg)
+    assert info.value.key == "hedges" and "has no variance_reversion" in info.value.allowed
