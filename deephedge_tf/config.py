@@ -505,7 +505,20 @@ def from_dict(data: Optional[dict], overrides: Sequence[str] = ()) -> Config:
 
 
 def load_config(path, overrides: Sequence[str] = ()) -> Config:
-    """Reads a YAML config file and validates it (see module doc)."""
+    """Reads a YAML config file and validates it (see module doc); ``overrides`` are ``key=value``
+    strings applied after the file, as the command line's ``--set``.
+
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "task.yaml")
+    >>> _ = open(path, "w").write("market: {model: gbm, s0: 100.0}\\nderivative: {kind: european, strike: 1.0}\\n")
+    >>> cfg = load_config(path, ["training.learning_rate=0.01"])
+    >>> cfg.market.model, cfg.training.learning_rate, cfg.policy.kind    # unset keys take their defaults
+    ('gbm', 0.01, 'recurrent')
+    >>> load_config(path, ["policy.widht=3"])
+    Traceback (most recent call last):
+    ...
+    deephedge_tf.errors.ConfigError: config key 'policy.widht': got 3; allowed: a known key of 'policy': ... (did you mean 'width'?)
+    """
     p = Path(path)
     if not p.is_file():
         raise ConfigError("<file>", str(path), "an existing YAML config file")

@@ -169,6 +169,19 @@ def export_policy(policy, path, *, num_steps: int, num_features: int, num_instru
         complete).
 
     Returns the ``Path`` written.  See the module docstring for the endpoints.
+
+    Exported, loaded back with TensorFlow alone and called one step at a time, as a risk system would:
+
+    >>> import os, tempfile
+    >>> import tensorflow as tf
+    >>> from deephedge_tf.policies import BlackScholesDeltaPolicy
+    >>> from deephedge_tf.policies.base import example_observations
+    >>> path = export_policy(BlackScholesDeltaPolicy(num_instruments=1), os.path.join(tempfile.mkdtemp(), "bs-delta"),
+    ...                      num_steps=5, num_features=4)
+    >>> served = tf.saved_model.load(str(path))
+    >>> out = served.signatures["one_step"](prev_action=tf.zeros([3, 1]), **example_observations(num_instruments=1))
+    >>> out["action"].numpy()[:, 0]  # buys the delta, 0.5, from no holdings
+    array([0.5, 0.5, 0.5], dtype=float32)
     """
     policy = getattr(policy, "policy", policy)
     if not isinstance(policy, Policy):

@@ -103,6 +103,14 @@ def make_batch(paths: MarketPaths, derivative, instruments) -> dict:
     Keras slices, shuffles and (under tf.distribute) shards data along axis 0, so batches cross the
     ``fit`` boundary batch-first: every ``[T, B, ...]`` tensor of the module docstring is delivered
     as ``[B, T, ...]``.  The hedger turns them back to time-major (:func:`time_major`).
+
+    >>> import deephedge_tf as dh
+    >>> market, call = dh.GBM(s0=100.0, steps=5, dt=1 / 365), dh.EuropeanOption(strike=100.0)
+    >>> batch = make_batch(market.simulate(4), call, [dh.Spot()])
+    >>> feature_names(call), tuple(batch["obs"]["features"].shape), tuple(batch["returns"].shape)
+    (('time', 'log_moneyness', 'vol'), (4, 5, 3), (4, 5, 1))
+    >>> tuple(time_major(batch)["returns"].shape)
+    (5, 4, 1)
     """
     h = hedge_tensors(instruments, paths)
     batch = {"obs": observations(paths, derivative), "premiums": h.premiums, "returns": h.returns,

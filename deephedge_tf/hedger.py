@@ -20,18 +20,6 @@ with returns R, premiums P and cost rates c from the instruments (deephedge_tf.i
 Training never applies a non-finite update: a step whose loss or gradients are not all finite is
 skipped (no variable changes, the optimizer's iteration count included) and counted in the
 ``skipped_steps`` metric.
-
-    >>> import deephedge_tf as dh
-    >>> from deephedge_tf.features import make_batch
-    >>> market = dh.GBM(s0=100.0, sigma=0.2, steps=10, dt=1 / 365)
-    >>> call = dh.EuropeanOption(strike=100.0)
-    >>> batch = make_batch(market.simulate(256), call, [dh.Spot(cost=1e-3)])
-    >>> hedger = Hedger(dh.BlackScholesDeltaPolicy(), dh.MeanVariance(gamma=1.0))
-    >>> out = hedger(batch)
-    >>> tuple(out["actions"].shape), tuple(out["pnl"].shape)          # time-major actions, [B] per path
-    ((10, 256, 1), (256,))
-    >>> bool(out["pnl"].numpy().std() < 0.3 * batch["payoff"].numpy().std())   # the delta hedge works
-    True
 """
 
 from __future__ import annotations
@@ -126,6 +114,18 @@ class Hedger(keras.Model):
     With an optimizer that takes curvature statistics (:class:`deephedge_tf.optimizers.DHKFAC`) the train
     step is :func:`deephedge_tf.optimizers.train_step.curvature_train_step`: every Dense and LSTM layer of
     the policy is captured (:mod:`deephedge_tf.optimizers.capture`), whatever the policy.
+
+    >>> import deephedge_tf as dh
+    >>> from deephedge_tf.features import make_batch
+    >>> market = dh.GBM(s0=100.0, sigma=0.2, steps=10, dt=1 / 365)
+    >>> call = dh.EuropeanOption(strike=100.0)
+    >>> batch = make_batch(market.simulate(256), call, [dh.Spot(cost=1e-3)])
+    >>> hedger = Hedger(dh.BlackScholesDeltaPolicy(), dh.MeanVariance(gamma=1.0))
+    >>> out = hedger(batch)
+    >>> tuple(out["actions"].shape), tuple(out["pnl"].shape)          # time-major actions, [B] per path
+    ((10, 256, 1), (256,))
+    >>> bool(out["pnl"].numpy().std() < 0.3 * batch["payoff"].numpy().std())   # the delta hedge works
+    True
     """
 
     def __init__(self, policy, objective, ggn_mode: str = "exact", ggn_cost_l2: float = 0.0,

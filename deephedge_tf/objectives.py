@@ -116,6 +116,19 @@ class Objective(keras.layers.Layer):
 
     Inputs are never autocast to the layer's dtype: the loss is computed in the dtype of ``pnl``, so
     a float64 PnL is not rounded to float32 by a float32 layer.
+
+    A risk measure of one's own: the worst outcome (trainable with Adam; a second-order optimizer also
+    needs :meth:`output_curvature`):
+
+    >>> import tensorflow as tf
+    >>> class WorstCase(Objective):
+    ...     kind = "worst_case"
+    ...     def call(self, pnl, costs=None):
+    ...         return self.risk(pnl)
+    ...     def risk(self, pnl):
+    ...         return -tf.reduce_min(tf.convert_to_tensor(pnl))
+    >>> float(WorstCase().risk([1.0, -2.0, 0.5])), float(WorstCase().certainty_equivalent([1.0, -2.0]))
+    (2.0, -2.0)
     """
 
     kind: str = ""
@@ -228,6 +241,13 @@ class MeanVariance(Objective):
 
     Args:
       gamma: risk aversion ``>= 0``, in 1 / currency units.
+
+    >>> mv = MeanVariance(gamma=1.0)
+    >>> float(mv.risk([1.0, -1.0]))  # -mean 0 + variance 1
+    1.0
+    >>> import tensorflow as tf
+    >>> round(float(mv(tf.constant([1.0, -1.0]), costs=tf.constant([0.5, 0.1]))), 6)  # variance 1 + mean cost 0.3
+    1.3
     """
 
     kind = "mean_variance"
@@ -365,6 +385,16 @@ class EntropicRisk(OCEObjective):
 
     Args:
       a: risk aversion ``> 0``, in 1 / currency units.
+
+    For PnL ``+-1`` with equal weight and ``a = 1`` the risk is ``log cosh 1``; cash invariance:
+    ``rho(X + c) = rho(X) - c``.
+
+    >>> import math
+    >>> er = EntropicRisk(a=1.0)
+    >>> round(float(er.risk([1.0, -1.0])), 6), round(math.log(math.cosh(1.0)), 6)
+    (0.433781, 0.433781)
+    >>> round(float(er.risk([3.0, 1.0])), 6)
+    -1.566219
     """
 
     kind = "entropic"
@@ -408,6 +438,10 @@ class ExponentialUtility(EntropicRisk):
 
     Args:
       a: absolute risk aversion ``> 0``, in 1 / currency units.
+
+    >>> eu = ExponentialUtility(a=2.0)
+    >>> float(eu.expected_utility([0.0, 0.0])), float(eu.certainty_equivalent([0.5, 0.5]))
+    (-1.0, 0.5)
     """
 
     kind = "exponential_utility"
@@ -569,6 +603,14 @@ def indifference_price(objective: Objective, pnl_with_liability, pnl_without_lia
 
     Returns:
       Scalar tensor, currency units; float64 if either input is float64, else float32.
+
+    A short liability that pays a sure 2 has price 2 under any cash-invariant measure; a risky one
+    costs more than its mean:
+
+    >>> float(indifference_price(EntropicRisk(a=1.0), [-2.0, -2.0]))
+    2.0
+    >>> float(indifference_price(ExpectedShortfall(alpha=0.5), [-1.0, -3.0], [0.0, 0.0]))
+    3.0
     """
     x = _as_pnl(pnl_with_liability, "pnl_with_liability")
     if pnl_without_liability is None:

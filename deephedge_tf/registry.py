@@ -14,7 +14,19 @@ from Python::
 Every component also accepts ``kind: python`` (``model: python`` for markets, ``optimizer: python`` for
 the optimizer) with ``callable: "package.module:name"`` and ``params``, its keyword arguments; the
 callable is checked against them before it is called (:func:`call_configured`), with the same errors as
-any other key:
+any other key.  The library also passes what it knows, each argument only where the callable's
+signature has a parameter of that name (or ``**kwargs``), so a callable need not take them:
+
+=====================  ===============================================================
+component              passed by the library, besides ``params``
+=====================  ===============================================================
+market                 ``steps``, ``dt``, ``s0``, ``seed``, ``dtype``
+policy                 ``dtype``, ``name``
+objective              ``dtype``
+derivative, optimizer  (nothing)
+=====================  ===============================================================
+
+A name in ``params`` that the library passes is an error (set it where the library reads it).
 
     >>> load_callable("math:sqrt", "policy.callable")(4.0)
     2.0

@@ -31,14 +31,27 @@ from deephedge_tf.training import instrument_names
 
 
 def mean_and_se(x) -> tuple[float, float]:
-    """Sample mean and its standard error."""
+    """Sample mean and its standard error.
+
+    >>> mean_and_se([1.0, 2.0, 3.0])  # se = 1 / sqrt(3)
+    (2.0, 0.5773502691896258)
+    """
     x = np.asarray(x, np.float64).ravel()
     return float(x.mean()), float(x.std(ddof=1) / math.sqrt(x.size))
 
 
 def reference_price(market, derivative):
     """(price, method) of the derivative from the market's pricer (``derivative.reference_price(market)``),
-    or (None, why not): the derivative has no closed form, the market no pricing model, or a drift."""
+    or (None, why not): the derivative has no closed form, the market no pricing model, or a drift.
+
+    >>> import deephedge_tf as dh
+    >>> market, call = dh.GBM(s0=100.0, steps=5, dt=1 / 365), dh.EuropeanOption(strike=100.0)
+    >>> price, method = reference_price(market, call)
+    >>> round(price, 4), method
+    (0.9338, 'Black-Scholes')
+    >>> reference_price(dh.RoughBergomi(s0=100.0), call)
+    (None, 'none (RoughBergomi has no pricing model)')
+"""
     from deephedge_tf.market.models import NoPricingMeasure
 
     price_of = getattr(derivative, "reference_price", None)

@@ -61,7 +61,12 @@ def instrument_names(parts: RunParts) -> list[str]:
 
 @keras.saving.register_keras_serializable(package="deephedge_tf")
 class WarmupExponentialDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up from 0 to ``peak`` over ``warmup_steps``, then ``peak * rate ** (s / decay_steps)``."""
+    """Linear warm-up from 0 to ``peak`` over ``warmup_steps``, then ``peak * rate ** (s / decay_steps)``.
+
+    >>> schedule = WarmupExponentialDecay(1e-2, warmup_steps=10, decay_rate=0.5, decay_steps=100)
+    >>> [round(float(schedule(step)), 6) for step in (0, 9, 110)]  # ramping, at the peak, one halving later
+    [0.001, 0.01, 0.005]
+"""
 
     def __init__(self, peak: float, warmup_steps: int = 0, decay_rate: float = 1.0, decay_steps: int = 1000):
         self.peak, self.warmup_steps = float(peak), int(warmup_steps)

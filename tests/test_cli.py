@@ -94,6 +94,19 @@ def test_tensorflow_start_up_lines_only_with_verbose(tmp_path):
     assert verbose.stderr.strip() != ""
 
 
+def test_no_runtime_line_at_the_first_training_batches():
+    """Training reads batches through a generator dataset, whose first use logs a malloc setting from
+    the C++ runtime ("Memory patch applied"); after the CLI's quiet import nothing reaches stderr."""
+    code = ("from deephedge_tf.cli import quiet_tensorflow; quiet_tensorflow()\n"
+            "import tensorflow as tf\n"
+            "spec = tf.TensorSpec([], tf.float32)\n"
+            "print(sum(float(x) for x in tf.data.Dataset.from_generator(lambda: iter([1.0, 2.0]), "
+            "output_signature=spec)))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "3.0", proc.stderr
+    assert proc.stderr == "", proc.stderr
+
+
 def test_train_with_dhkfac_on_a_band_policy_from_the_cli(tmp_path):
     """`deephedge train CONFIG --set training.optimizer=dhkfac` works for a policy other than the
     recurrent one (here the no-transaction band under expected shortfall)."""

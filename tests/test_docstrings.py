@@ -13,7 +13,11 @@ MODULES = ["deephedge_tf.optimizers.capture", "deephedge_tf.optimizers.losses",
            "deephedge_tf.policies.base", "deephedge_tf.registry", "deephedge_tf.market.rough_bergomi",
            "deephedge_tf.files", "deephedge_tf.pricing.black_scholes", "deephedge_tf.pricing.heston",
            "deephedge_tf.hedger", "deephedge_tf.validation", "deephedge_tf.evaluation.metrics",
-           "deephedge_tf.policies", "deephedge_tf.optimizers.kfac"]
+           "deephedge_tf.policies", "deephedge_tf.optimizers.kfac", "deephedge_tf.policies.base",
+           "deephedge_tf.policies.baselines", "deephedge_tf.policies.bands", "deephedge_tf.policies.mlp",
+           "deephedge_tf.policies.recurrent", "deephedge_tf.market.paths", "deephedge_tf.market.historical",
+           "deephedge_tf.market.heston", "deephedge_tf.config", "deephedge_tf.export", "deephedge_tf.layers",
+           "deephedge_tf.pricing.tables", "deephedge_tf.features", "deephedge_tf.training", "deephedge_tf.run"]
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -22,3 +26,20 @@ def test_docstring_examples(name):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0
     assert result.attempted > 0  # the module does carry examples
+
+
+def test_every_top_level_name_has_its_own_example():
+    """Every public class and function of the top level carries a runnable example in its own
+    docstring, in a module whose examples the test above runs."""
+    import inspect
+
+    import deephedge_tf as dh
+
+    missing = []
+    for name in dh.__all__:
+        if name == "__version__":
+            continue
+        obj = getattr(dh, name)
+        if ">>>" not in (inspect.getdoc(obj) or "") or obj.__module__ not in MODULES:
+            missing.append(f"{name} ({obj.__module__})")
+    assert not missing, "without a doctested example: " + ", ".join(missing)

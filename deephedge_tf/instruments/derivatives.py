@@ -50,7 +50,19 @@ def _maturity(steps: Optional[int], paths: MarketPaths) -> int:
 
 
 class Derivative:
-    """The optional parts of the derivative protocol (module doc), as defaults."""
+    """The optional parts of the derivative protocol (module doc), as defaults.
+
+    Subclass it and write ``payoff`` (the rest is optional):
+
+    >>> import tensorflow as tf
+    >>> from deephedge_tf.market.paths import MarketPaths
+    >>> spot = tf.constant([[100.0, 100.0], [110.0, 95.0], [105.0, 90.0]])  # [T + 1, B]: 2 steps, 2 paths
+    >>> paths = MarketPaths(dt=0.01, spot=spot, variance=tf.fill([3, 2], 0.04), integrated_variance=tf.zeros([3, 2]))
+    >>> class Digital(Derivative):
+    ...     def payoff(self, paths):
+    ...         return tf.cast(paths.spot[-1] > 100.0, paths.dtype)
+    >>> Digital().payoff(paths).numpy(), Digital().feature_names
+    (array([1., 0.], dtype=float32), ())"""
 
     maturity_steps: Optional[int] = None
     moneyness_strike: Optional[float] = None
@@ -77,6 +89,14 @@ class PathDerivative(Derivative):
         time), observed by the policy after the standard features; keep them O(1) in size.
       maturity_steps: the maturity in steps (None: the horizon); used for the time-to-maturity input.
       moneyness_strike: a strike for the ``log(S / K)`` feature (None: ``log(S / S_0)``).
+
+    >>> import tensorflow as tf
+    >>> from deephedge_tf.market.paths import MarketPaths
+    >>> spot = tf.constant([[100.0, 100.0], [110.0, 95.0], [105.0, 90.0]])  # [T + 1, B]: 2 steps, 2 paths
+    >>> paths = MarketPaths(dt=0.01, spot=spot, variance=tf.fill([3, 2], 0.04), integrated_variance=tf.zeros([3, 2]))
+    >>> best_of = PathDerivative(lambda p: tf.reduce_max(p.spot, axis=0) - p.spot[0], name="best_of")
+    >>> best_of.payoff(paths).numpy()
+    array([10.,  0.], dtype=float32)
     """
 
     def __init__(self, payoff: Callable, name: str = "path_derivative", features: Mapping | None = None,
@@ -116,7 +136,20 @@ def _black_scholes_greeks(spot, strike, tau, vol, is_call=True):
 
 @dataclasses.dataclass(frozen=True)
 class EuropeanOption(Derivative):
-    """European call or put: ``max(S_n - K, 0)`` or ``max(K - S_n, 0)``."""
+    """European call or put: ``max(S_n - K, 0)`` or ``max(K - S_n, 0)``.
+
+    >>> import tensorflow as tf
+    >>> from deephedge_tf.market.paths import MarketPaths
+    >>> spot = tf.constant([[100.0, 100.0], [110.0, 95.0], [105.0, 90.0]])  # [T + 1, B]: 2 steps, 2 paths
+    >>> paths = MarketPaths(dt=0.01, spot=spot, variance=tf.fill([3, 2], 0.04), integrated_variance=tf.zeros([3, 2]))
+    >>> EuropeanOption(strike=100.0).payoff(paths).numpy(), EuropeanOption(100.0, is_call=False).payoff(paths).numpy()
+    (array([5., 0.], dtype=float32), array([ 0., 10.], dtype=float32))
+
+    Its reference price asks the market's pricer (Black-Scholes on GBM; 30 days at 20% vol):
+
+    >>> from deephedge_tf.market.models import GBM
+    >>> round(EuropeanOption(strike=100.0).reference_price(GBM(s0=100.0, sigma=0.2, steps=30, dt=1 / 365)), 4)
+    2.2872"""
 
     strike: float
     is_call: bool = True
@@ -140,7 +173,14 @@ class EuropeanOption(Derivative):
 
 @dataclasses.dataclass(frozen=True)
 class CallSpread(Derivative):
-    """Long a call at ``strike_low``, short a call at ``strike_high``: payoff in [0, K_high - K_low]."""
+    """Long a call at ``strike_low``, short a call at ``strike_high``: payoff in [0, K_high - K_low].
+
+    >>> import tensorflow as tf
+    >>> from deephedge_tf.market.paths import MarketPaths
+    >>> spot = tf.constant([[100.0, 100.0], [110.0, 95.0], [105.0, 90.0]])  # [T + 1, B]: 2 steps, 2 paths
+    >>> paths = MarketPaths(dt=0.01, spot=spot, variance=tf.fill([3, 2], 0.04), integrated_variance=tf.zeros([3, 2]))
+    >>> CallSpread(strike_low=100.0, strike_high=103.0).payoff(paths).numpy()
+    array([3., 0.], dtype=float32)"""
 
     strike_low: float
     strike_high: float
@@ -170,6 +210,17 @@ class LookbackCall(Derivative):
 
     The policy observes ``log_running_max``, ``log(M_k / K)`` with ``M_k = max_{j <= k} S_j`` at each
     decision time (``path_features=False``: not).
+
+    >>> import tensorflow as tf
+    >>> from deephedge_tf.market.paths import MarketPaths
+    >>> spot = tf.constant([[100.0, 100.0], [110.0, 95.0], [105.0, 90.0]])  # [T + 1, B]: 2 steps, 2 paths
+    >>> paths = MarketPaths(dt=0.01, spot=spot, variance=tf.fill([3, 2], 0.04), integrated_variance=tf.zeros([3, 2]))
+    >>> lookback = LookbackCall(strike=100.0)
+    >>> lookback.payoff(paths).numpy()  # the first path peaked at 110
+    array([10.,  0.], dtype=float32)
+    >>> lookback.features(paths)["log_running_max"].numpy().round(4)  # [T, B], at t_0 and t_1
+    array([[0.    , 0.    ],
+           [0.0953, 0.    ]], dtype=float32)
     """
 
     strike: float
@@ -207,6 +258,16 @@ class Cliquet(Derivative):
     The policy observes ``log_period``, ``log(S_k / S_last_reset)``, and ``payoff_now``, the payoff if
     the cliquet matured at ``t_k`` (capped returns of completed periods plus the current one, floored)
     (``path_features=False``: neither).
+
+    Resets every step, capped at 5%: the first path earns min(10%, 5%) then -4.55%; the second path's
+    sum is negative and floored at 0.
+
+    >>> import tensorflow as tf
+    >>> from deephedge_tf.market.paths import MarketPaths
+    >>> spot = tf.constant([[100.0, 100.0], [110.0, 95.0], [105.0, 90.0]])  # [T + 1, B]: 2 steps, 2 paths
+    >>> paths = MarketPaths(dt=0.01, spot=spot, variance=tf.fill([3, 2], 0.04), integrated_variance=tf.zeros([3, 2]))
+    >>> Cliquet(reset_every=1, local_cap=0.05).payoff(paths).numpy().round(4)
+    array([0.0045, 0.    ], dtype=float32)
     """
 
     reset_every: int
@@ -255,6 +316,13 @@ class VarianceSwap(Derivative):
 
     Realised variance = ``sum_k log(S_{k+1}/S_k)**2 / (n * dt)`` over the ``n`` steps to maturity,
     with zero-mean convention (no mean subtracted), as in most term sheets.
+
+    >>> import tensorflow as tf
+    >>> from deephedge_tf.market.paths import MarketPaths
+    >>> spot = tf.constant([[100.0, 100.0], [110.0, 95.0], [105.0, 90.0]])  # [T + 1, B]: 2 steps, 2 paths
+    >>> paths = MarketPaths(dt=0.01, spot=spot, variance=tf.fill([3, 2], 0.04), integrated_variance=tf.zeros([3, 2]))
+    >>> VarianceSwap(variance_strike=0.04).payoff(paths).numpy().round(3)  # (ln 1.1^2 + ln(105/110)^2) / 0.02 - 0.04
+    array([0.522, 0.238], dtype=float32)
     """
 
     variance_strike: float

@@ -90,6 +90,17 @@ def load_price_series(
       DataError: naming the file and the problem (missing file, unreadable CSV, missing column,
         unparseable date, missing/non-finite/non-positive price, unsorted or duplicate dates,
         too few rows), with the offending row and date where there is one.
+
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "prices.csv")
+    >>> _ = open(path, "w").write("date,close\\n2024-01-02,100.0\\n2024-01-03,101.5\\n2024-01-04,99.0\\n")
+    >>> load_price_series(path).to_list()
+    [100.0, 101.5, 99.0]
+    >>> _ = open(path, "w").write("date,close\\n2024-01-02,100.0\\n2024-01-03,101.5\\n2024-01-04,-1\\n")
+    >>> load_price_series(path)
+    Traceback (most recent call last):
+    ...
+    deephedge_tf.errors.DataError: price file '...prices.csv': price -1 in column 'close' at row 3 (date 2024-01-04) is not positive; prices must be > 0
     """
     path = Path(path)
     where = f"price file {str(path)!r}"
@@ -208,6 +219,13 @@ class HistoricalMarket:
 
     Notation: ``r[j] = log(S[j + 1] / S[j])``, ``j = 0 .. N - 1`` with ``N = n - 1``, are the daily
     log returns of the series.
+
+    >>> import numpy as np, pandas as pd
+    >>> returns = np.tile([0.01, -0.01], 30)  # daily log returns of +-1%: realised variance 1e-4 / dt
+    >>> prices = pd.Series(100.0 * np.exp(np.cumsum(returns)), index=pd.bdate_range("2024-01-01", periods=60))
+    >>> paths = HistoricalMarket(prices, vol_window=5).rolling_windows(10)
+    >>> tuple(paths.spot.shape), round(float(paths.variance[0, 0]), 6)  # 45 windows of 11 prices; 1e-4 * 252
+    ((11, 45), 0.0252)
     """
 
     def __init__(
@@ -471,6 +489,14 @@ class HistoricalPaths:
         ``vol_window``).
       steps: steps per path.  s0: the paths' initial spot.  method, block_length, stride: as above.
       seed: the bootstrap stream's seed.  dtype: ``"float32"`` or ``"float64"``.
+
+    >>> import numpy as np, pandas as pd
+    >>> returns = np.tile([0.01, -0.01], 30)  # daily log returns of +-1%: realised variance 1e-4 / dt
+    >>> prices = pd.Series(100.0 * np.exp(np.cumsum(returns)), index=pd.bdate_range("2024-01-01", periods=60))
+    >>> market = HistoricalPaths(prices, steps=10, s0=100.0, vol_window=5)  # block bootstrap
+    >>> paths = market.simulate(8)
+    >>> tuple(paths.spot.shape), float(paths.spot[0, 0]), round(float(paths.variance[5, 3]), 6)
+    ((11, 8), 100.0, 0.0252)
     """
 
     pricing_method = None

@@ -84,6 +84,13 @@ class GBM(_Grid):
       simulation measure is the pricing measure).  steps, dt: the grid (``T`` steps of ``dt`` years).
       seed: the path stream's seed.  antithetic, sobol: sampling (:func:`deephedge_tf.market.random.
       path_normals`).  dtype: ``"float32"`` or ``"float64"``.
+
+    Without drift the spot is a martingale; a Monte Carlo check within three standard errors:
+
+    >>> market = GBM(s0=100.0, sigma=0.2, steps=30, dt=1 / 365)
+    >>> final = market.simulate(100_000).spot[-1].numpy()
+    >>> bool(abs(final.mean() - 100.0) < 3 * final.std() / len(final) ** 0.5)
+    True
     """
 
     s0: float = 1.0

@@ -36,6 +36,17 @@ class MarketPaths:
       integrated_variance: ``[T + 1, B]`` cumulative variance ``int_0^{t_k} v ds`` (scheme-consistent
         for simulators; cumulative squared log returns for historical data).  Starts at 0.
       features: extra ``[T + 1, B]`` observables by name (e.g. ``"realized_vol_20"``).
+
+    >>> import tensorflow as tf
+    >>> spot = tf.constant([[100.0, 100.0], [110.0, 95.0], [105.0, 90.0]])  # 2 steps, 2 paths
+    >>> paths = MarketPaths(dt=0.5, spot=spot, variance=tf.fill([3, 2], 0.04), integrated_variance=tf.zeros([3, 2]))
+    >>> paths.num_steps, paths.batch_size, paths.times.numpy()
+    (2, 2, array([0. , 0.5, 1. ], dtype=float32))
+    >>> paths.log_returns.numpy().round(4)  # [T, B]
+    array([[ 0.0953, -0.0513],
+           [-0.0465, -0.0541]], dtype=float32)
+    >>> paths.slice_paths(1, 2).spot.numpy()[:, 0]
+    array([100.,  95.,  90.], dtype=float32)
     """
 
     dt: float

@@ -26,13 +26,8 @@ few hundred steps of hedging problems; the hybrid scheme (Bennedsen, Lunde & Pak
 The market has no closed-form pricer: no ``vanilla_price`` (reports say there is no reference price),
 no premium model for option hedges; the spot and user-defined instruments hedge it.
 
-From Python and from YAML (registered as ``market.model: rough_bergomi``, its parameters in
-``market.params``)::
-
-    >>> market = RoughBergomi(xi0=0.04, eta=1.9, hurst=0.1, rho=-0.9, s0=100.0, steps=20, dt=1 / 252)
-    >>> paths = market.simulate(16)
-    >>> tuple(paths.spot.shape), tuple(paths.variance.shape)
-    ((21, 16), (21, 16))
+Usable from Python (:class:`RoughBergomi`) and from YAML (registered as ``market.model: rough_bergomi``,
+its parameters in ``market.params``).
 """
 
 from __future__ import annotations
@@ -75,6 +70,11 @@ class RoughBergomi:
       hurst: Hurst exponent ``H``, ``0 < H < 1/2``.
       rho: correlation of the spot with the variance driver, ``-1 <= rho <= 1``.
       s0, steps, dt, seed, dtype: the spot, the grid, the path stream's seed and the precision.
+
+    >>> market = RoughBergomi(xi0=0.04, eta=1.9, hurst=0.1, rho=-0.9, s0=100.0, steps=20, dt=1 / 252)
+    >>> paths = market.simulate(16)
+    >>> tuple(paths.spot.shape), tuple(paths.variance.shape)
+    ((21, 16), (21, 16))
     """
 
     pricing_method = None

@@ -95,6 +95,16 @@ class NoTransactionBandPolicy(_BandPolicy):
         ``obs["bs_delta"] -/+ leaky_relu(outputs)``).
 
     ``features [B, F] -> MLP -> [B, 2] -> band -> clamp(holdings[:, 0]) -> trades [B, N]``.
+
+    >>> import tensorflow as tf
+    >>> from deephedge_tf.policies.base import example_observations
+    >>> obs, no_trades = example_observations(), tf.zeros([3, 2])  # delta 0.5, no holdings, N = 2
+    >>> policy = NoTransactionBandPolicy(num_layers=1, width=8)
+    >>> action, _ = policy(obs, no_trades)
+    >>> lower, upper = policy.band(obs)
+    >>> target = min(max(0.0, float(lower[0])), float(upper[0]))  # the holdings (0) clamped to the band
+    >>> bool(abs(float(action[0, 0]) - target) < 1e-6), float(action[0, 1])  # trades the spot only
+    (True, 0.0)
     """
 
     def __init__(self, num_instruments: int | None = None, num_layers: int = 2, width: int = 32, anchor: str = "none",
@@ -127,6 +137,15 @@ class DeltaAnchoredBandPolicy(_BandPolicy):
       num_layers, width: hidden ReLU layers of the half-width network.
 
     ``features [B, F] -> MLP -> [B, 1] -> softplus -> f [B]``; trades ``[B, N]``.
+
+    >>> import tensorflow as tf
+    >>> from deephedge_tf.policies.base import example_observations
+    >>> obs, no_trades = example_observations(), tf.zeros([3, 2])  # delta 0.5, no holdings, N = 2
+    >>> policy = DeltaAnchoredBandPolicy(num_layers=1, width=8)
+    >>> action, _ = policy(obs, no_trades)
+    >>> lower, upper = policy.band(obs)
+    >>> round(float((lower[0] + upper[0]) / 2), 6), bool(lower[0] <= action[0, 0] <= upper[0])  # centred on delta
+    (0.5, True)
     """
 
     num_outputs = 1

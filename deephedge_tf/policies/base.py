@@ -50,7 +50,17 @@ OBS_KEYS = ("features", "mask", "holdings", "spot", "variance", "tau", "bs_delta
 
 
 class Policy(keras.layers.Layer):
-    """Base class of all policies (see module docstring for the call contract)."""
+    """Base class of all policies (see module docstring for the call contract).
+
+    A policy of one's own writes :meth:`step`; here, half the Black-Scholes delta in the spot:
+
+    >>> class HalfDelta(Policy):
+    ...     needs_spot = True
+    ...     def step(self, obs, prev_action, state, training=None):
+    ...         return spot_only_trade(0.5 * obs["bs_delta"], obs, self.num_instruments), state
+    >>> action, state = HalfDelta()(example_observations(num_instruments=2), tf.zeros([3, 2]))
+    >>> action.numpy()[0], state  # buys 0.25 spot, leaves the second instrument
+    (array([0.25, 0.  ], dtype=float32), ())"""
 
     #: True for policies that trade the spot in column 0 only (baselines, band networks).
     needs_spot = False
@@ -113,6 +123,22 @@ class Policy(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "num_instruments": self.num_instruments}
+
+
+def example_observations(batch_size: int = 3, num_instruments: int = 2, num_features: int = 4) -> dict:
+    """One step's observations for trying a policy by hand (examples, tests): features 1, all
+    instruments tradable, no holdings, spot 100, variance 0.04, 0.1 years to maturity, delta 0.5,
+    gamma 0.05; the shapes of the table in the module doc.
+
+        >>> obs = example_observations()
+        >>> {key: tuple(value.shape) for key, value in obs.items()}["features"], sorted(obs) == sorted(OBS_KEYS)
+        ((3, 4), True)
+    """
+    b, n = int(batch_size), int(num_instruments)
+    column = lambda value: tf.fill([b], value)  # noqa: E731
+    return {"features": tf.ones([b, int(num_features)]), "mask": tf.ones([b, n]), "holdings": tf.zeros([b, n]),
+            "spot": column(100.0), "variance": column(0.04), "tau": column(0.1), "bs_delta": column(0.5),
+            "bs_gamma": column(0.05)}
 
 
 def spot_only_trade(target_spot, obs, num_instruments: int):

@@ -21,7 +21,14 @@ def _spot_obs(obs, dtype):
 
 @keras.saving.register_keras_serializable(package="deephedge_tf")
 class NoHedgePolicy(Policy):
-    """Never trades: ``u = 0`` ``[B, N]``.  The unhedged liability, a floor every hedge should beat."""
+    """Never trades: ``u = 0`` ``[B, N]``.  The unhedged liability, a floor every hedge should beat.
+
+    >>> import tensorflow as tf
+    >>> from deephedge_tf.policies.base import example_observations
+    >>> obs, no_trades = example_observations(), tf.zeros([3, 2])  # delta 0.5, no holdings, N = 2
+    >>> NoHedgePolicy()(obs, no_trades)[0].numpy()[0]
+    array([0., 0.], dtype=float32)
+"""
 
     def step(self, obs, prev_action, state, training=None):
         return tf.zeros_like(tf.cast(obs["holdings"], self.compute_dtype)), state
@@ -29,7 +36,14 @@ class NoHedgePolicy(Policy):
 
 @keras.saving.register_keras_serializable(package="deephedge_tf")
 class BlackScholesDeltaPolicy(Policy):
-    """Trades the spot to ``obs["bs_delta"]`` at every step (complete delta hedge, costs ignored)."""
+    """Trades the spot to ``obs["bs_delta"]`` at every step (complete delta hedge, costs ignored).
+
+    >>> import tensorflow as tf
+    >>> from deephedge_tf.policies.base import example_observations
+    >>> obs, no_trades = example_observations(), tf.zeros([3, 2])  # delta 0.5, no holdings, N = 2
+    >>> BlackScholesDeltaPolicy()(obs, no_trades)[0].numpy()[0]
+    array([0.5, 0. ], dtype=float32)
+"""
 
     needs_spot = True
     outputs_positions = True
@@ -57,6 +71,16 @@ class WhalleyWilmottPolicy(Policy):
       num_instruments: ``N`` (column 0 must be the spot).
       risk_aversion: ``lambda`` > 0, in 1 / currency units of the PnL.
       cost: ``c`` >= 0, proportional cost rate of the spot (e.g. 1e-3 for 10 bp).
+
+    From no holdings it buys up to the band's lower edge, ``delta - h``:
+
+    >>> import tensorflow as tf
+    >>> from deephedge_tf.policies.base import example_observations
+    >>> obs, no_trades = example_observations(), tf.zeros([3, 2])  # delta 0.5, no holdings, N = 2
+    >>> h = (3 * 1e-3 * 100.0 * 0.05 ** 2 / (2 * 1.0)) ** (1 / 3)
+    >>> trade = WhalleyWilmottPolicy(risk_aversion=1.0, cost=1e-3)(obs, no_trades)[0].numpy()[0, 0]
+    >>> round(float(trade), 5), round(0.5 - h, 5)
+    (0.42789, 0.42789)
     """
 
     needs_spot = True

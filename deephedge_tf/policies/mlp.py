@@ -65,6 +65,14 @@ class MLPPolicy(Policy):
       activation: hidden activation, one of relu, tanh, elu, gelu, silu, softplus, sigmoid, leaky_relu.
 
     Input ``[B, F + N]``; output trades ``[B, N]`` = target ``[B, N]`` - holdings, masked by ``call``.
+
+    >>> import tensorflow as tf
+    >>> from deephedge_tf.policies.base import example_observations
+    >>> obs, no_trades = example_observations(), tf.zeros([3, 2])  # delta 0.5, no holdings, N = 2
+    >>> policy = MLPPolicy(num_layers=1, width=8)          # N from the first observations
+    >>> action, state = policy(obs, no_trades)
+    >>> tuple(action.shape), policy.num_instruments, state
+    ((3, 2), 2, ())
     """
 
     outputs_positions = True

@@ -40,6 +40,16 @@ class RecurrentPolicy(Policy):
       head_scale: factor (> 0) on the head's He-normal kernel; sets the size of the first actions.
 
     State: ``(h_1, c_1, ..., h_n, c_n)``, each ``[B, W]``, zeros at ``t_0``.
+
+    >>> import tensorflow as tf
+    >>> from deephedge_tf.policies.base import example_observations
+    >>> obs, no_trades = example_observations(), tf.zeros([3, 2])  # delta 0.5, no holdings, N = 2
+    >>> policy = RecurrentPolicy(num_instruments=2, num_blocks=2, width=8)
+    >>> action, state = policy(obs, no_trades, policy.initial_state(3))
+    >>> tuple(action.shape), [tuple(s.shape) for s in state], bool(tf.reduce_max(tf.abs(action)) < 0.1)
+    ((3, 2), [(3, 8), (3, 8), (3, 8), (3, 8)], True)
+
+    (The head starts at ``head_scale`` 1e-3: first trades are small.)
     """
 
     def __init__(self, num_instruments: int | None = None, num_blocks: int = 4, width: int = 32,
