@@ -101,7 +101,7 @@ def breakdown(config: str, repeats: int) -> tuple[dict, str]:
     def rows(batch):
         tape, recorder, out, loss = recorded(batch)
         grads = tape.gradient(loss, variables)
-        return grads, _jacobian_rows(hedger._curvature_terms(out), tape, recorder, opt.jacobian_rows, seed)
+        return grads, _jacobian_rows(hedger._curvature_terms(out, batch), tape, recorder, opt.jacobian_rows, seed)
 
     fixed_grads, fixed_rows = rows(batches[0])
     by_name = {b.name: b for b in opt.kronecker_blocks}
@@ -118,21 +118,19 @@ def breakdown(config: str, repeats: int) -> tuple[dict, str]:
     @tf.function
     def line_model(batch):
         def forward():
-            return hedger._curvature_terms(hedger.unroll(first_paths(batch, hedger.curvature_paths), training=True))
+            return hedger._terms_of(first_paths(batch, hedger.curvature_paths))
 
         return directional_curvature(hedger, forward, variables, fixed_grads)
 
     # On the first batch only: the outputs at w come with the train step's own forward pass, so they are
     # computed once here, outside the timed function.
     fixed_batch = batches[0]
-    base_terms = hedger._curvature_terms(hedger.unroll(first_paths(fixed_batch, hedger.curvature_paths),
-                                                       training=True))
+    base_terms = hedger._terms_of(first_paths(fixed_batch, hedger.curvature_paths))
 
     @tf.function
     def finite_difference_line_model():
         def forward():
-            return hedger._curvature_terms(hedger.unroll(first_paths(fixed_batch, hedger.curvature_paths),
-                                                         training=True))
+            return hedger._terms_of(first_paths(fixed_batch, hedger.curvature_paths))
 
         return finite_difference_curvature(hedger, forward, variables, fixed_grads, base_terms)
 

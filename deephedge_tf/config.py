@@ -338,9 +338,12 @@ class KFACConfig:
         "autodiff (forward_mode: exact)")
     diagonal_learning_rate: float = param(1e-3, "Adam step of variables outside Kronecker blocks "
                                           "(RMSNorm scales, an objective's own weights)", gt=0.0)
-    ggn_mode: Literal["exact", "sampled"] = param(
-        "exact", "GGN pseudo-gradients: exact rank one (variance term) or sampled with the L2 cost term")
+    ggn_mode: Literal["exact", "sampled", "majorizer"] = param(
+        "exact", "curvature of the loss in the outputs: the objective's GGN factor only (exact), plus the L2 cost "
+        "surrogate (sampled), or plus the costs' quadratic majorizer at the current trades (majorizer)")
     ggn_cost_l2: float = param(0.0, "weight c2 of the L2 cost surrogate (ggn_mode = sampled)", ge=0.0)
+    ggn_cost_floor: float = param(1.0, "majorizer: trades are floored at this multiple of the instrument's mean "
+                                  "|trade| in the curvature c P / |u|", gt=0.0)
     curvature_paths: Optional[int] = param(
         None, "paths of each batch for the statistics and the exact step model (null: all; the Gauss-Newton "
         "step sized on a quarter of the batch overshoots and is rejected more often, BENCHMARKS.md)", ge=1)

@@ -32,7 +32,7 @@ from deephedge_tf.optimizers.losses import OutputCurvature
 from deephedge_tf.policies.base import policy_rollout
 
 OUTPUT_KEYS = ("pnl", "costs", "gains", "turnover", "actions")
-GGN_MODES = ("exact", "sampled")
+GGN_MODES = ("exact", "sampled", "majorizer")
 
 
 class CostL2Curvature(OutputCurvature):
@@ -62,6 +62,57 @@ class CostL2Curvature(OutputCurvature):
         u = tf.convert_to_tensor(u)
         per_path = tf.reduce_sum(diff(u) * diff(tf.cast(v, u.dtype)), axis=[0, 2])
         return tf.constant(2.0 * self.cost_l2, u.dtype) * tf.reduce_mean(per_path)
+
+
+class CostMajorizerCurvature(OutputCurvature):
+    """Curvature of the proportional costs ``c P |u|`` from their quadratic majorizer at the current trades.
+
+    ``|u|`` has no curvature (zero almost everywhere, a kink at 0), so a Gauss-Newton model without a
+    cost term extrapolates the costs linearly and predicts decreases the loss does not deliver: on a
+    task where costs are a large part of the loss (configs/suite/cliquet_small.yaml) the damping then
+    climbs until the step is a tiny gradient step.  Here each trade ``u0`` (per step, path, instrument)
+    contributes the curvature of the quadratic that touches ``|u|`` at ``u0`` from above,
+    ``|u| <= u^2 / (2 a) + a / 2`` with ``a = sqrt(u0^2 + eps_n^2)`` (the iteratively reweighted least
+    squares bound): per path ``H_b = diag(c P / a)``.  ``eps_n = floor x mean_{t,b} |u_n|`` keeps the
+    weight of trades near zero finite.  Outputs: the actions ``[T, B, N]`` (contracts, time-major);
+    targets: ``c P`` ``[T, B, N]``.  Pseudo-gradients ``sqrt(c P / a) z``, ``z ~ N(0, I)``; the Jacobian
+    rows are the base class's (one sampled row per path; the batch axis is 1, which works because the
+    rows take no per-path scale or centre, as for :class:`CostL2Curvature`).
+
+        >>> import tensorflow as tf
+        >>> u = tf.constant([[[2.0], [0.0]]])          # [T=1, B=2, N=1]: trades 2 and 0
+        >>> cp = tf.constant([[[0.3], [0.3]]])         # c P
+        >>> curvature = CostMajorizerCurvature(floor=1.0)   # eps = mean |u| = 1
+        >>> [round(float(x), 4) for x in curvature.weights(u, cp)[0, :, 0]]   # 0.3 / sqrt(u^2 + 1)
+        [0.1342, 0.3]
+        >>> round(float(curvature.bilinear(u, tf.ones_like(u), tf.ones_like(u), cp)), 4)   # mean over paths
+        0.2171
+    """
+
+    def __init__(self, floor: float = 1.0):
+        if not float(floor) > 0.0:
+            raise ValueError(f"CostMajorizerCurvature: floor must be > 0; got {floor}")
+        self.floor = float(floor)
+
+    def weights(self, outputs, targets):
+        """``c P / sqrt(u^2 + eps^2)`` ``[T, B, N]``, held fixed (no gradient) for the step."""
+        u = tf.stop_gradient(tf.convert_to_tensor(outputs))
+        cost_weight = tf.stop_gradient(tf.cast(targets, u.dtype))
+        typical = tf.reduce_mean(tf.abs(u), axis=[0, 1], keepdims=True)
+        # The tiny absolute term only guards an instrument that is never traded (all u = 0).
+        eps = tf.constant(self.floor, u.dtype) * typical + tf.constant(1e-12, u.dtype)
+        return cost_weight / tf.sqrt(tf.square(u) + tf.square(eps))
+
+    def pseudo_gradient(self, outputs, targets=None, seed=None, sample_weight=None):
+        u = tf.convert_to_tensor(outputs)
+        seed = tf.constant([0, 0], tf.int64) if seed is None else seed
+        z = tf.random.stateless_normal(tf.shape(u), seed, dtype=u.dtype)
+        return tf.sqrt(self.weights(u, targets)) * z
+
+    def bilinear(self, outputs, u, v, targets=None, sample_weight=None):
+        w = self.weights(outputs, targets)
+        u = tf.convert_to_tensor(u)
+        return tf.reduce_mean(tf.reduce_sum(w * u * tf.cast(v, u.dtype), axis=[0, 2]))
 
 
 @keras.saving.register_keras_serializable(package="deephedge_tf")
@@ -103,9 +154,11 @@ class Hedger(keras.Model):
       policy: a :class:`deephedge_tf.policies.base.Policy`.
       objective: a :class:`deephedge_tf.objectives.Objective` layer: ``objective(pnl, costs)`` is the
         training loss (trainable weights of its own, if any, train with the policy).
-      ggn_mode, ggn_cost_l2: curvature for second-order optimizers: the objective's GGN factor in the
-        PnL ("exact"), plus an L2 surrogate of the costs on the actions of weight ggn_cost_l2
-        ("sampled"; :class:`CostL2Curvature`).
+      ggn_mode, ggn_cost_l2, ggn_cost_floor: curvature for second-order optimizers: the objective's GGN
+        factor in the PnL ("exact"), plus an L2 surrogate of the costs on the actions of weight
+        ggn_cost_l2 ("sampled"; :class:`CostL2Curvature`) or the costs' quadratic majorizer at the current
+        trades ("majorizer"; :class:`CostMajorizerCurvature` with ``floor=ggn_cost_floor``; left out when
+        the first batch has no costs).
       curvature_paths: statistics and step model from the first this-many paths of each batch
         (None: all).
       natural_units: measure the policy's trades in natural units of each instrument (set from the
@@ -129,7 +182,8 @@ class Hedger(keras.Model):
     """
 
     def __init__(self, policy, objective, ggn_mode: str = "exact", ggn_cost_l2: float = 0.0,
-                 curvature_paths: int | None = None, natural_units: bool = True, **kwargs):
+                 curvature_paths: int | None = None, natural_units: bool = True, ggn_cost_floor: float = 1.0,
+                 **kwargs):
         super().__init__(**kwargs)
         self.natural_units = bool(natural_units)
         self.policy = policy
@@ -137,6 +191,12 @@ class Hedger(keras.Model):
         if ggn_mode not in GGN_MODES:
             raise ValueError(f"Hedger: ggn_mode must be one of {GGN_MODES}; got {ggn_mode!r}")
         self.ggn_mode, self.ggn_cost_l2 = ggn_mode, float(ggn_cost_l2)
+        self.ggn_cost_floor = float(ggn_cost_floor)
+        if not self.ggn_cost_floor > 0.0:
+            raise ValueError(f"Hedger: ggn_cost_floor must be > 0; got {ggn_cost_floor}")
+        # Whether the batches charge costs (set from the first batch by build_from_batch): without any,
+        # the majorizer's rows would all be zero and cost a Jacobian pass for nothing.
+        self._batches_have_costs = True
         self.curvature_paths = curvature_paths
         # Keras layers cast floating inputs to their compute dtype: the booking layer must compute in
         # the model's dtype (float64 runs stay float64), and so must the policy and objective.
@@ -185,6 +245,7 @@ class Hedger(keras.Model):
         """
         if self.natural_units:
             self.set_instrument_units(batch)
+        self._batches_have_costs = bool(tf.reduce_any(tf.convert_to_tensor(batch["cost_rates"]) > 0))
         small = tf.nest.map_structure(lambda x: tf.convert_to_tensor(x)[:2], batch)
         self._loss(self.unroll(small))
         self.build()
@@ -239,25 +300,34 @@ class Hedger(keras.Model):
     def _uses_curvature(self) -> bool:
         return hasattr(getattr(self, "optimizer", None), "update_curvature")
 
-    def _curvature_terms(self, out) -> list:
+    def _curvature_terms(self, out, batch) -> list:
         """The outputs whose loss curvature a second-order optimizer uses: the PnL with the objective's
-        GGN factor and, with ``ggn_mode="sampled"``, the actions with the L2 cost surrogate."""
+        GGN factor and, by ``ggn_mode``, the actions with a cost curvature (``batch``: batch-major, as
+        ``out`` was made from)."""
         from deephedge_tf.optimizers.train_step import CurvatureTerm
 
         terms = [CurvatureTerm(out["pnl"], self.objective.output_curvature())]
         if self.ggn_mode == "sampled" and self.ggn_cost_l2 > 0.0:
             terms.append(CurvatureTerm(out["actions"], CostL2Curvature(self.ggn_cost_l2)))
+        if self.ggn_mode == "majorizer" and self._batches_have_costs:
+            cost_weight = tf.transpose(tf.convert_to_tensor(batch["cost_rates"]) * batch["premiums"], [1, 0, 2])
+            terms.append(CurvatureTerm(out["actions"], CostMajorizerCurvature(self.ggn_cost_floor),
+                                       targets=tf.cast(cost_weight, out["actions"].dtype)))
         return terms
+
+    def _terms_of(self, batch) -> list:
+        """:meth:`_curvature_terms` of a training-mode pass over ``batch``."""
+        return self._curvature_terms(self.unroll(batch, training=True), batch)
 
     def _curvature_train_step(self, batch):
         from deephedge_tf.optimizers.train_step import curvature_train_step, first_paths
 
         def compute():
             out = self.unroll(batch, training=True)
-            return self._loss(out) / _replicas(), self._curvature_terms(out), out
+            return self._loss(out) / _replicas(), self._curvature_terms(out, batch), out
 
         def forward():
-            return self._curvature_terms(self.unroll(first_paths(batch, self.curvature_paths), training=True))
+            return self._terms_of(first_paths(batch, self.curvature_paths))
 
         loss, out, skipped = curvature_train_step(self, compute, forward, self.curvature_paths)
         return loss * _replicas(), out, skipped
@@ -299,7 +369,7 @@ class Hedger(keras.Model):
     # -- serialisation ---------------------------------------------------------------------
     def get_config(self):
         return {**super().get_config(),
-                "ggn_mode": self.ggn_mode, "ggn_cost_l2": self.ggn_cost_l2,
+                "ggn_mode": self.ggn_mode, "ggn_cost_l2": self.ggn_cost_l2, "ggn_cost_floor": self.ggn_cost_floor,
                 "curvature_paths": self.curvature_paths, "natural_units": self.natural_units,
                 "policy": keras.saving.serialize_keras_object(self.policy),
                 "objective": keras.saving.serialize_keras_object(self.objective)}

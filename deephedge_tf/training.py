@@ -97,7 +97,7 @@ def make_hedger(cfg: Config, parts: RunParts, policy_kind: str | None = None, co
     if policy_kind is None:
         _check_delta(cfg, parts.derivative)
     k = cfg.training.kfac
-    hedger = Hedger(policy, objective, ggn_mode=k.ggn_mode, ggn_cost_l2=k.ggn_cost_l2,
+    hedger = Hedger(policy, objective, ggn_mode=k.ggn_mode, ggn_cost_l2=k.ggn_cost_l2, ggn_cost_floor=k.ggn_cost_floor,
                     curvature_paths=k.curvature_paths, natural_units=cfg.hedges.natural_units, dtype=cfg.dtype)
     if compile:
         jit = "auto" if cfg.training.jit_compile is None else cfg.training.jit_compile

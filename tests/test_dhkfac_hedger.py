@@ -10,7 +10,7 @@ import tensorflow as tf
 from deephedge_tf.config import from_dict
 from deephedge_tf.errors import ConfigError
 from deephedge_tf.features import make_batch, time_major
-from deephedge_tf.hedger import CostL2Curvature
+from deephedge_tf.hedger import CostL2Curvature, CostMajorizerCurvature
 from deephedge_tf.optimizers import Recorder, train_step
 from deephedge_tf.training import build_parts, fit_hedger, make_hedger
 
@@ -84,7 +84,7 @@ def test_directional_curvature_equals_brute_force_ggn():
     tangents = [tf.constant(rng.normal(size=v.shape)) for v in variables]
 
     def forward():
-        return hedger._curvature_terms(hedger.unroll(batch, training=True))
+        return hedger._terms_of(batch)
 
     q = float(train_step.directional_curvature(hedger, forward, variables, tangents))
     assert q == pytest.approx(float(exact_model(hedger, batch, variables, [tangents])[0, 0]), rel=1e-9)
@@ -105,7 +105,7 @@ def test_finite_difference_curvature_matches_the_brute_force_ggn_and_restores_th
     tangents = [tf.constant(rng.normal(size=v.shape), v.dtype) for v in variables]
 
     def forward():
-        return hedger._curvature_terms(hedger.unroll(batch, training=True))
+        return hedger._terms_of(batch)
 
     exact = float(train_step.directional_curvature(hedger, forward, variables, tangents))
     fd = float(tf.function(lambda: train_step.finite_difference_curvature(hedger, forward, variables, tangents,
@@ -125,7 +125,7 @@ def test_subspace_model_equals_brute_force_ggn_and_gradient_products():
     g = [tf.constant(rng.normal(size=w.shape)) for w in variables]
 
     def forward():
-        return hedger._curvature_terms(hedger.unroll(batch, training=True))
+        return hedger._terms_of(batch)
 
     matrix, rhs = train_step.subspace_model(hedger, forward, variables, g, v, p)
     np.testing.assert_allclose(matrix.numpy(), exact_model(hedger, batch, variables, [v, p]), rtol=1e-9)
@@ -263,3 +263,65 @@ def test_gauss_newton_takes_rows_of_the_l2_cost_surrogate_too():
     tf.function(plain.train_step)(batch)
     assert {int(r.shape[0]) for r in plain.optimizer._rows.values()} == {8}
     assert losses[-1] < losses[0]
+
+
+def test_cost_majorizer_line_model_equals_brute_force():
+    """ggn_mode majorizer: V^T C V of the line model is the variance GGN plus
+    mean_b sum_{t,n} c P / sqrt(u^2 + eps_n^2) (J_u V)^2, with J_u the actions' Jacobian by brute force and
+    the weights from the batch's costs, premiums and trades recomputed in numpy (float64)."""
+    cfg = tiny_cfg("training.kfac.ggn_mode=majorizer", "training.kfac.ggn_cost_floor=0.5")
+    parts = build_parts(cfg)
+    hedger = make_hedger(cfg, parts)
+    batch = make_batch(parts.market.simulate(3), parts.derivative, parts.instruments)
+    hedger.build_from_batch(batch)
+    variables = hedger.policy.trainable_variables
+    rng = np.random.default_rng(4)
+    tangents = [tf.constant(rng.normal(size=v.shape)) for v in variables]
+    q = float(train_step.directional_curvature(hedger, lambda: hedger._terms_of(batch), variables, tangents))
+
+    with tf.GradientTape(persistent=True) as jt:
+        actions = hedger.unroll(batch)["actions"]  # [T, B, N]
+    jac = jt.jacobian(actions, variables, experimental_use_pfor=False)
+    along = sum(np.tensordot(j.numpy(), t.numpy(), axes=t.shape.rank) for j, t in zip(jac, tangents))  # [T, B, N]
+    u = actions.numpy()
+    cost_weight = np.transpose(batch["cost_rates"].numpy() * batch["premiums"].numpy(), (1, 0, 2))
+    eps = 0.5 * np.abs(u).mean(axis=(0, 1), keepdims=True)
+    cost_part = np.mean(np.sum(cost_weight / np.sqrt(u ** 2 + eps ** 2) * along ** 2, axis=(0, 2)))
+    variance_part = float(exact_model(hedger, batch, variables, [tangents])[0, 0])
+    assert cost_part > 0.05 * variance_part  # the cost term is not negligible here
+    assert q == pytest.approx(variance_part + cost_part, rel=1e-9)
+
+
+def test_cost_majorizer_pseudo_gradients_have_its_curvature():
+    """E[s s^T] = diag(c P / a) for the majorizer's pseudo-gradients s (Monte Carlo over a large tensor),
+    the weights are c P / |u| away from zero, and a trade of 0 gets c P / eps, not infinity."""
+    rng = np.random.default_rng(5)
+    u = tf.constant(rng.normal(size=(20, 400, 3)))
+    cost_weight = tf.constant(rng.uniform(0.1, 1.0, size=(20, 400, 3)))
+    curvature = CostMajorizerCurvature(floor=1e-3)
+    w = curvature.weights(u, cost_weight).numpy()
+    s = curvature.pseudo_gradient(u, cost_weight, seed=tf.constant([1, 2], tf.int64)).numpy()
+    assert np.mean(s ** 2 / w) == pytest.approx(1.0, abs=0.02)  # 24,000 chi-square(1) draws: s.e. 0.009
+    far = np.abs(u.numpy()) > 0.1
+    np.testing.assert_allclose(w[far], (cost_weight.numpy() / np.abs(u.numpy()))[far], rtol=1e-3)
+    zero = CostMajorizerCurvature(floor=2.0).weights(tf.constant([[[0.0], [4.0]]]), tf.constant([[[1.0], [1.0]]]))
+    assert float(zero[0, 0, 0]) == pytest.approx(1.0 / 4.0)  # eps = 2 x mean |u| = 4
+    with pytest.raises(ValueError, match="floor must be > 0"):
+        CostMajorizerCurvature(floor=0.0)
+
+
+def test_cost_majorizer_rows_only_where_costs_are_charged():
+    """The Gauss-Newton step takes the majorizer's rows beside the PnL's, and trains; with every cost
+    rate zero the term is left out (no rows of zeros)."""
+    extra = ("training.kfac.preconditioner=gauss_newton", "training.kfac.ggn_mode=majorizer",
+             "training.kfac.jacobian_rows=8")
+    for costs, rows in ((("hedges.spot.cost=0.01",), 16), (("hedges.spot.cost=0.0", "hedges.floating_grid.cost=0.0"), 8)):
+        cfg = tiny_cfg(*extra, *costs)
+        parts = build_parts(cfg)
+        hedger = make_hedger(cfg, parts)
+        batch = make_batch(parts.market.simulate(16), parts.derivative, parts.instruments)
+        hedger.build_from_batch(batch)
+        step = tf.function(hedger.train_step)
+        losses = [float(step(batch)["loss"]) for _ in range(3)]
+        assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+        assert {int(r.shape[0]) for r in hedger.optimizer._rows.values()} == {rows}, costs
