@@ -18,7 +18,7 @@ from deephedge_tf.errors import ConfigError
 TINY = {
     "seed": 0,
     "market": {"model": "gbm"},
-    "time": {"steps": 4},
+    "time": {"steps": 2},
     "policy": {"num_blocks": 1, "width": 4},
     "objective": {"gamma": 10.0},
     "training": {"batch_size": 128, "batches_per_epoch": 3, "validation_paths": 256, "warmup_steps": 2,

@@ -134,13 +134,13 @@ def test_make_policy_kinds_and_errors():
         make_policy("recurrent", 2, widht=8)
     with pytest.raises(ValueError, match="unknown parameter 'width'.*allowed: risk_aversion, cost"):
         make_policy("whalley_wilmott", 1, width=8)
-    with pytest.raises(ValueError, match="num_blocks must be >= 1"):
+    with pytest.raises(ValueError, match="num_blocks must be an integer >= 1"):
         make_policy("recurrent", 2, num_blocks=0)
     with pytest.raises(ValueError, match="activation must be one of relu"):
         make_policy("mlp", 2, activation="swishy")
     with pytest.raises(ValueError, match="anchor must be one of none, bs_delta"):
         make_policy("no_transaction_band", 1, anchor="delta")
-    with pytest.raises(ValueError, match="risk_aversion must be > 0"):
+    with pytest.raises(ValueError, match="risk_aversion must be > 0.0"):
         make_policy("whalley_wilmott", 1, risk_aversion=0.0)
     with pytest.raises(ValueError, match="num_instruments must be an integer >= 1"):
         make_policy("mlp", 0)

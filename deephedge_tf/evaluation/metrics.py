@@ -43,6 +43,7 @@ import pandas as pd
 from scipy import special, stats
 
 from deephedge_tf.errors import DeepHedgeError
+from deephedge_tf.validation import check_real
 
 __all__ = [
     "DEFAULT_LEVELS",
@@ -90,24 +91,12 @@ def _as_samples(values, name: str, *, min_size: int = 1) -> np.ndarray:
     return arr
 
 
-def _check_alpha(alpha, name: str = "alpha") -> float:
-    try:
-        a = float(alpha)
-    except (TypeError, ValueError) as e:
-        raise DeepHedgeError(f"'{name}' must be a number in [0, 1); got {alpha!r}") from e
-    if not 0.0 <= a < 1.0:
-        raise DeepHedgeError(f"'{name}' must be in [0, 1); got {alpha!r}")
-    return a
+def _check_alpha(alpha, owner: str) -> float:
+    return check_real(owner, "'alpha'", alpha, low=0.0, high=1.0, high_open=True)
 
 
-def _check_risk_aversion(a, name: str) -> float:
-    try:
-        x = float(a)
-    except (TypeError, ValueError) as e:
-        raise DeepHedgeError(f"'{name}' must be a number > 0; got {a!r}") from e
-    if not (math.isfinite(x) and x > 0.0):
-        raise DeepHedgeError(f"'{name}' must be finite and > 0; got {a!r}")
-    return x
+def _check_risk_aversion(a, owner: str, name: str) -> float:
+    return check_real(owner, f"'{name}'", a, low=0.0, low_open=True)
 
 
 def _check_levels(levels) -> tuple[tuple[float, str], ...]:
@@ -171,7 +160,7 @@ def value_at_risk(pnl, alpha: float = 0.95) -> float:
       ``-np.quantile(pnl, 1 - alpha, method="inverted_cdf")`` away from the rounding snap
       described in the module docstring.
     """
-    alpha = _check_alpha(alpha)
+    alpha = _check_alpha(alpha, "value_at_risk")
     return _var_sorted(np.sort(_as_samples(pnl, "pnl")), alpha)
 
 
@@ -187,7 +176,7 @@ def expected_shortfall(pnl, alpha: float = 0.95) -> float:
       weighted fractionally (currency units, positive = loss).  E.g. ES at 50% of
       ``[0, -1, -2, -3]`` is 2.5.  Always >= :func:`value_at_risk` at the same level.
     """
-    alpha = _check_alpha(alpha)
+    alpha = _check_alpha(alpha, "expected_shortfall")
     return _es_sorted(np.sort(_as_samples(pnl, "pnl")), alpha)
 
 
@@ -207,7 +196,7 @@ def entropic_risk(pnl, a: float = 1.0) -> float:
       The entropic risk (currency units, positive = loss), finite for any finite PnL: the
       log-mean-exp is evaluated with logsumexp, never exp(-a X) itself.
     """
-    a = _check_risk_aversion(a, "a")
+    a = _check_risk_aversion(a, "entropic_risk", "a")
     return _entropic(_as_samples(pnl, "pnl"), a)
 
 
@@ -226,7 +215,7 @@ def _mean_se(x: Optional[np.ndarray]) -> tuple[float, float]:
 
 def _metrics(pnl, costs, turnover, entropic_a, levels, label) -> dict:
     """strategy_metrics with argument names in errors produced by `label(arg)`."""
-    a = _check_risk_aversion(entropic_a, label("entropic_a"))
+    a = _check_risk_aversion(entropic_a, "strategy metrics", label("entropic_a"))
     level_keys = _check_levels(levels)
     x = _as_samples(pnl, label("pnl"))
     extra = {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from deephedge_tf.errors import DeepHedgeError
+from deephedge_tf.validation import check_real
 from deephedge_tf.policies.bands import clamp_to_band
 from deephedge_tf.policies.base import Policy, spot_only_trade
 
@@ -88,10 +88,8 @@ class WhalleyWilmottPolicy(Policy):
 
     def __init__(self, num_instruments: int | None = None, risk_aversion: float = 1.0, cost: float = 1e-3, **kwargs):
         super().__init__(num_instruments, **kwargs)
-        if not float(risk_aversion) > 0.0:
-            raise DeepHedgeError(f"WhalleyWilmottPolicy: risk_aversion must be > 0; got {risk_aversion}")
-        if not float(cost) >= 0.0:
-            raise DeepHedgeError(f"WhalleyWilmottPolicy: cost must be >= 0; got {cost}")
+        risk_aversion = check_real("WhalleyWilmottPolicy", "risk_aversion", risk_aversion, low=0.0, low_open=True)
+        cost = check_real("WhalleyWilmottPolicy", "cost", cost, low=0.0)
         self.risk_aversion = float(risk_aversion)
         self.cost = float(cost)
 

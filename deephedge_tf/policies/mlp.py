@@ -11,6 +11,7 @@ import keras
 import tensorflow as tf
 
 from deephedge_tf.errors import DeepHedgeError
+from deephedge_tf.validation import check_int
 from deephedge_tf.policies.base import Policy
 
 _ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "silu", "softplus", "sigmoid", "leaky_relu")
@@ -18,10 +19,8 @@ _ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "silu", "softplus", "sigmoid", "l
 
 def _check_body(owner: str, num_layers, width, activation):
     """Validates the hidden-layer parameters shared by the MLP and band policies."""
-    if int(num_layers) < 0:
-        raise DeepHedgeError(f"{owner}: num_layers must be >= 0; got {num_layers}")
-    if int(width) < 1:
-        raise DeepHedgeError(f"{owner}: width must be >= 1; got {width}")
+    check_int(owner, "num_layers", num_layers, 0)
+    check_int(owner, "width", width, 1)
     if activation not in _ACTIVATIONS:
         raise DeepHedgeError(f"{owner}: activation must be one of {', '.join(_ACTIVATIONS)}; got {activation!r}")
 

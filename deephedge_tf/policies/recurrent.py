@@ -23,7 +23,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from deephedge_tf.errors import DeepHedgeError
+from deephedge_tf.validation import check_int, check_real
 from deephedge_tf.layers import LSTMCell, RMSNorm, ScaledHeNormal, symexp
 from deephedge_tf.policies.base import Policy
 
@@ -55,15 +55,9 @@ class RecurrentPolicy(Policy):
     def __init__(self, num_instruments: int | None = None, num_blocks: int = 4, width: int = 32,
                  head_scale: float = 1e-3, **kwargs):
         super().__init__(num_instruments, **kwargs)
-        if int(num_blocks) < 1:
-            raise DeepHedgeError(f"RecurrentPolicy: num_blocks must be >= 1; got {num_blocks}")
-        if int(width) < 1:
-            raise DeepHedgeError(f"RecurrentPolicy: width must be >= 1; got {width}")
-        if not float(head_scale) > 0.0:
-            raise DeepHedgeError(f"RecurrentPolicy: head_scale must be > 0; got {head_scale}")
-        self.num_blocks = int(num_blocks)
-        self.width = int(width)
-        self.head_scale = float(head_scale)
+        self.num_blocks = check_int("RecurrentPolicy", "num_blocks", num_blocks, 1)
+        self.width = check_int("RecurrentPolicy", "width", width, 1)
+        self.head_scale = check_real("RecurrentPolicy", "head_scale", head_scale, low=0.0, low_open=True)
         dt = self.dtype_policy
         self.feature_in = keras.layers.Dense(self.width, name="feature_in", dtype=dt)
         self.action_in = keras.layers.Dense(self.width, name="action_in", dtype=dt)
