@@ -245,17 +245,22 @@ def test_dhkfac_trains_every_policy_and_objective(kind, objective, preconditione
     assert all(not np.array_equal(a, v.numpy()) for a, v in zip(before, hedger.trainable_variables))
 
 
+def three_train_steps(cfg, paths: int = 16):
+    """(hedger, losses, parts, batch): three compiled train steps of ``cfg``'s hedger on one batch."""
+    parts = build_parts(cfg)
+    hedger = make_hedger(cfg, parts)
+    batch = make_batch(parts.market.simulate(paths), parts.derivative, parts.instruments)
+    hedger.build_from_batch(batch)
+    step = tf.function(hedger.train_step)
+    return hedger, [float(step(batch)["loss"]) for _ in range(3)], parts, batch
+
+
 def test_gauss_newton_takes_rows_of_the_l2_cost_surrogate_too():
     """ggn_mode sampled with a cost weight: the Gauss-Newton step's rows are the PnL term's and the cost
     term's (jacobian_rows paths each, concatenated), and the step trains."""
-    cfg = tiny_cfg("training.kfac.preconditioner=gauss_newton", "training.kfac.ggn_mode=sampled",
-                   "training.kfac.ggn_cost_l2=0.5", "training.kfac.jacobian_rows=8")
-    parts = build_parts(cfg)
-    hedger = make_hedger(cfg, parts)
-    batch = make_batch(parts.market.simulate(16), parts.derivative, parts.instruments)
-    hedger.build_from_batch(batch)
-    step = tf.function(hedger.train_step)
-    losses = [float(step(batch)["loss"]) for _ in range(3)]
+    hedger, losses, parts, batch = three_train_steps(tiny_cfg(
+        "training.kfac.preconditioner=gauss_newton", "training.kfac.ggn_mode=sampled", "training.kfac.ggn_cost_l2=0.5",
+        "training.kfac.jacobian_rows=8"))
     opt = hedger.optimizer
     assert int(opt.iterations.numpy()) == 3 and all(np.isfinite(losses))
     assert {int(r.shape[0]) for r in opt._rows.values()} == {16}
@@ -318,12 +323,6 @@ def test_cost_majorizer_rows_only_where_costs_are_charged():
     extra = ("training.kfac.preconditioner=gauss_newton", "training.kfac.ggn_mode=majorizer",
              "training.kfac.jacobian_rows=8")
     for costs, rows in ((("hedges.spot.cost=0.01",), 16), (("hedges.spot.cost=0.0", "hedges.floating_grid.cost=0.0"), 8)):
-        cfg = tiny_cfg(*extra, *costs)
-        parts = build_parts(cfg)
-        hedger = make_hedger(cfg, parts)
-        batch = make_batch(parts.market.simulate(16), parts.derivative, parts.instruments)
-        hedger.build_from_batch(batch)
-        step = tf.function(hedger.train_step)
-        losses = [float(step(batch)["loss"]) for _ in range(3)]
+        hedger, losses, _, _ = three_train_steps(tiny_cfg(*extra, *costs))
         assert all(np.isfinite(losses)) and losses[-1] < losses[0]
         assert {int(r.shape[0]) for r in hedger.optimizer._rows.values()} == {rows}, costs
