@@ -28,8 +28,9 @@ import keras
 import tensorflow as tf
 
 from deephedge_tf.features import time_major
-from deephedge_tf.optimizers.losses import OutputCurvature
+from deephedge_tf.optimizers.losses import OutputCurvature, _seed
 from deephedge_tf.policies.base import policy_rollout
+from deephedge_tf.validation import check_real
 
 OUTPUT_KEYS = ("pnl", "costs", "gains", "turnover", "actions")
 GGN_MODES = ("exact", "sampled", "majorizer")
@@ -49,8 +50,7 @@ class CostL2Curvature(OutputCurvature):
 
     def pseudo_gradient(self, outputs, targets=None, seed=None, sample_weight=None):
         u = tf.convert_to_tensor(outputs)
-        seed = tf.constant([0, 0], tf.int64) if seed is None else seed
-        z = tf.random.stateless_normal(tf.shape(u), seed, dtype=u.dtype)
+        z = tf.random.stateless_normal(tf.shape(u), _seed(seed), dtype=u.dtype)
         # (D^T z)_k = z_k - z_{k+1} (z_T = 0).
         dt_z = z - tf.concat([z[1:], tf.zeros_like(z[:1])], axis=0)
         return tf.sqrt(tf.constant(2.0 * self.cost_l2, u.dtype)) * dt_z
@@ -90,9 +90,7 @@ class CostMajorizerCurvature(OutputCurvature):
     """
 
     def __init__(self, floor: float = 1.0):
-        if not float(floor) > 0.0:
-            raise ValueError(f"CostMajorizerCurvature: floor must be > 0; got {floor}")
-        self.floor = float(floor)
+        self.floor = check_real("CostMajorizerCurvature", "floor", floor, low=0.0, low_open=True)
 
     def weights(self, outputs, targets):
         """``c P / sqrt(u^2 + eps^2)`` ``[T, B, N]``, held fixed (no gradient) for the step."""
@@ -105,8 +103,7 @@ class CostMajorizerCurvature(OutputCurvature):
 
     def pseudo_gradient(self, outputs, targets=None, seed=None, sample_weight=None):
         u = tf.convert_to_tensor(outputs)
-        seed = tf.constant([0, 0], tf.int64) if seed is None else seed
-        z = tf.random.stateless_normal(tf.shape(u), seed, dtype=u.dtype)
+        z = tf.random.stateless_normal(tf.shape(u), _seed(seed), dtype=u.dtype)
         return tf.sqrt(self.weights(u, targets)) * z
 
     def bilinear(self, outputs, u, v, targets=None, sample_weight=None):
@@ -191,9 +188,8 @@ class Hedger(keras.Model):
         if ggn_mode not in GGN_MODES:
             raise ValueError(f"Hedger: ggn_mode must be one of {GGN_MODES}; got {ggn_mode!r}")
         self.ggn_mode, self.ggn_cost_l2 = ggn_mode, float(ggn_cost_l2)
-        self.ggn_cost_floor = float(ggn_cost_floor)
-        if not self.ggn_cost_floor > 0.0:
-            raise ValueError(f"Hedger: ggn_cost_floor must be > 0; got {ggn_cost_floor}")
+        # Made (and its floor checked) once here; used by the train step when the batches charge costs.
+        self._cost_majorizer = CostMajorizerCurvature(ggn_cost_floor)
         # Whether the batches charge costs (set from the first batch by build_from_batch): without any,
         # the majorizer's rows would all be zero and cost a Jacobian pass for nothing.
         self._batches_have_costs = True
@@ -311,7 +307,7 @@ class Hedger(keras.Model):
             terms.append(CurvatureTerm(out["actions"], CostL2Curvature(self.ggn_cost_l2)))
         if self.ggn_mode == "majorizer" and self._batches_have_costs:
             cost_weight = tf.transpose(tf.convert_to_tensor(batch["cost_rates"]) * batch["premiums"], [1, 0, 2])
-            terms.append(CurvatureTerm(out["actions"], CostMajorizerCurvature(self.ggn_cost_floor),
+            terms.append(CurvatureTerm(out["actions"], self._cost_majorizer,
                                        targets=tf.cast(cost_weight, out["actions"].dtype)))
         return terms
 
@@ -369,7 +365,7 @@ class Hedger(keras.Model):
     # -- serialisation ---------------------------------------------------------------------
     def get_config(self):
         return {**super().get_config(),
-                "ggn_mode": self.ggn_mode, "ggn_cost_l2": self.ggn_cost_l2, "ggn_cost_floor": self.ggn_cost_floor,
+                "ggn_mode": self.ggn_mode, "ggn_cost_l2": self.ggn_cost_l2, "ggn_cost_floor": self._cost_majorizer.floor,
                 "curvature_paths": self.curvature_paths, "natural_units": self.natural_units,
                 "policy": keras.saving.serialize_keras_object(self.policy),
                 "objective": keras.saving.serialize_keras_object(self.objective)}
