@@ -313,6 +313,8 @@ class KFACConfig:
         "identity, or the Kronecker (EKFAC) model of the running curvature statistics, normalised to mean one")
     metric_shrinkage: float = param(0.1, "gauss_newton with metric kronecker: shrinkage of the metric towards its "
                                     "mean diagonal", gt=0.0, le=1.0)
+    metric_power: float = param(1.0, "gauss_newton with metric kronecker: the metric is M^p (p < 1 compresses "
+                                "its spread between blocks)", gt=0.0, le=1.0)
     ekfac: bool = param(True, "re-estimate the diagonal in the Kronecker eigenbasis (EKFAC)")
     statistics_decay: float = param(0.95, "EMA decay of the curvature statistics", ge=0.0, lt=1.0)
     curvature_period: int = param(1, "steps between curvature statistics updates", units="steps", ge=1)

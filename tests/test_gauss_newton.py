@@ -144,13 +144,15 @@ def test_woodbury_direction_with_a_metric_is_the_dense_solve():
     np.testing.assert_allclose(got, dense, rtol=1e-9)
 
 
-def test_kronecker_metric_is_the_normalised_damped_ekfac_model():
-    """The optimizer's M^-1 and d^T M d against the dense (U_A x U_G) diag(s_d / mean) (U_A x U_G)^T of its
-    own block state, after a few fit steps (statistics and eigenbases from the train step)."""
+@pytest.mark.parametrize("power", [1.0, 0.5])
+def test_kronecker_metric_is_the_normalised_damped_ekfac_model(power):
+    """The optimizer's M^-1 and d^T M d against the dense (U_A x U_G) diag(s_d^p / mean) (U_A x U_G)^T of
+    its own block state, after a few fit steps (statistics and eigenbases from the train step)."""
     x, y = _regression(2)
     net = tiny_net(2)
     model = with_curvature(net)
-    opt = DHKFAC(preconditioner="gauss_newton", metric="kronecker", metric_shrinkage=0.2, inverse_period=1)
+    opt = DHKFAC(preconditioner="gauss_newton", metric="kronecker", metric_shrinkage=0.2, metric_power=power,
+                 inverse_period=1)
     model.compile(optimizer=opt, loss=keras.losses.MeanSquaredError(dtype="float64"))
     model.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
     names = [b.name for b in opt.kronecker_blocks]
@@ -158,7 +160,7 @@ def test_kronecker_metric_is_the_normalised_damped_ekfac_model():
     dense, total, size = {}, 0.0, 0
     for name in names:
         st = {k: v.numpy() for k, v in opt.block_state(name).items()}
-        s_d = 0.8 * st["s"] + 0.2 * st["s"].mean()
+        s_d = (0.8 * st["s"] + 0.2 * st["s"].mean()) ** power
         total, size = total + s_d.sum(), size + s_d.size
         basis = np.kron(st["U_A"], st["U_G"])
         dense[name] = (basis, s_d.ravel())
@@ -258,6 +260,36 @@ def test_judge_step_undoes_a_step_that_raised_the_loss_and_adapts_the_damping():
     np.testing.assert_allclose(moved[1], state[name0][3], rtol=1e-12)    # and the bias row
 
 
+def test_predicted_decrease_counts_the_diagonal_step():
+    """The ratio judge_step forms compares the loss change of the whole update with the prediction, so the
+    diagonal (Adam) variables' first-order decrease -g . step is part of the prediction: with the same
+    block step, the prediction with a diagonal step minus the one without it is exactly that term."""
+    from deephedge_tf.layers import RMSNorm
+
+    x, y = _regression()
+    predictions, moves = [], []
+    for rate in (0.0, 1e-2):
+        keras.utils.set_random_seed(0)
+        net = keras.Sequential([keras.Input((3,), dtype="float64"),
+                                keras.layers.Dense(4, activation="tanh", dtype="float64"),
+                                RMSNorm(dtype="float64"), keras.layers.Dense(1, dtype="float64")])
+        scale = net.layers[1].trainable_variables[0]
+        before = scale.numpy().copy()
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(net(tf.constant(x)) - y))
+        grad = tape.gradient(loss, scale).numpy()
+        opt = DHKFAC(preconditioner="gauss_newton", jacobian_rows=len(x), step_model="kronecker",
+                     diagonal_learning_rate=rate)
+        model = with_curvature(net)
+        model.compile(optimizer=opt, loss=keras.losses.MeanSquaredError(dtype="float64"))
+        model.fit(x, y, batch_size=len(x), epochs=1, verbose=0, shuffle=False)
+        assert len(opt.active_blocks) == 2   # the Dense layers; the RMSNorm scale is diagonal
+        predictions.append(float(opt.predicted_decrease))
+        moves.append(-grad @ (scale.numpy() - before))
+    assert moves[0] == 0.0 and moves[1] > 0.0
+    assert predictions[1] - predictions[0] == pytest.approx(moves[1], rel=1e-9)
+
+
 @pytest.mark.parametrize("variant", [{}, {"metric": "kronecker"}], ids=["identity-metric", "kronecker-metric"])
 def test_gauss_newton_beats_a_tuned_adam_on_a_regression(variant):
     """40 full-batch steps: the Gauss-Newton step's final loss is below a quarter of the best Adam's
@@ -284,6 +316,8 @@ def test_configuration_errors_name_what_is_allowed():
         DHKFAC(preconditioner="newton")
     with pytest.raises(ValueError, match="jacobian_rows"):
         DHKFAC(preconditioner="gauss_newton", jacobian_rows=0)
+    with pytest.raises(ValueError, match=r"metric_power must be in \(0, 1\]"):
+        DHKFAC(preconditioner="gauss_newton", metric="kronecker", metric_power=0.0)
 
 
 def test_max_relative_change_caps_every_blocks_step():

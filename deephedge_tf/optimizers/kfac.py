@@ -212,6 +212,10 @@ class DHKFAC(keras.optimizers.Optimizer):
         ``"kronecker"`` (the EKFAC model of the running statistics; see the module doc).
       metric_shrinkage: Gauss-Newton with ``metric="kronecker"``: shrinkage ``rho`` in (0, 1] of ``M``
         towards its mean diagonal (keeps ``M^{-1}`` bounded where the statistics see no curvature).
+      metric_power: Gauss-Newton with ``metric="kronecker"``: the metric is ``M^p`` for ``p`` in (0, 1]
+        (in ``M``'s eigenbasis; renormalised to mean one).  ``p < 1`` keeps the Kronecker model's shape
+        but compresses its spread between blocks: behind a small output layer ``M`` is small, and
+        ``M^{-1} g`` there is a large step.
       ekfac: re-estimate the eigenbasis diagonal from per-path pseudo-gradients (George et al. 2018);
         ``False`` uses ``lam_A lam_G^T`` (plain KFAC in the eigenbasis).
       statistics_decay: EMA decay of ``A``, ``G`` and ``s`` (``new = decay * old + (1 - decay) * batch``;
@@ -285,6 +289,7 @@ class DHKFAC(keras.optimizers.Optimizer):
         max_relative_change=None,
         metric="identity",
         metric_shrinkage=0.1,
+        metric_power=1.0,
         name="dhkfac",
         **kwargs,
     ):
@@ -319,6 +324,8 @@ class DHKFAC(keras.optimizers.Optimizer):
                              f"preconditioner='gauss_newton' (got {preconditioner!r})")
         if not 0.0 < float(metric_shrinkage) <= 1.0:
             raise ValueError(f"DHKFAC: metric_shrinkage must be in (0, 1]; got {metric_shrinkage}")
+        if not 0.0 < float(metric_power) <= 1.0:
+            raise ValueError(f"DHKFAC: metric_power must be in (0, 1]; got {metric_power}")
         if damping is None:  # lambda_0 = the GGN's mean diagonal (Levenberg-Marquardt adapts it from there)
             damping = 1.0 if damping_mode == "levenberg_marquardt" else 0.1
         damping = float(damping)
@@ -382,6 +389,7 @@ class DHKFAC(keras.optimizers.Optimizer):
         self.max_relative_change = None if max_relative_change is None else float(max_relative_change)
         self.metric = metric
         self.metric_shrinkage = float(metric_shrinkage)
+        self.metric_power = float(metric_power)
         self._rows = None  # Gauss-Newton: {block index: rows [n, da, dg]} of this step (trace-time Python)
         self._stepped_blocks = ()  # Gauss-Newton: the blocks the traced update moved (judge_step undoes them)
         # Gauss-Newton: (blocks, lambda, Cholesky factor, M^-1 rows, metric scales) of the current rows and
@@ -864,6 +872,8 @@ class DHKFAC(keras.optimizers.Optimizer):
         active = sorted(set(blocks) | {self._block_index[name] for name in self._fed_blocks})
         damped = {k: estimator.damp(self._scale(self._kfac_states[k]), "shrinkage", self.metric_shrinkage,
                                     self.epsilon) for k in active}
+        if self.metric_power != 1.0:
+            damped = {k: tf.pow(s, self.metric_power) for k, s in damped.items()}
         total = tf.add_n([tf.reduce_sum(tf.cast(s, tf.float64)) for s in damped.values()])
         size = float(sum(self._kfac_blocks[k].dim_a * self._kfac_blocks[k].d_out for k in active))
         mean = total / size
@@ -1112,7 +1122,7 @@ class DHKFAC(keras.optimizers.Optimizer):
                 shrink = tf.minimum(tf.ones((), f64), self._relative_change_cap(directions) / tf.where(
                     eta > 0, eta, tf.ones_like(eta)))
                 eta, gain, quad = eta * shrink, gain * shrink, quad * shrink * shrink
-            self.assign(self.predicted_decrease, tf.where(ok, gain - 0.5 * quad, 0.0))
+            predicted = tf.where(ok, gain - 0.5 * quad, 0.0)
             # No step without a decrease to take (counted in uphill_steps).  A solve or model that is not
             # finite also raises lambda, as a rejected step does: with the same lambda the next step
             # would fail the same way.
@@ -1126,12 +1136,18 @@ class DHKFAC(keras.optimizers.Optimizer):
                 step = tf.cast(eta, block.dtype) * direction
                 self._move_block(k, step)
                 self.assign(state.velocity, step)
-        else:
-            self.assign(self.predicted_decrease, tf.zeros((), f64))
         self._stepped_blocks = tuple(directions)
         self._factor = None  # lambda changes after this step: the next one factorises again
         self.assign(self.model_valid, tf.zeros_like(self.model_valid))
-        self._diagonal_step(grad_by_index)
+        diagonal_gain = self._diagonal_step(grad_by_index)
+        if directions:
+            # The loss judge_step sees also moved by the diagonal (Adam) step: its first-order decrease
+            # belongs in the prediction.  Without it, once lambda has made the block step small, the
+            # ratio compares the diagonal step's effect with a vanishing prediction, rejects, raises
+            # lambda further, and the damping runs away (seen at 1e21 on the quickstart).
+            self.assign(self.predicted_decrease, tf.where(predicted > 0, predicted + diagonal_gain, 0.0))
+        else:
+            self.assign(self.predicted_decrease, tf.zeros((), f64))
         self.assign(self.step_size, tf.cast(eta, self._scalar_dtype))
 
     def _relative_change_cap(self, directions):
@@ -1159,10 +1175,12 @@ class DHKFAC(keras.optimizers.Optimizer):
                          "they take the diagonal (Adam) step", unfed)
 
     def _diagonal_step(self, grad_by_index):
-        """Adam on the variables outside active blocks (bias-corrected with ``t = iterations + 1``)."""
+        """Adam on the variables outside active blocks (bias-corrected with ``t = iterations + 1``).
+        Returns the step's first-order decrease ``-g . step`` (float64; 0 without diagonal variables)."""
         indices = self._diagonal_step_indices()
+        gain = tf.zeros((), tf.float64)
         if not indices:
-            return
+            return gain
         t = tf.cast(self.iterations + 1, tf.float64)
         b1, b2 = self.diagonal_beta_1, self.diagonal_beta_2
         # Bias correction folded into the step size, computed in float64 then cast per variable.
@@ -1179,7 +1197,10 @@ class DHKFAC(keras.optimizers.Optimizer):
             self.assign(m, b1 * m + (1.0 - b1) * g)
             self.assign(v, b2 * v + (1.0 - b2) * tf.square(g))
             lr = tf.cast(lr_t, variable.dtype)
-            self.assign_sub(variable, lr * m / (tf.sqrt(v) + self.diagonal_epsilon))
+            step = lr * m / (tf.sqrt(v) + self.diagonal_epsilon)
+            self.assign_sub(variable, step)
+            gain += tf.reduce_sum(tf.cast(g * step, tf.float64))
+        return gain
 
     def update_step(self, gradient, variable, learning_rate):
         raise NotImplementedError("DHKFAC updates whole blocks in _backend_update_step")
@@ -1213,4 +1234,5 @@ class DHKFAC(keras.optimizers.Optimizer):
             "max_relative_change": self.max_relative_change,
             "metric": self.metric,
             "metric_shrinkage": self.metric_shrinkage,
+            "metric_power": self.metric_power,
         }
