@@ -303,17 +303,18 @@ class KFACConfig:
         None, "damping of the curvature (null: shrinkage for kronecker, levenberg_marquardt for gauss_newton)")
     jacobian_rows: int = param(256, "gauss_newton: paths whose Jacobian rows enter the Woodbury solve (memory: "
                                "rows x weights floats)", ge=1)
-    damping_floor: float = param(1e-2, "gauss_newton: floor of lambda as a multiple of the GGN's mean diagonal",
+    damping_floor: float = param(0.0, "gauss_newton: floor of lambda as a multiple of the GGN's mean diagonal",
                                  ge=0.0)
     max_relative_change: Optional[float] = param(
         None, "gauss_newton: cap on each block's weight change per step, as a fraction of its norm (null: none)",
         gt=0.0)
-    metric: Literal["identity", "kronecker"] = param(
-        "identity", "gauss_newton: damping metric M of the step (C + lambda M) d = g outside the sample span: the "
-        "identity, or the Kronecker (EKFAC) model of the running curvature statistics, normalised to mean one")
+    metric: Optional[Literal["identity", "kronecker"]] = param(
+        None, "gauss_newton: damping metric M of the step (C + lambda M) d = g outside the sample span: the "
+        "identity, or the Kronecker (EKFAC) model of the running curvature statistics, normalised to mean one "
+        "(null: kronecker for gauss_newton)")
     metric_shrinkage: float = param(0.1, "gauss_newton with metric kronecker: shrinkage of the metric towards its "
                                     "mean diagonal", gt=0.0, le=1.0)
-    metric_power: float = param(1.0, "gauss_newton with metric kronecker: the metric is M^p (p < 1 compresses "
+    metric_power: float = param(0.5, "gauss_newton with metric kronecker: the metric is M^p (p < 1 compresses "
                                 "its spread between blocks)", gt=0.0, le=1.0)
     ekfac: bool = param(True, "re-estimate the diagonal in the Kronecker eigenbasis (EKFAC)")
     statistics_decay: float = param(0.95, "EMA decay of the curvature statistics", ge=0.0, lt=1.0)
@@ -341,7 +342,7 @@ class KFACConfig:
     diagonal_learning_rate: float = param(1e-3, "Adam step of variables outside Kronecker blocks "
                                           "(RMSNorm scales, an objective's own weights)", gt=0.0)
     ggn_mode: Literal["exact", "sampled", "majorizer"] = param(
-        "exact", "curvature of the loss in the outputs: the objective's GGN factor only (exact), plus the L2 cost "
+        "majorizer", "curvature of the loss in the outputs: the objective's GGN factor only (exact), plus the L2 cost "
         "surrogate (sampled), or plus the costs' quadratic majorizer at the current trades (majorizer)")
     ggn_cost_l2: float = param(0.0, "weight c2 of the L2 cost surrogate (ggn_mode = sampled)", ge=0.0)
     ggn_cost_floor: float = param(1.0, "majorizer: trades are floored at this multiple of the instrument's mean "
@@ -362,8 +363,8 @@ class KFACConfig:
             raise ConfigError(f"{key}.damping", self.damping, "> 0 for levenberg_marquardt damping")
         if mode == "shrinkage" and self.damping is not None and self.damping > 1.0:
             raise ConfigError(f"{key}.damping", self.damping, "<= 1.0 for shrinkage damping")
-        if self.metric != "identity" and self.preconditioner != "gauss_newton":
-            raise ConfigError(f"{key}.metric", self.metric, "identity unless preconditioner is gauss_newton")
+        if self.metric not in (None, "identity") and self.preconditioner != "gauss_newton":
+            raise ConfigError(f"{key}.metric", self.metric, "null or identity unless preconditioner is gauss_newton")
         if self.momentum and self.step_model == "subspace":
             raise ConfigError(f"{key}.momentum", self.momentum, "0 when step_model is subspace (it chooses "
                               "the momentum itself)")

@@ -28,7 +28,7 @@ import keras
 import tensorflow as tf
 
 from deephedge_tf.features import time_major
-from deephedge_tf.optimizers.losses import OutputCurvature, _seed
+from deephedge_tf.optimizers.losses import OutputCurvature, rademacher
 from deephedge_tf.policies.base import policy_rollout
 from deephedge_tf.validation import check_real
 
@@ -39,10 +39,11 @@ GGN_MODES = ("exact", "sampled", "majorizer")
 class CostL2Curvature(OutputCurvature):
     """L2 surrogate of the transaction costs' curvature on the actions ``u`` ``[T, B, N]`` (``|u|`` has
     none): per path ``c2 sum_k sum_n (u_k^n - u_{k-1}^n)^2`` (``u_{-1} = 0``), i.e. ``H_b = 2 c2 D^T D``
-    with ``D`` the time difference.  Pseudo-gradients ``sqrt(2 c2) D^T z``, ``z ~ N(0, I)``.  The
-    Gauss-Newton step's Jacobian rows are the base class's: one row per path, the weight gradient of
-    that path's ``u . (pseudo-gradient)``.  The batch axis of ``u`` is 1 (time-major actions), unlike
-    the batch-first outputs :class:`~deephedge_tf.optimizers.losses.RowFactor` describes; that works because these rows take no
+    with ``D`` the time difference.  Pseudo-gradients ``sqrt(2 c2) D^T z``, ``z`` random signs
+    (:func:`~deephedge_tf.optimizers.losses.rademacher`).  The Gauss-Newton step's Jacobian rows are the
+    base class's: one row per path, the weight gradient of that path's ``u . (pseudo-gradient)``.  The
+    batch axis of ``u`` is 1 (time-major actions), unlike the batch-first outputs
+    :class:`~deephedge_tf.optimizers.losses.RowFactor` describes; that works because these rows take no
     per-path ``scale`` or ``centre`` (the per-path split is the capture's, whatever the layout)."""
 
     def __init__(self, cost_l2: float):
@@ -50,7 +51,7 @@ class CostL2Curvature(OutputCurvature):
 
     def pseudo_gradient(self, outputs, targets=None, seed=None, sample_weight=None):
         u = tf.convert_to_tensor(outputs)
-        z = tf.random.stateless_normal(tf.shape(u), _seed(seed), dtype=u.dtype)
+        z = rademacher(tf.shape(u), seed, u.dtype)
         # (D^T z)_k = z_k - z_{k+1} (z_T = 0).
         dt_z = z - tf.concat([z[1:], tf.zeros_like(z[:1])], axis=0)
         return tf.sqrt(tf.constant(2.0 * self.cost_l2, u.dtype)) * dt_z
@@ -75,9 +76,10 @@ class CostMajorizerCurvature(OutputCurvature):
     ``|u| <= u^2 / (2 a) + a / 2`` with ``a = sqrt(u0^2 + eps_n^2)`` (the iteratively reweighted least
     squares bound): per path ``H_b = diag(c P / a)``.  ``eps_n = floor x mean_{t,b} |u_n|`` keeps the
     weight of trades near zero finite.  Outputs: the actions ``[T, B, N]`` (contracts, time-major);
-    targets: ``c P`` ``[T, B, N]``.  Pseudo-gradients ``sqrt(c P / a) z``, ``z ~ N(0, I)``; the Jacobian
-    rows are the base class's (one sampled row per path; the batch axis is 1, which works because the
-    rows take no per-path scale or centre, as for :class:`CostL2Curvature`).
+    targets: ``c P`` ``[T, B, N]``.  Pseudo-gradients ``sqrt(c P / a) z``, ``z`` random signs
+    (:func:`~deephedge_tf.optimizers.losses.rademacher`); the Jacobian rows are the base class's (one
+    sampled row per path; the batch axis is 1, which works because the rows take no per-path scale or
+    centre, as for :class:`CostL2Curvature`).
 
         >>> import tensorflow as tf
         >>> u = tf.constant([[[2.0], [0.0]]])          # [T=1, B=2, N=1]: trades 2 and 0
@@ -103,7 +105,7 @@ class CostMajorizerCurvature(OutputCurvature):
 
     def pseudo_gradient(self, outputs, targets=None, seed=None, sample_weight=None):
         u = tf.convert_to_tensor(outputs)
-        z = tf.random.stateless_normal(tf.shape(u), _seed(seed), dtype=u.dtype)
+        z = rademacher(tf.shape(u), seed, u.dtype)
         return tf.sqrt(self.weights(u, targets)) * z
 
     def bilinear(self, outputs, u, v, targets=None, sample_weight=None):
@@ -178,7 +180,7 @@ class Hedger(keras.Model):
     True
     """
 
-    def __init__(self, policy, objective, ggn_mode: str = "exact", ggn_cost_l2: float = 0.0,
+    def __init__(self, policy, objective, ggn_mode: str = "majorizer", ggn_cost_l2: float = 0.0,
                  curvature_paths: int | None = None, natural_units: bool = True, ggn_cost_floor: float = 1.0,
                  **kwargs):
         super().__init__(**kwargs)

@@ -24,8 +24,9 @@ def tiny_cfg(*extra):
 
 
 def tiny_hedger_on_three_paths():
-    """(built float64 hedger, batch-major batch of 3 paths, the same batch time-major)."""
-    cfg = tiny_cfg()
+    """(built float64 hedger, batch-major batch of 3 paths, the same batch time-major).  The objective's
+    GGN alone (``ggn_mode: exact``): the brute-force references below are the variance term's."""
+    cfg = tiny_cfg("training.kfac.ggn_mode=exact")
     parts = build_parts(cfg)
     hedger = make_hedger(cfg, parts)
     batch = make_batch(parts.market.simulate(3), parts.derivative, parts.instruments)
@@ -188,8 +189,10 @@ def test_dhkfac_train_step_under_xla_matches_plain(extra):
         results.append((float(logs["loss"]), [v.numpy() for v in hedger.trainable_variables]))
     (la, wa), (lb, wb) = results
     assert la == pytest.approx(lb, rel=1e-4)
+    # atol 3e-5 of weights of size ~0.3: the costs' curvature c P / sqrt(u^2 + eps^2) (the default
+    # ggn_mode) weighs the smallest trades most, and they carry the largest relative rounding.
     for a, b in zip(wa, wb):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=3e-5)
 
 
 @pytest.mark.parametrize("extra", [(), ("training.kfac.preconditioner=kronecker",),
@@ -265,7 +268,8 @@ def test_gauss_newton_takes_rows_of_the_l2_cost_surrogate_too():
     assert int(opt.iterations.numpy()) == 3 and all(np.isfinite(losses))
     assert {int(r.shape[0]) for r in opt._rows.values()} == {16}
     # The cost rows alone: a hedger without the surrogate has half as many.
-    plain = make_hedger(tiny_cfg("training.kfac.preconditioner=gauss_newton", "training.kfac.jacobian_rows=8"), parts)
+    plain = make_hedger(tiny_cfg("training.kfac.preconditioner=gauss_newton", "training.kfac.jacobian_rows=8",
+                                 "training.kfac.ggn_mode=exact"), parts)
     plain.build_from_batch(batch)
     tf.function(plain.train_step)(batch)
     assert {int(r.shape[0]) for r in plain.optimizer._rows.values()} == {8}

@@ -218,7 +218,8 @@ def test_first_step_is_the_damped_gauss_newton_step():
     d = np.linalg.solve(ggn + lam * np.eye(len(g)), g)
     eta = g @ d / (d @ ggn @ d + lam * d @ d)
     model = with_curvature(net)
-    opt = DHKFAC(preconditioner="gauss_newton", damping=0.5, jacobian_rows=len(x), step_model="kronecker")
+    opt = DHKFAC(preconditioner="gauss_newton", damping=0.5, jacobian_rows=len(x), step_model="kronecker",
+                 metric="identity")
     model.compile(optimizer=opt, loss=keras.losses.MeanSquaredError(dtype="float64"))
     model.fit(x, y, batch_size=len(x), epochs=1, verbose=0, shuffle=False)
     w1 = np.concatenate([v.numpy().ravel() for v in net.trainable_variables])

@@ -180,3 +180,22 @@ def test_loss_curvature_errors_name_the_loss():
     assert isinstance(loss_curvature("mean_squared_error"), MeanSquaredErrorCurvature)
     assert isinstance(loss_curvature(keras.losses.sparse_categorical_crossentropy), CrossEntropyCurvature)
     assert loss_curvature(keras.losses.CategoricalCrossentropy(from_logits=True)).from_logits
+
+
+def test_rademacher_signs_are_the_same_under_xla_balanced_and_independent_across_seeds():
+    """The pseudo-gradients' signs: identical compiled with XLA and without (TensorFlow's stateless random
+    ops are not), mean and neighbour / cross-seed correlations within 4 standard errors of zero."""
+    from deephedge_tf.optimizers.losses import rademacher
+
+    n = 200_000
+
+    def draw(s1):
+        return rademacher([n], tf.constant([5, s1], tf.int64), tf.float64)
+
+    plain = tf.function(lambda: draw(1))().numpy()
+    np.testing.assert_array_equal(plain, tf.function(lambda: draw(1), jit_compile=True)().numpy())
+    other = draw(2).numpy()
+    bound = 4.0 / np.sqrt(n)
+    assert set(np.unique(plain)) == {-1.0, 1.0}
+    assert abs(plain.mean()) < bound and abs(np.mean(plain[1:] * plain[:-1])) < bound
+    assert abs(np.mean(plain * other)) < bound

@@ -285,11 +285,11 @@ class DHKFAC(keras.optimizers.Optimizer):
         epsilon=1e-12,
         preconditioner="gauss_newton",
         jacobian_rows=256,
-        damping_floor=1e-2,
+        damping_floor=0.0,
         max_relative_change=None,
-        metric="identity",
+        metric=None,
         metric_shrinkage=0.1,
-        metric_power=1.0,
+        metric_power=0.5,
         name="dhkfac",
         **kwargs,
     ):
@@ -317,8 +317,10 @@ class DHKFAC(keras.optimizers.Optimizer):
             raise ValueError(f"DHKFAC: damping_floor must be >= 0; got {damping_floor}")
         if max_relative_change is not None and not float(max_relative_change) > 0.0:
             raise ValueError(f"DHKFAC: max_relative_change must be > 0 or None; got {max_relative_change}")
+        if metric is None:  # the Gauss-Newton default; the Kronecker rule has no damping metric
+            metric = "kronecker" if gauss_newton else "identity"
         if metric not in METRICS:
-            raise ValueError(f"DHKFAC: metric must be one of {METRICS}; got {metric!r}")
+            raise ValueError(f"DHKFAC: metric must be one of {METRICS} or None; got {metric!r}")
         if metric != "identity" and not gauss_newton:
             raise ValueError(f"DHKFAC: metric={metric!r} is the Gauss-Newton step's damping metric; it needs "
                              f"preconditioner='gauss_newton' (got {preconditioner!r})")

@@ -92,6 +92,37 @@ def _seed(seed):
     return tf.constant([0, 0], tf.int64) if seed is None else tf.cast(seed, tf.int64)
 
 
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(x):
+    """A 32-bit integer hash (two xor-shift-multiply rounds, multiplier 0x45d9f3b) on int64 holding
+    values below 2^32: products stay below 2^63, so no backend ever overflows."""
+    for _ in range(2):
+        x = (tf.bitwise.bitwise_xor(tf.bitwise.right_shift(x, 16), x) * 0x45D9F3B) & _MASK32
+    return tf.bitwise.bitwise_xor(tf.bitwise.right_shift(x, 16), x)
+
+
+def rademacher(shape, seed, dtype):
+    """Independent signs +-1 (``E[z z^T] = I``): the draws of the sampled pseudo-gradients.
+
+    A counter hash of (seed, element index) in integer arithmetic instead of TensorFlow's stateless
+    random ops: those give other numbers under XLA than in the plain graph (normal, uniform and integer
+    draws alike), and a train step compiled with ``jit_compile`` must sample the curvature it samples
+    without (and a GPU the one a CPU does).
+
+        >>> import tensorflow as tf
+        >>> z = rademacher([4000], tf.constant([1, 2], tf.int64), tf.float64)
+        >>> sorted(set(z.numpy().tolist())), abs(float(tf.reduce_mean(z))) < 0.05
+        ([-1.0, 1.0], True)
+    """
+    seed = _seed(seed) & _MASK32
+    key = _mix32(_mix32(seed[0]) ^ seed[1])
+    index = tf.range(tf.reduce_prod(tf.cast(shape, tf.int64)), dtype=tf.int64)
+    bits = _mix32(_mix32(index) ^ key) & 1
+    return tf.reshape(tf.cast(2 * bits - 1, dtype), shape)
+
+
 def _flat(x):
     """``[B, ...]`` -> ``[B, K]`` (``K`` static when the trailing shape is)."""
     x = tf.convert_to_tensor(x)
@@ -111,7 +142,7 @@ class MeanSquaredErrorCurvature(OutputCurvature):
     """Keras' mean squared error, ``L = (1/B) sum_b w_b mean_k (y_bk - t_bk)^2``: ``H = 2 w_b / (B K) I``.
 
     One output per sample (``K = 1``): the factor ``sqrt(2 w_b)`` is exact; ``K > 1``: sampled,
-    ``u_b = sqrt(2 w_b / K) z_b`` with ``z_b ~ N(0, I_K)``.
+    ``u_b = sqrt(2 w_b / K) z_b`` with ``z_b`` random signs (:func:`rademacher`).
     """
 
     def pseudo_gradient(self, outputs, targets=None, seed=None, sample_weight=None):
@@ -122,7 +153,7 @@ class MeanSquaredErrorCurvature(OutputCurvature):
         scale = tf.sqrt(2.0 * w / tf.constant(float(k), flat.dtype))[:, None]
         if k == 1:
             return tf.reshape(scale * tf.ones_like(flat), tf.shape(y))
-        z = tf.random.stateless_normal(tf.shape(flat), _seed(seed), dtype=flat.dtype)
+        z = rademacher(tf.shape(flat), seed, flat.dtype)
         return tf.reshape(scale * z, tf.shape(y))
 
     def jacobian_rows(self, outputs, targets=None, seed=None, sample_weight=None) -> RowFactor:
