@@ -46,21 +46,27 @@ all blocks: the trust region bounds the quadratic model's curvature term of the 
 in sample space (:mod:`deephedge_tf.optimizers.woodbury`): the model hands over per-path Jacobian rows
 ``R`` (:meth:`set_jacobian_rows`, at most ``jacobian_rows`` paths per loss term) and
 
-    d = (R^T R + lambda I)^{-1} g                                         (Woodbury, n x n Cholesky)
-    eta = min(eta_max, g.d / (d^T C d + lambda |d|^2))                    (d^T C d: exact line model)
-    rho = (L(W) - L(W - eta d)) / (eta g.d - eta^2 d^T C d / 2)           (:meth:`judge_step`)
+    d = (R^T R + lambda M)^{-1} g                                         (Woodbury, n x n Cholesky)
+    eta = min(eta_max, g.d / (d^T C d + lambda d^T M d))                  (d^T C d: exact line model)
+    rho = (L(W) - L(W - eta d)) / (eta g.d - eta^2 d^T C d / 2 + g_diag . step_diag)   (:meth:`judge_step`)
     lambda <- lambda * 2/3 (rho > 3/4), * 3/2 (rho < 1/4); rho < 0.1: the step is undone, lambda * 2^k
               (k-th rejection in a row)
 
-(Levenberg-Marquardt, Martens & Grosse 2015, sec. 6.5), ``lambda >= damping_floor * tr(C) / P`` and
-``lambda_0 = damping * tr(C) / P`` (``P`` the weights with rows).  No Kronecker statistics, no trust
-region: the damping adapts to how well the model predicted the last step.  A variant:
+(Levenberg-Marquardt, Martens & Grosse 2015, sec. 6.5), ``lambda >= damping_floor * tr(C) / P`` (no
+floor by default) and ``lambda_0 = damping * tr(C) / P`` (``P`` the weights with rows); the last term of
+the prediction is the diagonal variables' first-order decrease (below).  No trust region: the damping
+adapts to how well the model predicted the last step.  The damping metric ``M``:
 
-* ``metric="kronecker"``: the damping term is ``lambda M`` with ``M`` the Kronecker (EKFAC) model of the
-  running statistics (so :meth:`update_curvature` is fed too), shrunk by ``metric_shrinkage`` and
-  normalised to a mean diagonal of one: ``d = (R^T R + lambda M)^{-1} g``, still one ``n x n`` solve
-  (``M^{-1}`` applied per block in its eigenbasis), and ``|d|^2`` above becomes ``d^T M d``.  Outside the
-  sample span the step is the Kronecker step ``M^{-1} g / lambda`` instead of a gradient step.
+* ``metric="kronecker"`` (the default): ``M`` is the Kronecker (EKFAC) model of the running statistics
+  (so :meth:`update_curvature` is fed too), shrunk by ``metric_shrinkage``, taken to the power
+  ``metric_power`` (0.5) in its eigenbasis and normalised to a mean diagonal of one; ``M^{-1}`` is applied
+  per block in its eigenbasis and the solve is still one ``n x n`` Cholesky.  Outside the span of the
+  rows the step is the (compressed) Kronecker step ``M^{-1} g / lambda`` instead of a gradient step: the
+  rows are a few hundred paths, the GGN's curvature outside their span is what ``M`` supplies.  The power
+  compresses ``M``'s spread between blocks: at power 1 the blocks behind a small output layer, whose
+  ``M`` is small, take very large steps (the quickstart diverged that way), at power 0 (the identity)
+  the cost-heavy cliquet task stalled.
+* ``metric="identity"``: ``M = I``, no Kronecker statistics (the outside-span step is ``g / lambda``).
 
 Variables outside any block (RMSNorm scales, trainable weights of an objective, ...) are *diagonal*: they take
 an Adam step (``diagonal_learning_rate``, ``diagonal_beta_1/2``, ``diagonal_epsilon``) of their own.
@@ -203,17 +209,19 @@ class DHKFAC(keras.optimizers.Optimizer):
         Gram matrix; measured, about 0.6 GB + 24 bytes per row and weight above Adam's step (a policy of 1e6
         weights: 7.8 GB peak at 256 rows, 3.2 GB at 64, Adam 1.1 GB; BENCHMARKS.md "Memory"); lower it
         for larger policies.  ``metric="kronecker"`` keeps ``M^-1 R`` too.
-      damping_floor: Gauss-Newton: ``lambda >= damping_floor * tr(C) / P``.
+      damping_floor: Gauss-Newton: ``lambda >= damping_floor * tr(C) / P`` (default 0: none; a floor
+        kept lambda from falling as far as cliquet_small needed).
       max_relative_change: Gauss-Newton: ``eta`` is capped so that no block's weights change by more
         than this fraction of their norm in one step (``None``: no cap).  A quadratic model is only
         trusted near the weights it was taken at; an accepted long step can still leave ReLU layers
         dead or LSTM gates saturated.
-      metric: Gauss-Newton: the damping metric ``M`` of ``(C + lambda M) d = g``: ``"identity"`` or
-        ``"kronecker"`` (the EKFAC model of the running statistics; see the module doc).
+      metric: Gauss-Newton: the damping metric ``M`` of ``(C + lambda M) d = g``: ``"kronecker"`` (the
+        EKFAC model of the running statistics; see the module doc) or ``"identity"``.  ``None``:
+        ``"kronecker"`` for Gauss-Newton (the Kronecker rule takes no metric).
       metric_shrinkage: Gauss-Newton with ``metric="kronecker"``: shrinkage ``rho`` in (0, 1] of ``M``
         towards its mean diagonal (keeps ``M^{-1}`` bounded where the statistics see no curvature).
       metric_power: Gauss-Newton with ``metric="kronecker"``: the metric is ``M^p`` for ``p`` in (0, 1]
-        (in ``M``'s eigenbasis; renormalised to mean one).  ``p < 1`` keeps the Kronecker model's shape
+        (default 0.5; in ``M``'s eigenbasis; renormalised to mean one).  ``p < 1`` keeps the Kronecker model's shape
         but compresses its spread between blocks: behind a small output layer ``M`` is small, and
         ``M^{-1} g`` there is a large step.
       ekfac: re-estimate the eigenbasis diagonal from per-path pseudo-gradients (George et al. 2018);
