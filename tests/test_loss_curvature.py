@@ -199,3 +199,19 @@ def test_rademacher_signs_are_the_same_under_xla_balanced_and_independent_across
     assert set(np.unique(plain)) == {-1.0, 1.0}
     assert abs(plain.mean()) < bound and abs(np.mean(plain[1:] * plain[:-1])) < bound
     assert abs(np.mean(plain * other)) < bound
+
+
+def test_cross_entropy_pseudo_gradients_compile_with_xla_and_draw_the_same_classes():
+    """The classifier's sampled pseudo-gradients: compiled with XLA (which has no categorical sampling op)
+    they are the plain graph's, and the class frequencies match p within 4 standard errors."""
+    curvature = CrossEntropyCurvature(from_logits=True)
+    logits = tf.constant(np.tile([[0.0, 1.0, -1.0]], (20000, 1)))
+    seed = tf.constant([3, 4], tf.int64)
+    plain = tf.function(lambda: curvature.pseudo_gradient(logits, seed=seed))().numpy()
+    compiled = tf.function(lambda: curvature.pseudo_gradient(logits, seed=seed), jit_compile=True)().numpy()
+    np.testing.assert_array_equal(np.argmin(plain, axis=1), np.argmin(compiled, axis=1))  # the same draws
+    np.testing.assert_allclose(plain, compiled, rtol=1e-12)   # and the softmax to rounding
+    p = tf.nn.softmax(logits[0]).numpy()
+    assert np.all(np.sum(plain < 0, axis=1) == 1)   # u = p - e_y: only the drawn class is negative
+    frequencies = np.bincount(np.argmin(plain, axis=1), minlength=3) / len(plain)
+    assert np.all(np.abs(frequencies - p) <= 4 * np.sqrt(p * (1 - p) / len(plain))), (frequencies, p)

@@ -116,11 +116,29 @@ def rademacher(shape, seed, dtype):
         >>> sorted(set(z.numpy().tolist())), abs(float(tf.reduce_mean(z))) < 0.05
         ([-1.0, 1.0], True)
     """
+    bits = _hashed_bits(shape, seed) & 1
+    return tf.reshape(tf.cast(2 * bits - 1, dtype), shape)
+
+
+def _hashed_bits(shape, seed):
+    """32 hashed bits per element of ``shape`` (flat int64): the counter hash of :func:`rademacher`."""
     seed = _seed(seed) & _MASK32
     key = _mix32(_mix32(seed[0]) ^ seed[1])
     index = tf.range(tf.reduce_prod(tf.cast(shape, tf.int64)), dtype=tf.int64)
-    bits = _mix32(_mix32(index) ^ key) & 1
-    return tf.reshape(tf.cast(2 * bits - 1, dtype), shape)
+    return _mix32(_mix32(index) ^ key)
+
+
+def hashed_uniform(shape, seed, dtype):
+    """Uniform draws in ``(0, 1)`` (24 bits each) from the same counter hash: the same under XLA and in the
+    plain graph.
+
+        >>> import tensorflow as tf
+        >>> u = hashed_uniform([4000], tf.constant([1, 2], tf.int64), tf.float64)
+        >>> bool(tf.reduce_min(u) > 0.0), bool(tf.reduce_max(u) < 1.0), abs(float(tf.reduce_mean(u)) - 0.5) < 0.02
+        (True, True, True)
+    """
+    top = tf.bitwise.right_shift(_hashed_bits(shape, seed), 8)  # 24 bits: exact in float32 too
+    return tf.reshape((tf.cast(top, dtype) + 0.5) / float(1 << 24), shape)
 
 
 def _flat(x):
@@ -199,7 +217,11 @@ class CrossEntropyCurvature(OutputCurvature):
         p = self._probabilities(y)
         classes = p.shape[-1]
         flat_p = tf.reshape(p, [-1, classes])
-        draw = tf.random.stateless_categorical(tf.math.log(flat_p), 1, _seed(seed))[:, 0]
+        # Inverse CDF on the counter hash (stateless_categorical has no XLA kernel, and the same draws
+        # compiled or not keep jit_compile's step the plain one).
+        uniform = hashed_uniform(tf.shape(flat_p)[:1], seed, flat_p.dtype)
+        below = tf.cast(tf.math.cumsum(flat_p, axis=-1) < uniform[:, None], tf.int32)
+        draw = tf.minimum(tf.reduce_sum(below, axis=-1), classes - 1)
         onehot = tf.reshape(tf.one_hot(draw, classes, dtype=y.dtype), tf.shape(y))
         u = p - onehot if self.from_logits else -onehot / p
         # Keras averages over every position of a [B, ..., C] output: per sample, 1 / positions.
