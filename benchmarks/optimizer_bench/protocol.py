@@ -18,7 +18,8 @@ validation-loss target on the same paths and seeds.  Procedure:
 4. **Other DH-KFAC rules** (optional, ``--compare NAME KEY=VALUE ...``, repeatable): each named rule is
    phase 3 again with its own overrides on top of ``--kfac-set``, against the same targets, in the same
    run (so that its ratios are measured beside the default's, e.g. the paper's algorithm:
-   ``--compare paper training.kfac.preconditioner=kronecker``).  Results: ``compare[NAME]``.
+   ``--compare paper training.kfac.preconditioner=kronecker training.kfac.ggn_mode=exact``).
+   Results: ``compare[NAME]``.
 
 Both optimizers of a seed start from the same initial weights and draw the same training batches:
 step ``k`` uses batch ``k % n`` of epoch ``k // n`` of the config's training stream (``cfg.seed``,
@@ -169,7 +170,8 @@ def add_compare_argument(p) -> None:
     """``--compare NAME KEY=VALUE ...`` (repeatable): another DH-KFAC rule run against the same targets."""
     p.add_argument("--compare", action="append", nargs="+", default=[], metavar="NAME_OR_KEY=VALUE",
                    help="another DH-KFAC rule, run beside the default against the same Adam targets: a name, "
-                   "then its config overrides (repeatable), e.g. --compare paper training.kfac.preconditioner=kronecker")
+                   "then its config overrides (repeatable), e.g. --compare paper "
+                   "training.kfac.preconditioner=kronecker training.kfac.ggn_mode=exact")
 
 
 def compare_rules(groups) -> dict:

@@ -13,7 +13,7 @@ A task's DH-KFAC runs use the optimizer's defaults (the task configs carry no ``
 section; the manifest refuses one) unless ``--kfac-set`` overrides them for the whole suite.  ``--compare
 NAME KEY=VALUE ...`` runs another DH-KFAC rule beside the default against the same Adam targets, in the
 same run (its rows carry ``rule = NAME``), e.g. the paper's algorithm: ``--compare paper
-training.kfac.preconditioner=kronecker``.
+training.kfac.preconditioner=kronecker training.kfac.ggn_mode=exact`` (the objective's curvature alone).
 
 Manifest keys: ``seeds``, ``target_factor``, ``goal: {step_ratio, wall_ratio}`` and ``tasks: {name:
 {config, adam_steps, kfac_steps, sweep_steps, lrs, eval_every (10), goal, target_factor (overrides)}}``;
