@@ -221,9 +221,9 @@ class DHKFAC(keras.optimizers.Optimizer):
       metric_shrinkage: Gauss-Newton with ``metric="kronecker"``: shrinkage ``rho`` in (0, 1] of ``M``
         towards its mean diagonal (keeps ``M^{-1}`` bounded where the statistics see no curvature).
       metric_power: Gauss-Newton with ``metric="kronecker"``: the metric is ``M^p`` for ``p`` in (0, 1]
-        (default 0.5; in ``M``'s eigenbasis; renormalised to mean one).  ``p < 1`` keeps the Kronecker model's shape
-        but compresses its spread between blocks: behind a small output layer ``M`` is small, and
-        ``M^{-1} g`` there is a large step.
+        (default 0.5; in ``M``'s eigenbasis; renormalised to mean one).  ``p < 1`` keeps the Kronecker
+        model's shape but compresses its spread between blocks: behind a small output layer ``M`` is
+        small, and ``M^{-1} g`` there is a large step.
       ekfac: re-estimate the eigenbasis diagonal from per-path pseudo-gradients (George et al. 2018);
         ``False`` uses ``lam_A lam_G^T`` (plain KFAC in the eigenbasis).
       statistics_decay: EMA decay of ``A``, ``G`` and ``s`` (``new = decay * old + (1 - decay) * batch``;
@@ -876,7 +876,7 @@ class DHKFAC(keras.optimizers.Optimizer):
         return woodbury.solve(rows, grads, lam, chol, scaled, scaled_grads), grads, rows, lam, scales
 
     def _metric_scales(self, blocks):
-        """``{k: damped EKFAC diagonal / mean}`` for ``blocks``: the Kronecker metric ``M`` of the
+        """``{k: damped EKFAC diagonal ^ metric_power / mean}`` for ``blocks``: the Kronecker metric ``M`` of the
         Gauss-Newton step in each block's eigenbasis, normalised to a mean diagonal of one over all
         active blocks so that ``lambda`` keeps its meaning (``lambda_0 = damping x tr(C) / P``)."""
         active = sorted(set(blocks) | {self._block_index[name] for name in self._fed_blocks})
@@ -1113,6 +1113,11 @@ class DHKFAC(keras.optimizers.Optimizer):
         directions, grads, rows, lam, scales = self._gauss_newton_directions(grad_by_index)
         f64 = tf.float64
         eta = tf.zeros((), f64)
+        # The loss judge_step sees also moved by the diagonal (Adam) step: its first-order decrease
+        # belongs in the prediction.  Without it, once lambda has made the block step small, the ratio
+        # compares the diagonal step's effect with a vanishing prediction, rejects, raises lambda further,
+        # and the damping runs away (seen at 1e21 on the quickstart).
+        diagonal_gain = self._diagonal_step(grad_by_index)
         if directions:
             # Slope with the gradients apply hands over (clipped, if clipping is set; the train step's
             # line model uses the true gradient, which is what counts where a model is handed over).
@@ -1132,7 +1137,7 @@ class DHKFAC(keras.optimizers.Optimizer):
                 shrink = tf.minimum(tf.ones((), f64), self._relative_change_cap(directions) / tf.where(
                     eta > 0, eta, tf.ones_like(eta)))
                 eta, gain, quad = eta * shrink, gain * shrink, quad * shrink * shrink
-            predicted = tf.where(ok, gain - 0.5 * quad, 0.0)
+            self.assign(self.predicted_decrease, tf.where(ok, gain - 0.5 * quad + diagonal_gain, 0.0))
             # No step without a decrease to take (counted in uphill_steps).  A solve or model that is not
             # finite also raises lambda, as a rejected step does: with the same lambda the next step
             # would fail the same way.
@@ -1146,18 +1151,11 @@ class DHKFAC(keras.optimizers.Optimizer):
                 step = tf.cast(eta, block.dtype) * direction
                 self._move_block(k, step)
                 self.assign(state.velocity, step)
+        else:
+            self.assign(self.predicted_decrease, tf.zeros((), f64))
         self._stepped_blocks = tuple(directions)
         self._factor = None  # lambda changes after this step: the next one factorises again
         self.assign(self.model_valid, tf.zeros_like(self.model_valid))
-        diagonal_gain = self._diagonal_step(grad_by_index)
-        if directions:
-            # The loss judge_step sees also moved by the diagonal (Adam) step: its first-order decrease
-            # belongs in the prediction.  Without it, once lambda has made the block step small, the
-            # ratio compares the diagonal step's effect with a vanishing prediction, rejects, raises
-            # lambda further, and the damping runs away (seen at 1e21 on the quickstart).
-            self.assign(self.predicted_decrease, tf.where(predicted > 0, predicted + diagonal_gain, 0.0))
-        else:
-            self.assign(self.predicted_decrease, tf.zeros((), f64))
         self.assign(self.step_size, tf.cast(eta, self._scalar_dtype))
 
     def _relative_change_cap(self, directions):
