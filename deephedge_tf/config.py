@@ -301,7 +301,8 @@ class KFACConfig:
         "initial lambda as a multiple of the GGN's mean diagonal; null: 0.1, levenberg_marquardt 1.0)", ge=0.0)
     damping_mode: Optional[Literal["shrinkage", "tikhonov", "levenberg_marquardt"]] = param(
         None, "damping of the curvature (null: shrinkage for kronecker, levenberg_marquardt for gauss_newton)")
-    jacobian_rows: int = param(256, "gauss_newton: paths whose Jacobian rows enter the Woodbury solve (memory: "
+    jacobian_rows: int = param(256, "gauss_newton: paths whose Jacobian rows (one per path, the loss terms "
+                               "summed) enter the Woodbury solve and the Kronecker metric's statistics (memory: "
                                "rows x weights floats)", ge=1)
     damping_floor: float = param(0.0, "gauss_newton: floor of lambda as a multiple of the GGN's mean diagonal",
                                  ge=0.0)

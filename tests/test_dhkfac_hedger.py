@@ -259,21 +259,32 @@ def three_train_steps(cfg, paths: int = 16):
 
 
 def test_gauss_newton_takes_rows_of_the_l2_cost_surrogate_too():
-    """ggn_mode sampled with a cost weight: the Gauss-Newton step's rows are the PnL term's and the cost
-    term's (jacobian_rows paths each, concatenated), and the step trains."""
+    """ggn_mode sampled with a cost weight: the Gauss-Newton step's rows carry the PnL term and the cost
+    term together (one row per path, jacobian_rows of them), and the step trains."""
     hedger, losses, parts, batch = three_train_steps(tiny_cfg(
         "training.kfac.preconditioner=gauss_newton", "training.kfac.ggn_mode=sampled", "training.kfac.ggn_cost_l2=0.5",
         "training.kfac.jacobian_rows=8"))
     opt = hedger.optimizer
     assert int(opt.iterations.numpy()) == 3 and all(np.isfinite(losses))
-    assert {int(r.shape[0]) for r in opt._rows.values()} == {16}
-    # The cost rows alone: a hedger without the surrogate has half as many.
+    assert {int(r.shape[0]) for r in opt._rows.values()} == {8}
+    assert losses[-1] < losses[0]
+    # At the same weights, a hedger without the surrogate has other rows: the cost term's are in them.
     plain = make_hedger(tiny_cfg("training.kfac.preconditioner=gauss_newton", "training.kfac.jacobian_rows=8",
                                  "training.kfac.ggn_mode=exact"), parts)
     plain.build_from_batch(batch)
-    tf.function(plain.train_step)(batch)
-    assert {int(r.shape[0]) for r in plain.optimizer._rows.values()} == {8}
-    assert losses[-1] < losses[0]
+    plain.set_weights(hedger.get_weights())
+
+    def rows_of(h):
+        with tf.GradientTape(persistent=True) as tape:
+            with Recorder(h, tape) as recorder:
+                out = h.unroll(batch, training=True)
+                terms = h._curvature_terms(out, batch)
+        return train_step.sample_space_factor(terms, tape, recorder, 8, tf.constant([0, 7], tf.int64))[0]
+
+    with_cost, without = rows_of(hedger), rows_of(plain)
+    assert len(hedger._curvature_terms(hedger.unroll(batch), batch)) == 2
+    difference = sum(float(tf.reduce_sum(tf.square(with_cost[k] - without[k]))) for k in without)
+    assert difference > 1e-3 * sum(float(tf.reduce_sum(tf.square(r))) for r in without.values())
 
 
 def test_cost_majorizer_line_model_equals_brute_force():
@@ -322,11 +333,12 @@ def test_cost_majorizer_pseudo_gradients_have_its_curvature():
 
 
 def test_cost_majorizer_rows_only_where_costs_are_charged():
-    """The Gauss-Newton step takes the majorizer's rows beside the PnL's, and trains; with every cost
-    rate zero the term is left out (no rows of zeros)."""
+    """The Gauss-Newton step takes the majorizer's term beside the PnL's (summed into one row per path),
+    and trains; with every cost rate zero the term is left out."""
     extra = ("training.kfac.preconditioner=gauss_newton", "training.kfac.ggn_mode=majorizer",
              "training.kfac.jacobian_rows=8")
-    for costs, rows in ((("hedges.spot.cost=0.01",), 16), (("hedges.spot.cost=0.0", "hedges.floating_grid.cost=0.0"), 8)):
-        hedger, losses, _, _ = three_train_steps(tiny_cfg(*extra, *costs))
+    for costs, terms in ((("hedges.spot.cost=0.01",), 2), (("hedges.spot.cost=0.0", "hedges.floating_grid.cost=0.0"), 1)):
+        hedger, losses, _, batch = three_train_steps(tiny_cfg(*extra, *costs))
         assert all(np.isfinite(losses)) and losses[-1] < losses[0]
-        assert {int(r.shape[0]) for r in hedger.optimizer._rows.values()} == {rows}, costs
+        assert {int(r.shape[0]) for r in hedger.optimizer._rows.values()} == {8}, costs
+        assert len(hedger._curvature_terms(hedger.unroll(batch), batch)) == terms, costs

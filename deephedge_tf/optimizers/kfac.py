@@ -44,7 +44,8 @@ all blocks: the trust region bounds the quadratic model's curvature term of the 
 
 ``preconditioner="gauss_newton"`` replaces the Kronecker direction by the exact damped Gauss-Newton step
 in sample space (:mod:`deephedge_tf.optimizers.woodbury`): the model hands over per-path Jacobian rows
-``R`` (:meth:`set_jacobian_rows`, at most ``jacobian_rows`` paths per loss term) and
+``R`` (:meth:`set_jacobian_rows`: one row per path for the first ``jacobian_rows`` paths, the loss terms'
+rows summed, from one backward pass; :func:`~deephedge_tf.optimizers.train_step.sample_space_factor`) and
 
     d = (R^T R + lambda M)^{-1} g                                         (Woodbury, n x n Cholesky)
     eta = min(eta_max, g.d / (d^T C d + lambda d^T M d))                  (d^T C d: exact line model)
@@ -58,7 +59,8 @@ the prediction is the diagonal variables' first-order decrease (below).  No trus
 adapts to how well the model predicted the last step.  The damping metric ``M``:
 
 * ``metric="kronecker"`` (the default): ``M`` is the Kronecker (EKFAC) model of the running statistics
-  (so :meth:`update_curvature` is fed too), shrunk by ``metric_shrinkage``, taken to the power
+  (so :meth:`update_curvature` is fed too: the train step hands over ``a`` and ``g`` of the rows' own
+  backward pass, and the rows, whose exact diagonal in the eigenbasis is the EKFAC ``s``), shrunk by ``metric_shrinkage``, taken to the power
   ``metric_power`` (0.5) in its eigenbasis and normalised to a mean diagonal of one; ``M^{-1}`` is applied
   per block in its eigenbasis and the solve is still one ``n x n`` Cholesky.  Outside the span of the
   rows the step is the (compressed) Kronecker step ``M^{-1} g / lambda`` instead of a gradient step: the
@@ -560,7 +562,7 @@ class DHKFAC(keras.optimizers.Optimizer):
         """Bool tensor: whether :meth:`update_curvature` updates the statistics at this iteration."""
         return tf.equal(tf.math.floormod(tf.cast(self.iterations, tf.int64), self.curvature_period), 0)
 
-    def update_curvature(self, captured):
+    def update_curvature(self, captured, rows=None):
         """Folds one batch of curvature statistics into the factors (in-graph; returns a bool tensor).
 
         Args:
@@ -585,6 +587,11 @@ class DHKFAC(keras.optimizers.Optimizer):
             :class:`deephedge_tf.optimizers.capture.Recorder` does for every layer it captures); do
             not hard-code them: e.g. a Sequential reloaded from ``.keras`` has paths without its own
             name.  Blocks that never receive statistics take the diagonal (Adam) step.
+          rows: optional ``{block name: R [n, dim_a, d_out]}``, a sample-space factor of the same
+            curvature (``sum_n r_n r_n^T = C``, as for :meth:`set_jacobian_rows`): the EKFAC diagonal of
+            those blocks is then its exact diagonal in the eigenbasis, ``s = sum_n (U_A^T r_n U_G)^2``,
+            instead of the estimate from ``a`` and ``g`` (the Gauss-Newton train step hands both over from
+            one backward pass; the rows are centred where the loss is, ``a g^T`` is not).
 
         The update runs when :meth:`curvature_due`.  If any ``a``, ``g`` or resulting factor is not
         finite nothing changes and ``skipped_curvature_updates`` is incremented.  The eigenbases are
@@ -602,6 +609,9 @@ class DHKFAC(keras.optimizers.Optimizer):
             # cross-replica context, on the factors averaged over the replicas (equal local batches).
             stats = captured() if callable(captured) else captured
 
+            if rows is not None:
+                raise NotImplementedError("DHKFAC.update_curvature: rows under a multi-replica strategy")
+
             def merge(strategy, per_replica):
                 local = [{name: (strategy.experimental_local_results(a)[r], strategy.experimental_local_results(g)[r])
                           for name, (a, g) in per_replica.items()} for r in range(strategy.num_replicas_in_sync)]
@@ -615,13 +625,31 @@ class DHKFAC(keras.optimizers.Optimizer):
         if callable(captured):
             # Computed only inside the branch where an update is due (curvature_period > 1 skips it).
             def update():
-                return self._update_prepared(self._prepare([captured()]))
+                return self._update_prepared(self._prepare([captured()]), self._rows_by_index(rows))
 
             return tf.cond(self.curvature_due(), update, lambda: tf.constant(False))
         prepared = self._prepare([captured])
         if not prepared:
             return tf.constant(False)
-        return tf.cond(self.curvature_due(), lambda: self._update_prepared(prepared), lambda: tf.constant(False))
+        by_index = self._rows_by_index(rows)
+        return tf.cond(self.curvature_due(), lambda: self._update_prepared(prepared, by_index),
+                       lambda: tf.constant(False))
+
+    def _rows_by_index(self, rows):
+        """``{block index: R}`` from ``{block name: R}`` (``None``: ``{}``), checked like the statistics."""
+        out = {}
+        for name, r in (rows or {}).items():
+            if name not in self._block_index:
+                raise KeyError(f"DHKFAC.update_curvature: no Kronecker block {name!r} for rows; blocks: "
+                               f"{sorted(self._block_index)}")
+            k = self._block_index[name]
+            block = self._kfac_blocks[k]
+            r = tf.cast(tf.convert_to_tensor(r), block.dtype)
+            if r.shape.rank != 3 or tuple(r.shape[1:]) != (block.dim_a, block.d_out):
+                raise ValueError(f"DHKFAC.update_curvature: rows of block {name!r} must be "
+                                 f"[n, {block.dim_a}, {block.d_out}]; got {tuple(r.shape)}")
+            out[k] = r
+        return out
 
     def _prepare(self, captured):
         """``[(block index, [a per replica], [g per replica])]`` from one statistics dict per replica."""
@@ -639,20 +667,21 @@ class DHKFAC(keras.optimizers.Optimizer):
             prepared.append((k, a, g))
         return prepared
 
-    def _update_prepared(self, prepared):
+    def _update_prepared(self, prepared, rows=None):
         if not prepared:
             return tf.constant(False)
+        rows = rows or {}
         stats = []
         for k, a, g in prepared:
             factors = [estimator.pooled_factors(x, y) for x, y in zip(a, g)]
             stats.append((k, a, g, _mean([f[0] for f in factors]), _mean([f[1] for f in factors])))
-        finite = _all_finite([t for _, a, g, fa, fg in stats for t in a + g + [fa, fg]])
+        finite = _all_finite([t for _, a, g, fa, fg in stats for t in a + g + [fa, fg]] + list(rows.values()))
 
         def skip():
             self.assign_add(self.skipped_curvature_updates, tf.constant(1, tf.int64))
             return tf.constant(False)
 
-        return tf.cond(finite, lambda: self._fold_statistics(stats), skip)
+        return tf.cond(finite, lambda: self._fold_statistics(stats, rows), skip)
 
     @staticmethod
     def _time_major(x, block, width, what, name):
@@ -668,8 +697,9 @@ class DHKFAC(keras.optimizers.Optimizer):
             )
         return x
 
-    def _fold_statistics(self, stats):
-        """Assigns the EMAs, eigenbases (when due) and EKFAC diagonals; the stats are finite."""
+    def _fold_statistics(self, stats, rows):
+        """Assigns the EMAs, eigenbases (when due) and EKFAC diagonals; the stats (and ``rows``, ``{block
+        index: R}``, whose exact diagonal replaces the EKFAC estimate) are finite."""
         decay = self.statistics_decay
         iteration = tf.cast(self.iterations, tf.int64)
         first = {}
@@ -694,7 +724,10 @@ class DHKFAC(keras.optimizers.Optimizer):
         for k, a, g, _, _ in stats:
             state = self._kfac_states[k]
             if self.ekfac:
-                fresh = _mean([estimator.ekfac_diagonal(x, y, state.basis_a, state.basis_g) for x, y in zip(a, g)])
+                if k in rows:
+                    fresh = estimator.rows_diagonal(rows[k], state.basis_a, state.basis_g)
+                else:
+                    fresh = _mean([estimator.ekfac_diagonal(x, y, state.basis_a, state.basis_g) for x, y in zip(a, g)])
                 blended = decay * state.scale + (1.0 - decay) * fresh
                 updated = tf.where(first[k], fresh, blended)
                 # Overflow in the per-path squares is the one way finite inputs give a non-finite s.

@@ -6,7 +6,9 @@ One step (:func:`curvature_train_step`):
    of every understood layer) and a persistent tape; the loss and its gradients;
 2. if the loss and gradients are finite: the per-path statistics (pseudo-gradients from the loss's
    :class:`~deephedge_tf.optimizers.losses.OutputCurvature`, back-propagated to the probes) handed to
-   ``optimizer.update_curvature`` (computed only when the optimizer wants them); the exact quadratic model
+   ``optimizer.update_curvature`` (computed only when the optimizer wants them); for the Gauss-Newton
+   step instead the sample-space factor and its statistics from one backward pass of the terms' row
+   cotangents (:func:`sample_space_factor`, ``set_jacobian_rows``); the exact quadratic model
    along the step direction (forward-mode passes, or one forward pass at the moved weights with
    ``jvp_method="finite_difference"``, over the first ``curvature_paths`` paths) when the
    optimizer's ``step_model`` asks for one; then ``optimizer.apply``.  Otherwise nothing is written and
@@ -174,10 +176,6 @@ def curvature_train_step(model, compute, forward_for_model, max_paths=None):
         probe_grads = tape.gradient([t.output for t in terms], recorder.probes, output_gradients=pseudo)
         return recorder.statistics(probe_grads, max_paths)
 
-    def jacobian_rows():
-        # The Gauss-Newton preconditioner's sample-space factor: one backward pass per term (its row
-        # cotangent), per-path weight gradients of the first `jacobian_rows` paths, scaled and centred.
-        return _jacobian_rows(terms, tape, recorder, optimizer.jacobian_rows, seed)
 
     finite = tf.reduce_all(tf.math.is_finite(loss))
     for g in grads:
@@ -200,10 +198,15 @@ def curvature_train_step(model, compute, forward_for_model, max_paths=None):
 
     def apply():
         # The optimizer skips (and counts) non-finite statistics itself.
-        if getattr(optimizer, "wants_statistics", True):
-            optimizer.update_curvature(statistics)
         if gauss_newton:
-            optimizer.set_jacobian_rows(jacobian_rows())
+            # The sample-space factor (per-path weight gradients of the first `jacobian_rows` paths,
+            # scaled and centred) and the damping metric's statistics, from one backward pass.
+            rows, stats = sample_space_factor(terms, tape, recorder, optimizer.jacobian_rows, seed)
+            if optimizer.wants_statistics:
+                optimizer.update_curvature(lambda: stats, rows=rows)
+            optimizer.set_jacobian_rows(rows)
+        elif getattr(optimizer, "wants_statistics", True):
+            optimizer.update_curvature(statistics)
         # With all paths kept, this step's outputs are forward_for_model's at the current weights.
         _hand_over_step_model(model, optimizer, global_grads, variables, forward_for_model,
                               terms if max_paths is None else None)
@@ -224,31 +227,72 @@ def curvature_train_step(model, compute, forward_for_model, max_paths=None):
 
 
 def _jacobian_rows(terms, tape, recorder, cap, seed):
-    """``{block: R [n, dim_a, d_out]}``: the rows of every term's :class:`RowFactor`, at most ``cap``
-    paths each, concatenated over the terms (see :mod:`deephedge_tf.optimizers.woodbury`)."""
+    """``{block: R [n, dim_a, d_out]}``: the rows of the terms' row factors for the first ``cap``
+    paths (see :func:`sample_space_factor`)."""
+    return sample_space_factor(terms, tape, recorder, cap, seed)[0]
+
+
+def sample_space_factor(terms, tape, recorder, cap, seed):
+    """``(rows, statistics)`` of every curvature term from **one** backward pass.
+
+    Each term's :class:`~deephedge_tf.optimizers.losses.RowFactor` cotangent is multiplied by its per-path
+    scale (``n`` of ``B`` paths stand for all of them: ``x sqrt(B / n)``; no scale: ``1 / sqrt(n)``) and
+    the terms' cotangents are back-propagated together, so path ``b`` gets one row, the sum of its rows
+    of every term, and the Gram matrix has ``n = min(cap, B)`` rows whatever the number of terms.  Rows of
+    different terms are independent given the batch when all terms but one are sampled (random signs,
+    zero mean): ``E[R^T R]`` is then the sum of the terms' GGNs (cross terms vanish in expectation).
+    The centring of the one centred term (``RowFactor.centre``, renormalised over the kept paths) is
+    applied to the sum, ``r_b = m_b - S_b sum_c c_c m_c / S_c`` with ``S`` that term's folded scale: exact
+    for the centred term, and it moves the sampled terms' rows by ``O(1 / n)`` of their size.
+
+    Returns:
+      rows: ``{block: R [n, dim_a, d_out]}`` with ``sum_n r_n r_n^T`` the GGN of the mean loss (exactly,
+        or in expectation with sampled terms).
+      statistics: ``{block: (a [T, n, dim_a], g [T, n, d_out])}`` of the same backward pass on the kept
+        paths, ``g`` per path in :meth:`DHKFAC.update_curvature`'s normalisation (Kronecker factors for
+        the Gauss-Newton step's damping metric, no second backward pass).
+
+    Raises:
+      ValueError: more than one term with a centre (one pass can centre one term only).
+    """
     paths = tf.cast(recorder.path_count(), tf.float64)
-    per_block = {}
-    for i, term in enumerate(terms):
-        factor = term.curvature.jacobian_rows(term.output, term.targets,
-                                              tf.random.experimental.stateless_fold_in(seed, 100 + i),
-                                              term.sample_weight)
-        probe_grads = tape.gradient(term.output, recorder.probes,
-                                    output_gradients=tf.stop_gradient(tf.cast(factor.cotangent, term.output.dtype)))
-        for name, m in recorder.per_path_gradients(probe_grads, cap).items():
+    factors = [term.curvature.jacobian_rows(term.output, term.targets,
+                                            tf.random.experimental.stateless_fold_in(seed, 100 + i),
+                                            term.sample_weight) for i, term in enumerate(terms)]
+    centred = [i for i, f in enumerate(factors) if f.centre is not None]
+    if len(centred) > 1:
+        raise ValueError(f"sample_space_factor: at most one curvature term may be centred; terms {centred} are")
+    kept = tf.minimum(tf.cast(cap, tf.float64), paths)
+    cotangents, folded = [], []
+    for term, factor in zip(terms, factors):
+        out = tf.convert_to_tensor(term.output)
+        cot = tf.cast(factor.cotangent, out.dtype)
+        if factor.scale is None:
+            scale = tf.cast(tf.sqrt(1.0 / kept), out.dtype)
+            cotangents.append(cot * scale)
+        else:  # per path, along the batch-first axis of the outputs
+            scale = tf.cast(factor.scale, out.dtype) * tf.cast(tf.sqrt(paths / kept), out.dtype)
+            cotangents.append(cot * tf.reshape(scale, [-1] + [1] * (out.shape.rank - 1)))
+        folded.append(scale)
+    probe_grads = tape.gradient([t.output for t in terms], recorder.probes,
+                                output_gradients=[tf.stop_gradient(c) for c in cotangents])
+    statistics = recorder.statistics(probe_grads, cap)
+    rows = {}
+    for name, (a, g) in statistics.items():
+        m = tf.einsum("tba,tbg->bag", a, g)
+        if centred:
+            factor, scale = factors[centred[0]], folded[centred[0]]
             n = tf.shape(m)[0]
-            kept = tf.cast(n, tf.float64)
-            if factor.centre is not None:
-                # Centred on the kept paths: their weights renormalised to one.
-                c = tf.cast(factor.centre[:n], m.dtype)
-                c = c / tf.reduce_sum(c)
-                m = m - tf.einsum("n,nij->ij", c, m)[None]
-            # n of B paths stand for all of them: sum over the kept rows x B / n.
-            if factor.scale is None:
-                scale = tf.fill([n], tf.cast(tf.sqrt(1.0 / kept), m.dtype))
-            else:
-                scale = tf.cast(factor.scale[:n], m.dtype) * tf.cast(tf.sqrt(paths / kept), m.dtype)
-            per_block.setdefault(name, []).append(scale[:, None, None] * m)
-    return {name: parts[0] if len(parts) == 1 else tf.concat(parts, axis=0) for name, parts in per_block.items()}
+            c = tf.cast(factor.centre[:n], m.dtype)
+            c = c / tf.reduce_sum(c)
+            s = tf.broadcast_to(tf.cast(scale, m.dtype), tf.shape(c)) if scale.shape.rank == 0 else scale[:n]
+            s = tf.cast(s, m.dtype)
+            weight = tf.where(s > 0, c / tf.where(s > 0, s, tf.ones_like(s)), tf.zeros_like(s))
+            m = m - s[:, None, None] * tf.einsum("n,nij->ij", weight, m)[None]
+        rows[name] = m
+    # The folded cotangents carry 1 / sqrt(n): update_curvature's g is per path, undivided.
+    statistics = {name: (a, g * tf.sqrt(tf.cast(tf.shape(g)[1], g.dtype))) for name, (a, g) in statistics.items()}
+    return rows, statistics
 
 
 def first_paths(data, max_paths):
