@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from optimizer_bench.protocol import compare_rules, main
-from optimizer_bench.suite import DEFAULT_MANIFEST, load_manifest, run_suite
+from optimizer_bench.suite import DEFAULT_MANIFEST, core_slots, load_manifest, run_suite
 from deephedge_tf.config import load_config
 from deephedge_tf.errors import ConfigError
 
@@ -109,6 +109,32 @@ def test_assemble_rebuilds_the_table_of_a_run_stopped_early(tiny_suite, tmp_path
     assert "--seeds" in capsys.readouterr().err
     assert main(["suite", "--out", str(tmp_path / "empty"), "--suite", str(manifest), "--assemble"]) == 2
     assert "results.json" in capsys.readouterr().err
+
+
+def test_jobs_run_the_tasks_in_pinned_processes_and_give_the_same_table(tiny_suite):
+    """--jobs 2: each task in its own process (its log beside its results), the same rows and Adam
+    targets as the tasks run one after the other."""
+    root, manifest = tiny_suite
+    one = run_suite(root / "one", manifest=manifest, seeds=[0])
+    two = run_suite(root / "two", manifest=manifest, seeds=[0], jobs=2)
+    key = [(r["task"], r["rule"], r["seed"]) for r in one["rows"]]
+    assert key == [(r["task"], r["rule"], r["seed"]) for r in two["rows"]] == [("a", "default", 0), ("b", "default", 0)]
+    for r1, r2 in zip(one["rows"], two["rows"]):
+        assert r2["target"] == pytest.approx(r1["target"], rel=1e-4)
+    for task in ("a", "b"):
+        assert "suite task" in (root / "two" / f"{task}.log").read_text()
+    with pytest.raises(ConfigError, match="--jobs"):
+        run_suite(root / "three", manifest=manifest, jobs=0)
+
+
+def test_core_slots_split_the_cores_without_overlap():
+    import os
+
+    cores = sorted(os.sched_getaffinity(0))
+    for jobs in (1, 2, 3):
+        slots = core_slots(jobs)
+        assert len(slots) == min(jobs, len(cores))
+        assert sorted(c for slot in slots for c in slot) == cores
 
 
 @pytest.mark.parametrize("groups, key", [

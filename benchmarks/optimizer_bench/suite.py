@@ -15,6 +15,11 @@ NAME KEY=VALUE ...`` runs another DH-KFAC rule beside the default against the sa
 same run (its rows carry ``rule = NAME``), e.g. the paper's algorithm: ``--compare paper
 training.kfac.preconditioner=kronecker training.kfac.ggn_mode=exact`` (the objective's curvature alone).
 
+``--jobs N`` runs ``N`` tasks at a time, each in its own process pinned to its share of the CPU cores
+(TensorFlow's thread pools sized to it), logging to ``DIR/<task>.log``; both optimizers of a task run in
+the same process, so each task's ratios compare like with like.  ``--jobs 2`` on two cores is how the
+documented full run takes about an hour.
+
 Manifest keys: ``seeds``, ``target_factor``, ``goal: {step_ratio, wall_ratio}`` and ``tasks: {name:
 {config, adam_steps, kfac_steps, sweep_steps, lrs, eval_every (10), goal, target_factor (overrides)}}``;
 ``config`` is relative to the manifest's folder.  A task whose loss has little room between its start
@@ -176,14 +181,19 @@ def _rule_rows(task: Task, results: dict, summary: dict, goal: dict, rule: str) 
 
 def run_suite(out, *, manifest=DEFAULT_MANIFEST, tasks: Optional[Sequence[str]] = None,
               seeds: Optional[Sequence[int]] = None, kfac_overrides: Sequence[str] = (),
-              compare: Optional[dict] = None, log: Optional[Callable[[str], None]] = None) -> dict:
+              compare: Optional[dict] = None, log: Optional[Callable[[str], None]] = None, jobs: int = 1) -> dict:
     """Runs the suite (see the module doc); returns the ``suite.json`` dict.  Raises
-    :class:`ConfigError` for a bad manifest, task selection or task config before any training."""
-    from optimizer_bench.protocol import DEFAULTS, kfac_vs_adam, resolve_rules
+    :class:`ConfigError` for a bad manifest, task selection or task config before any training.
+
+    ``jobs > 1`` runs that many tasks at a time, each in its own process on its own share of the CPU
+    cores (:func:`run_tasks_in_parallel`): both optimizers of a task still run in one process on the same
+    cores, so the ratios compare like with like."""
+    from optimizer_bench.protocol import DEFAULTS, resolve_rules
 
     m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
     chosen = select(m, tasks)
     seeds = tuple(m.seeds if seeds is None else seeds)
+    jobs = _int_at_least("--jobs", jobs, 1)
     for task in chosen:
         _check_task_config(task)
         # Every rule of every task checked before the first task trains.
@@ -192,13 +202,93 @@ def run_suite(out, *, manifest=DEFAULT_MANIFEST, tasks: Optional[Sequence[str]] 
     if out.exists() and not out.is_dir():
         raise ConfigError("--out", str(out), "a directory (this path is a file)")
     log = log or (lambda msg: None)
-    for task in chosen:
-        log(f"== suite task {task.name} ({task.config.name}), seeds {list(seeds)}")
-        kfac_vs_adam(task.config, out / task.name, seeds=seeds, adam_steps=task.adam_steps,
-                     kfac_steps=task.kfac_steps, sweep_steps=task.sweep_steps, eval_every=task.eval_every,
-                     target_factor=task.target_factor or m.target_factor, lrs=task.lrs,
-                     kfac_overrides=kfac_overrides, compare=compare, log=log)
+    if jobs > 1 and len(chosen) > 1:
+        run_tasks_in_parallel(out, m, chosen, seeds, list(kfac_overrides), compare, jobs, log)
+    else:
+        for task in chosen:
+            run_task(out, m, task.name, seeds, kfac_overrides, compare, log)
     return assemble_suite(out, manifest=m, tasks=[t.name for t in chosen])
+
+
+def run_task(out, manifest, name: str, seeds, kfac_overrides=(), compare=None, log=None) -> dict:
+    """One task of the suite: the kfac-vs-adam protocol with the manifest's budgets, results in
+    ``out/<name>/``."""
+    from optimizer_bench.protocol import kfac_vs_adam
+
+    m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+    task = m.tasks[name]
+    log = log or (lambda msg: None)
+    log(f"== suite task {task.name} ({task.config.name}), seeds {list(seeds)}")
+    return kfac_vs_adam(task.config, Path(out) / task.name, seeds=tuple(seeds), adam_steps=task.adam_steps,
+                        kfac_steps=task.kfac_steps, sweep_steps=task.sweep_steps, eval_every=task.eval_every,
+                        target_factor=task.target_factor or m.target_factor, lrs=task.lrs,
+                        kfac_overrides=list(kfac_overrides), compare=compare, log=log)
+
+
+def core_slots(jobs: int) -> list:
+    """The CPU cores this process may use, split into ``jobs`` disjoint sets (as equal as possible;
+    fewer sets when there are fewer cores).  Linux only (``os.sched_getaffinity``); elsewhere ``jobs``
+    empty sets (no pinning)."""
+    import os
+
+    if not hasattr(os, "sched_getaffinity"):
+        return [set() for _ in range(jobs)]
+    cores = sorted(os.sched_getaffinity(0))
+    jobs = min(jobs, len(cores))
+    return [set(cores[i::jobs]) for i in range(jobs)]
+
+
+def run_tasks_in_parallel(out, manifest: Manifest, tasks, seeds, kfac_overrides, compare, jobs: int, log) -> None:
+    """Runs ``tasks`` in ``jobs`` worker processes, longest budget first; each process is pinned to its
+    own cores (:func:`core_slots`) with TensorFlow's thread pools sized to them, and writes its progress
+    to ``out/<task>.log``.  Raises :class:`DeepHedgeError` naming the tasks whose process failed."""
+    import os
+    import queue
+    import subprocess
+    import threading
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pending = queue.Queue()
+    # The longest tasks first, so that the last ones to start are short (Adam's steps dominate).
+    for task in sorted(tasks, key=lambda t: -(t.adam_steps + t.sweep_steps * len(t.lrs))):
+        pending.put(task)
+    harness = str(Path(__file__).resolve().parents[1])
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); "
+            "from optimizer_bench.protocol import _stderr; from optimizer_bench.suite import run_task; "
+            "a = json.loads(sys.argv[2]); run_task(a['out'], a['manifest'], a['task'], a['seeds'], "
+            "a['kfac_overrides'], a['compare'], _stderr)")
+    failed = []
+
+    def worker(cores):
+        env = dict(os.environ)
+        if cores:
+            env["TF_NUM_INTRAOP_THREADS"] = str(len(cores))
+            env["TF_NUM_INTEROP_THREADS"] = "1"
+        while True:
+            try:
+                task = pending.get_nowait()
+            except queue.Empty:
+                return
+            args = json.dumps(dict(out=str(out), manifest=str(manifest.path), task=task.name, seeds=list(seeds),
+                                   kfac_overrides=kfac_overrides, compare=compare))
+            log(f"== suite task {task.name} started on cores {sorted(cores) or 'any'} (log: {out / task.name}.log)")
+            with open(out / f"{task.name}.log", "w") as stream:
+                rc = subprocess.call([sys.executable, "-c", code, harness, args], env=env, stdout=stream,
+                                     stderr=subprocess.STDOUT,
+                                     preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None)
+            log(f"== suite task {task.name} {'done' if rc == 0 else f'FAILED (exit {rc})'}")
+            if rc != 0:
+                failed.append(task.name)
+
+    threads = [threading.Thread(target=worker, args=(cores,)) for cores in core_slots(jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failed:
+        raise DeepHedgeError(f"benchmark suite: task(s) {', '.join(failed)} failed; see "
+                             + ", ".join(str(out / f"{name}.log") for name in failed))
 
 
 def task_summary(task: Task, results: dict, goal: dict) -> dict:
@@ -355,6 +445,9 @@ def add_suite_parser(sub) -> None:
     from optimizer_bench.protocol import add_compare_argument
 
     add_compare_argument(p)
+    p.add_argument("--jobs", type=int, default=1,
+                   help="tasks run at a time, each in its own process pinned to its share of the CPU cores "
+                   "(2 on a 2-core machine: the full suite in about an hour)")
     p.add_argument("--assemble", action="store_true",
                    help="no training: write suite.json, suite.md and learning_curves.png from the per-task "
                    "results already in --out (e.g. of a run stopped before its last task)")
@@ -367,7 +460,7 @@ def run_suite_command(args) -> int:
     try:
         if args.assemble:
             given = [flag for flag, value in (("--seeds", args.seeds), ("--kfac-set", args.kfac_overrides),
-                                              ("--compare", args.compare)) if value]
+                                              ("--compare", args.compare), ("--jobs", args.jobs != 1)) if value]
             if given:
                 raise ConfigError(given[0], "given with --assemble",
                                   "no training options with --assemble (they are read from the results)")
@@ -375,7 +468,7 @@ def run_suite_command(args) -> int:
         else:
             summary = run_suite(args.out, manifest=args.suite, tasks=args.tasks, seeds=args.seeds,
                                 kfac_overrides=args.kfac_overrides, compare=compare_rules(args.compare),
-                                log=None if args.quiet else _stderr)
+                                log=None if args.quiet else _stderr, jobs=args.jobs)
     except DeepHedgeError as e:
         print(f"deephedge: error: {e}", file=sys.stderr)
         return 2
