@@ -315,7 +315,7 @@ class KFACConfig:
         "(null: kronecker for gauss_newton)")
     metric_shrinkage: float = param(0.1, "gauss_newton with metric kronecker: shrinkage of the metric towards its "
                                     "mean diagonal", gt=0.0, le=1.0)
-    metric_power: float = param(0.5, "gauss_newton with metric kronecker: the metric is M^p (p < 1 compresses "
+    metric_power: float = param(0.75, "gauss_newton with metric kronecker: the metric is M^p (p < 1 compresses "
                                 "its spread between blocks)", gt=0.0, le=1.0)
     ekfac: bool = param(True, "re-estimate the diagonal in the Kronecker eigenbasis (EKFAC)")
     statistics_decay: float = param(0.95, "EMA decay of the curvature statistics", ge=0.0, lt=1.0)

@@ -60,14 +60,16 @@ adapts to how well the model predicted the last step.  The damping metric ``M``:
 
 * ``metric="kronecker"`` (the default): ``M`` is the Kronecker (EKFAC) model of the running statistics
   (so :meth:`update_curvature` is fed too: the train step hands over ``a`` and ``g`` of the rows' own
-  backward pass, and the rows, whose exact diagonal in the eigenbasis is the EKFAC ``s``), shrunk by ``metric_shrinkage``, taken to the power
-  ``metric_power`` (0.5) in its eigenbasis and normalised to a mean diagonal of one; ``M^{-1}`` is applied
+  backward pass, and the rows, whose exact diagonal in the eigenbasis is the EKFAC ``s``), shrunk by
+  ``metric_shrinkage``, taken to the power ``metric_power`` (0.75) in its eigenbasis and normalised to
+  a mean diagonal of one; ``M^{-1}`` is applied
   per block in its eigenbasis and the solve is still one ``n x n`` Cholesky.  Outside the span of the
   rows the step is the (compressed) Kronecker step ``M^{-1} g / lambda`` instead of a gradient step: the
   rows are a few hundred paths, the GGN's curvature outside their span is what ``M`` supplies.  The power
   compresses ``M``'s spread between blocks: at power 1 the blocks behind a small output layer, whose
-  ``M`` is small, take very large steps (the quickstart diverged that way), at power 0 (the identity)
-  the cost-heavy cliquet task stalled.
+  ``M`` is small, take very large steps (the quickstart stalled with many rejected steps), at power 0
+  (the identity) the cost-heavy cliquet task stalled; 0.75 won over 0.5 on cliquet and the Heston CVaR
+  task (BENCHMARKS.md).
 * ``metric="identity"``: ``M = I``, no Kronecker statistics (the outside-span step is ``g / lambda``).
 
 Variables outside any block (RMSNorm scales, trainable weights of an objective, ...) are *diagonal*: they take
@@ -223,7 +225,7 @@ class DHKFAC(keras.optimizers.Optimizer):
       metric_shrinkage: Gauss-Newton with ``metric="kronecker"``: shrinkage ``rho`` in (0, 1] of ``M``
         towards its mean diagonal (keeps ``M^{-1}`` bounded where the statistics see no curvature).
       metric_power: Gauss-Newton with ``metric="kronecker"``: the metric is ``M^p`` for ``p`` in (0, 1]
-        (default 0.5; in ``M``'s eigenbasis; renormalised to mean one).  ``p < 1`` keeps the Kronecker
+        (default 0.75; in ``M``'s eigenbasis; renormalised to mean one).  ``p < 1`` keeps the Kronecker
         model's shape but compresses its spread between blocks: behind a small output layer ``M`` is
         small, and ``M^{-1} g`` there is a large step.
       ekfac: re-estimate the eigenbasis diagonal from per-path pseudo-gradients (George et al. 2018);
@@ -299,7 +301,7 @@ class DHKFAC(keras.optimizers.Optimizer):
         max_relative_change=None,
         metric=None,
         metric_shrinkage=0.1,
-        metric_power=0.5,
+        metric_power=0.75,
         name="dhkfac",
         **kwargs,
     ):
