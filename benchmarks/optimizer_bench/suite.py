@@ -239,9 +239,10 @@ def core_slots(jobs: int) -> list:
 
 
 def run_tasks_in_parallel(out, manifest: Manifest, tasks, seeds, kfac_overrides, compare, jobs: int, log) -> None:
-    """Runs ``tasks`` in ``jobs`` worker processes, longest budget first; each process is pinned to its
-    own cores (:func:`core_slots`) with TensorFlow's thread pools sized to them, and writes its progress
-    to ``out/<task>.log``.  Raises :class:`DeepHedgeError` naming the tasks whose process failed."""
+    """Runs ``tasks`` in ``jobs`` worker processes, in manifest order (list the longest tasks first:
+    the time of a step is not known before it runs); each process is pinned to its own cores
+    (:func:`core_slots`) with TensorFlow's thread pools sized to them, and writes its progress to
+    ``out/<task>.log``.  Raises :class:`DeepHedgeError` naming the tasks whose process failed."""
     import os
     import queue
     import subprocess
@@ -250,8 +251,7 @@ def run_tasks_in_parallel(out, manifest: Manifest, tasks, seeds, kfac_overrides,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pending = queue.Queue()
-    # The longest tasks first, so that the last ones to start are short (Adam's steps dominate).
-    for task in sorted(tasks, key=lambda t: -(t.adam_steps + t.sweep_steps * len(t.lrs))):
+    for task in tasks:
         pending.put(task)
     harness = str(Path(__file__).resolve().parents[1])
     code = ("import json, sys; sys.path.insert(0, sys.argv[1]); "
