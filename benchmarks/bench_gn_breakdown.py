@@ -37,8 +37,8 @@ from deephedge_tf.config import load_config
 from deephedge_tf.optimizers import woodbury
 from deephedge_tf.optimizers.blocks import stack
 from deephedge_tf.optimizers.capture import Recorder
-from deephedge_tf.optimizers.train_step import (_jacobian_rows, directional_curvature, finite_difference_curvature,
-                                                first_paths)
+from deephedge_tf.optimizers.train_step import (directional_curvature, finite_difference_curvature, first_paths,
+                                                sample_space_factor)
 from deephedge_tf.builders import build_optimizer
 from deephedge_tf.training import build_parts, datasets
 
@@ -101,7 +101,8 @@ def breakdown(config: str, repeats: int) -> tuple[dict, str]:
     def rows(batch):
         tape, recorder, out, loss = recorded(batch)
         grads = tape.gradient(loss, variables)
-        return grads, _jacobian_rows(hedger._curvature_terms(out, batch), tape, recorder, opt.jacobian_rows, seed)
+        terms = hedger._curvature_terms(out, batch)
+        return grads, sample_space_factor(terms, tape, recorder, opt.jacobian_rows, seed)[0]
 
     fixed_grads, fixed_rows = rows(batches[0])
     by_name = {b.name: b for b in opt.kronecker_blocks}

@@ -189,3 +189,21 @@ def test_a_task_config_with_kfac_settings_is_refused_and_cli_exits_2(tiny_suite,
         run_suite(tmp_path / "o", manifest=bad)
     assert main(["suite", "--out", str(tmp_path / "o2"), "--suite", str(manifest), "--tasks", "zzz"]) == 2
     assert "--tasks" in capsys.readouterr().err and not (tmp_path / "o2").exists()
+
+
+def test_kfac_to_target_reads_variants_and_a_suite_runs_targets(tiny_suite):
+    from kfac_to_target import parse_variant, suite_targets
+
+    assert parse_variant("p075:metric_power=0.75,jacobian_rows=128") == (
+        "p075", ["training.kfac.metric_power=0.75", "training.kfac.jacobian_rows=128"])
+    assert parse_variant("default:") == ("default", [])
+    for bad in ("metric_power=0.75", "x:metric_power"):
+        with pytest.raises(ConfigError):
+            parse_variant(bad)
+    root, manifest = tiny_suite
+    out = root / "targets"
+    run_suite(out, manifest=manifest, tasks=["a"], seeds=[0])
+    per_task = json.loads((out / "a" / "results.json").read_text())["summary"]["per_seed"][0]
+    assert suite_targets(out, "a") == {0: (per_task["target"], per_task["adam_steps_to_target"])}
+    with pytest.raises(ConfigError, match="--targets"):
+        suite_targets(out, "b")

@@ -11,7 +11,7 @@ from deephedge_tf.objectives import EntropicRisk, ExpectedShortfall, VarianceCur
 from deephedge_tf.optimizers import DHKFAC, Recorder, with_curvature
 from deephedge_tf.optimizers.losses import MeanSquaredErrorCurvature
 from deephedge_tf.hedger import CostMajorizerCurvature
-from deephedge_tf.optimizers.train_step import CurvatureTerm, _jacobian_rows, sample_space_factor
+from deephedge_tf.optimizers.train_step import CurvatureTerm, sample_space_factor
 from deephedge_tf.optimizers.woodbury import factorise, gauss_newton_direction, levenberg_marquardt, solve
 from test_loss_curvature import output_hessian, shortfall_surrogate_hessian  # tests/ is on sys.path
 
@@ -48,7 +48,7 @@ def sample_rows(net, x, curvature, cap=None):
         with Recorder(net, tape) as recorder:
             pnl = net(x)[:, 0]
     term = CurvatureTerm(pnl, curvature)
-    return _jacobian_rows([term], tape, recorder, cap or B, tf.constant([0, 1], tf.int64))
+    return sample_space_factor([term], tape, recorder, cap or B, tf.constant([0, 1], tf.int64))[0]
 
 
 CASES = [
@@ -401,6 +401,20 @@ def test_configuration_errors_name_what_is_allowed():
         DHKFAC(preconditioner="gauss_newton", jacobian_rows=0)
     with pytest.raises(ValueError, match=r"metric_power must be in \(0, 1\]"):
         DHKFAC(preconditioner="gauss_newton", metric="kronecker", metric_power=0.0)
+
+
+def test_rows_of_an_unknown_block_or_shape_are_refused_by_name():
+    net = tiny_net()
+    opt = DHKFAC(preconditioner="gauss_newton")
+    opt.build(net.trainable_variables)
+    block = opt.kronecker_blocks[0]
+    with pytest.raises(ValueError, match=rf"set_jacobian_rows: rows of block '{block.name}' must be "
+                                         rf"\[n, {block.dim_a}, {block.d_out}\]"):
+        opt.set_jacobian_rows({block.name: tf.zeros([2, block.dim_a + 1, block.d_out], tf.float64)})
+    a = tf.zeros([1, 4, block.dim_a], tf.float64)
+    g = tf.zeros([1, 4, block.d_out], tf.float64)
+    with pytest.raises(KeyError, match="update_curvature: no Kronecker block 'nowhere'"):
+        opt.update_curvature({block.name: (a, g)}, rows={"nowhere": tf.zeros([2, 1, 1], tf.float64)})
 
 
 def test_max_relative_change_caps_every_blocks_step():

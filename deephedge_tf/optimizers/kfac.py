@@ -208,11 +208,12 @@ class DHKFAC(keras.optimizers.Optimizer):
         see the module doc) or ``"kronecker"`` (the DH-KFAC paper's algorithm: KFAC / EKFAC blocks,
         shrinkage damping, trust region).  The trust-region, momentum and Kronecker-statistics arguments
         act on the Kronecker rule only (and on ``metric="kronecker"``'s statistics).
-      jacobian_rows: Gauss-Newton: at most this many paths' Jacobian rows per loss term.  Memory: the
-        rows are ``rows x P`` floats (``P`` the weights in blocks), cast to float64 for the ``n x n``
-        Gram matrix; measured, about 0.6 GB + 24 bytes per row and weight above Adam's step (a policy of 1e6
-        weights: 7.8 GB peak at 256 rows, 3.2 GB at 64, Adam 1.1 GB; BENCHMARKS.md "Memory"); lower it
-        for larger policies.  ``metric="kronecker"`` keeps ``M^-1 R`` too.
+      jacobian_rows: Gauss-Newton: the first this many paths of a batch give the Jacobian rows (one per
+        path, the loss terms summed) and the Kronecker metric's statistics.  Memory: the rows are
+        ``rows x P`` floats (``P`` the weights in blocks), kept again as ``M^-1 R`` with the Kronecker
+        metric and cast to float64 for the ``n x n`` Gram matrix; measured with the default metric,
+        about 0.35 GB + 36 bytes per row and weight above Adam's step (a policy of 1e6 weights: 10.7 GB
+        peak at 256 rows, 3.9 GB at 64, Adam 1.3 GB; BENCHMARKS.md); lower it for larger policies.
       damping_floor: Gauss-Newton: ``lambda >= damping_floor * tr(C) / P`` (default 0: none; a floor
         kept lambda from falling as far as cliquet_small needed).
       max_relative_change: Gauss-Newton: ``eta`` is capped so that no block's weights change by more
@@ -627,29 +628,30 @@ class DHKFAC(keras.optimizers.Optimizer):
         if callable(captured):
             # Computed only inside the branch where an update is due (curvature_period > 1 skips it).
             def update():
-                return self._update_prepared(self._prepare([captured()]), self._rows_by_index(rows))
+                return self._update_prepared(self._prepare([captured()]),
+                                             self._rows_by_index(rows, "DHKFAC.update_curvature"))
 
             return tf.cond(self.curvature_due(), update, lambda: tf.constant(False))
         prepared = self._prepare([captured])
         if not prepared:
             return tf.constant(False)
-        by_index = self._rows_by_index(rows)
+        by_index = self._rows_by_index(rows, "DHKFAC.update_curvature")
         return tf.cond(self.curvature_due(), lambda: self._update_prepared(prepared, by_index),
                        lambda: tf.constant(False))
 
-    def _rows_by_index(self, rows):
-        """``{block index: R}`` from ``{block name: R}`` (``None``: ``{}``), checked like the statistics."""
+    def _rows_by_index(self, rows, caller):
+        """``{block index: R}`` from ``{block name: R [n, dim_a, d_out]}`` (``None``: ``{}``), cast to the
+        blocks' dtype; an unknown block or a wrong shape raises, naming ``caller``."""
         out = {}
         for name, r in (rows or {}).items():
             if name not in self._block_index:
-                raise KeyError(f"DHKFAC.update_curvature: no Kronecker block {name!r} for rows; blocks: "
-                               f"{sorted(self._block_index)}")
+                raise KeyError(f"{caller}: no Kronecker block {name!r}; blocks: {sorted(self._block_index)}")
             k = self._block_index[name]
             block = self._kfac_blocks[k]
             r = tf.cast(tf.convert_to_tensor(r), block.dtype)
             if r.shape.rank != 3 or tuple(r.shape[1:]) != (block.dim_a, block.d_out):
-                raise ValueError(f"DHKFAC.update_curvature: rows of block {name!r} must be "
-                                 f"[n, {block.dim_a}, {block.d_out}]; got {tuple(r.shape)}")
+                raise ValueError(f"{caller}: rows of block {name!r} must be [n, {block.dim_a}, {block.d_out}]; "
+                                 f"got {tuple(r.shape)}")
             out[k] = r
         return out
 
@@ -865,19 +867,8 @@ class DHKFAC(keras.optimizers.Optimizer):
             raise NotImplementedError("DHKFAC: preconditioner='gauss_newton' runs on one replica; under a "
                                       "multi-replica strategy use preconditioner='kronecker'")
         self._statistics_source = True
-        prepared = {}
-        for name, r in rows.items():
-            if name not in self._block_index:
-                raise KeyError(f"DHKFAC.set_jacobian_rows: no Kronecker block {name!r}; blocks: "
-                               f"{sorted(self._block_index)}")
-            k = self._block_index[name]
-            block = self._kfac_blocks[k]
-            r = tf.cast(tf.convert_to_tensor(r), block.dtype)
-            if r.shape.rank != 3 or tuple(r.shape[1:]) != (block.dim_a, block.d_out):
-                raise ValueError(f"DHKFAC.set_jacobian_rows: rows of block {name!r} must be "
-                                 f"[n, {block.dim_a}, {block.d_out}]; got {tuple(r.shape)}")
-            self._fed_blocks.add(name)
-            prepared[k] = r
+        prepared = self._rows_by_index(rows, "DHKFAC.set_jacobian_rows")
+        self._fed_blocks.update(rows)
         finite = _all_finite(list(prepared.values()))
         self.assign_add(self.skipped_curvature_updates, tf.cast(~finite, tf.int64))
         self._rows = {k: tf.where(finite, r, tf.zeros_like(r)) for k, r in prepared.items()}

@@ -176,7 +176,6 @@ def curvature_train_step(model, compute, forward_for_model, max_paths=None):
         probe_grads = tape.gradient([t.output for t in terms], recorder.probes, output_gradients=pseudo)
         return recorder.statistics(probe_grads, max_paths)
 
-
     finite = tf.reduce_all(tf.math.is_finite(loss))
     for g in grads:
         if g is not None:
@@ -224,12 +223,6 @@ def curvature_train_step(model, compute, forward_for_model, max_paths=None):
     else:
         skipped = tf.cond(finite, apply, lambda: tf.constant(1.0, tf.float32))
     return loss, aux, skipped
-
-
-def _jacobian_rows(terms, tape, recorder, cap, seed):
-    """``{block: R [n, dim_a, d_out]}``: the rows of the terms' row factors for the first ``cap``
-    paths (see :func:`sample_space_factor`)."""
-    return sample_space_factor(terms, tape, recorder, cap, seed)[0]
 
 
 def sample_space_factor(terms, tape, recorder, cap, seed):
