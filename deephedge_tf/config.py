@@ -349,8 +349,9 @@ class KFACConfig:
     ggn_cost_floor: float = param(1.0, "majorizer: trades are floored at this multiple of the instrument's mean "
                                   "|trade| in the curvature c P / |u|", gt=0.0)
     curvature_paths: Optional[int] = param(
-        None, "paths of each batch for the statistics and the exact step model (null: all; the Gauss-Newton "
-        "step sized on a quarter of the batch overshoots and is rejected more often, BENCHMARKS.md)", ge=1)
+        None, "paths of each batch for the statistics and the exact step model (null: all; gauss_newton: the "
+        "step model only, its statistics come from the jacobian_rows paths; the Gauss-Newton step sized on a "
+        "quarter of the batch overshoots and is rejected more often, BENCHMARKS.md)", ge=1)
 
     def check(self, key):
         mode = self.damping_mode or ("levenberg_marquardt" if self.preconditioner == "gauss_newton" else "shrinkage")

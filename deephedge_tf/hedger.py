@@ -159,7 +159,7 @@ class Hedger(keras.Model):
         trades ("majorizer"; :class:`CostMajorizerCurvature` with ``floor=ggn_cost_floor``; left out when
         the first batch has no costs).
       curvature_paths: statistics and step model from the first this-many paths of each batch
-        (None: all).
+        (None: all).  The Gauss-Newton step takes its statistics from its ``jacobian_rows`` paths.
       natural_units: measure the policy's trades in natural units of each instrument (set from the
         first batch by :meth:`set_instrument_units` when the hedger is built); ``False``: contracts.
 

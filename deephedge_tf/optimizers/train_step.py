@@ -307,7 +307,7 @@ class CurvatureModel(keras.Model):
       curvature: the loss's :class:`OutputCurvature` (``None``: derived from the compiled loss).  Not
         saved with the model (it may be any Python object): pass it again after loading.
       curvature_paths: statistics and step model from the first this-many samples of each batch
-        (``None``: all).
+        (``None``: all; the Gauss-Newton step's statistics come from its ``jacobian_rows`` samples).
     """
 
     def __init__(self, model, curvature=None, curvature_paths=None, **kwargs):
