@@ -312,12 +312,19 @@ class Recorder:
         _, x, _, time_major = self._calls[0]
         return tf.shape(x)[1] if time_major else tf.shape(x)[0]
 
-    def per_path_gradients(self, probe_gradients, max_paths=None) -> dict:
-        """``{block name: M [B', dim_a, d_out]}``, ``M_b = sum_t a_tb g_tb^T``: path ``b``'s share of the
-        weight gradient of whatever was back-propagated to the probes (its Jacobian row when that was
-        one output per path), from :meth:`statistics`' ``a`` and ``g``."""
-        return {name: tf.einsum("tba,tbg->bag", a, g)
-                for name, (a, g) in self.statistics(probe_gradients, max_paths).items()}
+
+
+def per_path_gradients(statistics) -> dict:
+    """``{block name: M [B', dim_a, d_out]}``, ``M_b = sum_t a_tb g_tb^T``, from the ``{block name: (a, g)}``
+    of :meth:`Recorder.statistics`: path ``b``'s share of the weight gradient of whatever was
+    back-propagated to the probes (its Jacobian row when that was one output per path).
+
+        >>> import tensorflow as tf
+        >>> a, g = tf.ones([2, 3, 1]), tf.ones([2, 3, 2])      # T = 2 uses, B' = 3 paths
+        >>> per_path_gradients({"dense": (a, g)})["dense"].shape.as_list()
+        [3, 1, 2]
+    """
+    return {name: tf.einsum("tba,tbg->bag", a, g) for name, (a, g) in statistics.items()}
 
 
 def _time_major(parts):

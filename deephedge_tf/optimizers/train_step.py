@@ -33,7 +33,7 @@ import logging
 import keras
 import tensorflow as tf
 
-from deephedge_tf.optimizers.capture import Recorder
+from deephedge_tf.optimizers.capture import Recorder, per_path_gradients
 from deephedge_tf.optimizers.kfac import multi_replica_context
 from deephedge_tf.optimizers.losses import OutputCurvature, loss_curvature
 
@@ -270,19 +270,21 @@ def sample_space_factor(terms, tape, recorder, cap, seed):
     probe_grads = tape.gradient([t.output for t in terms], recorder.probes,
                                 output_gradients=[tf.stop_gradient(c) for c in cotangents])
     statistics = recorder.statistics(probe_grads, cap)
-    rows = {}
-    for name, (a, g) in statistics.items():
-        m = tf.einsum("tba,tbg->bag", a, g)
-        if centred:
-            factor, scale = factors[centred[0]], folded[centred[0]]
-            n = tf.shape(m)[0]
-            c = tf.cast(factor.centre[:n], m.dtype)
-            c = c / tf.reduce_sum(c)
-            s = tf.broadcast_to(tf.cast(scale, m.dtype), tf.shape(c)) if scale.shape.rank == 0 else scale[:n]
-            s = tf.cast(s, m.dtype)
-            weight = tf.where(s > 0, c / tf.where(s > 0, s, tf.ones_like(s)), tf.zeros_like(s))
-            m = m - s[:, None, None] * tf.einsum("n,nij->ij", weight, m)[None]
-        rows[name] = m
+    rows = per_path_gradients(statistics)
+    if centred:
+        # The same n-vectors for every block: the centre's weights renormalised over the kept paths,
+        # divided by the centred term's folded scale S.
+        n = tf.cast(kept, tf.int32)
+        c = factors[centred[0]].centre[:n]
+        c = c / tf.reduce_sum(c)
+        scale = tf.cast(folded[centred[0]], c.dtype)
+        s = tf.broadcast_to(scale, [n]) if scale.shape.rank == 0 else scale[:n]
+        weight = tf.where(s > 0, c / tf.where(s > 0, s, tf.ones_like(s)), tf.zeros_like(s))
+
+        def centre(m):
+            return m - tf.cast(s, m.dtype)[:, None, None] * tf.einsum("n,nij->ij", tf.cast(weight, m.dtype), m)[None]
+
+        rows = {name: centre(m) for name, m in rows.items()}
     # The folded cotangents carry 1 / sqrt(n): update_curvature's g is per path, undivided.
     statistics = {name: (a, g * tf.sqrt(tf.cast(tf.shape(g)[1], g.dtype))) for name, (a, g) in statistics.items()}
     return rows, statistics
