@@ -158,6 +158,19 @@ def test_one_backward_pass_sums_the_terms_rows():
     np.testing.assert_allclose(np.diag(q), 1.0 - 1.0 / B, rtol=1e-12)
 
 
+def test_two_centred_terms_are_refused():
+    """One backward pass can centre one term only: two centred terms raise, naming them."""
+    net = two_output_net()
+    x = tf.constant(np.random.default_rng(5).normal(size=(B, 3)))
+    with tf.GradientTape(persistent=True) as tape:
+        with Recorder(net, tape) as recorder:
+            y = net(x)
+            terms = [CurvatureTerm(y[:, 0], VarianceCurvature(1.0, centred=True)),
+                     CurvatureTerm(y[:, 1], VarianceCurvature(1.0, centred=True))]
+    with pytest.raises(ValueError, match=r"at most one curvature term may be centred; terms \[0, 1\]"):
+        sample_space_factor(terms, tape, recorder, B, tf.constant([0, 1], tf.int64))
+
+
 def test_rows_statistics_and_exact_diagonal_feed_the_kronecker_metric():
     """The statistics handed over with the rows: for a Dense layer used once (T = 1), a_b g_b^T / sqrt(n)
     is path b's row of an uncentred term (its bias row is g_b / sqrt(n)); update_curvature with the rows
