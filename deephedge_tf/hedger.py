@@ -324,10 +324,10 @@ class Hedger(keras.Model):
             out = self.unroll(batch, training=True)
             return self._loss(out) / _replicas(), self._curvature_terms(out, batch), out
 
-        def forward():
-            return self._terms_of(first_paths(batch, self.curvature_paths))
+        def forward_on_paths(n):
+            return self._terms_of(first_paths(batch, n))
 
-        loss, out, skipped = curvature_train_step(self, compute, forward, self.curvature_paths)
+        loss, out, skipped = curvature_train_step(self, compute, forward_on_paths, self.curvature_paths)
         return loss * _replicas(), out, skipped
 
     def train_step(self, data):

@@ -287,6 +287,35 @@ def test_gauss_newton_takes_rows_of_the_l2_cost_surrogate_too():
     assert difference > 1e-3 * sum(float(tf.reduce_sum(tf.square(r))) for r in without.values())
 
 
+def test_rows_from_a_pass_over_the_first_paths_equal_the_whole_batch_pass():
+    """The Gauss-Newton train step records only the first ``jacobian_rows`` paths: the rows and statistics
+    from that pass (cotangents from the whole batch's outputs, cut to those paths, the time-major
+    actions term included) equal those of the recorded pass over the whole batch, kept to the same paths."""
+    cfg = tiny_cfg("training.kfac.ggn_mode=majorizer", "objective.kind=entropic", "objective.a=2.0")
+    parts = build_parts(cfg)
+    hedger = make_hedger(cfg, parts)
+    batch = make_batch(parts.market.simulate(12), parts.derivative, parts.instruments)
+    hedger.build_from_batch(batch)
+    seed = tf.constant([3, 7], tf.int64)
+    with tf.GradientTape() as tape:
+        with Recorder(hedger, tape) as recorder:
+            terms = hedger._terms_of(batch)
+    assert len(terms) == 2 and any(f.centre is not None for f in
+                                   [t.curvature.jacobian_rows(t.output, t.targets, seed, t.sample_weight) for t in terms])
+    whole_rows, whole_stats = train_step.sample_space_factor(terms, tape, recorder, 5, seed)
+    with tf.GradientTape() as small_tape:
+        with Recorder(hedger, small_tape) as small_recorder:
+            small = hedger._terms_of(train_step.first_paths(batch, 5))
+    rows, stats = train_step.sample_space_factor(terms, small_tape, small_recorder, 5, seed, rows_terms=small)
+    assert set(rows) == set(whole_rows) and {int(r.shape[0]) for r in rows.values()} == {5}
+    for k in rows:
+        np.testing.assert_allclose(rows[k].numpy(), whole_rows[k].numpy(), rtol=1e-10, atol=1e-14)
+        for x, y in zip(stats[k], whole_stats[k]):
+            np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-10, atol=1e-14)
+    with pytest.raises(ValueError, match="rows_terms must hold one term per term"):
+        train_step.sample_space_factor(terms, small_tape, small_recorder, 5, seed, rows_terms=small[:1])
+
+
 def test_cost_majorizer_line_model_equals_brute_force():
     """ggn_mode majorizer: V^T C V of the line model is the variance GGN plus
     mean_b sum_{t,n} c P / sqrt(u^2 + eps_n^2) (J_u V)^2, with J_u the actions' Jacobian by brute force and

@@ -45,7 +45,8 @@ all blocks: the trust region bounds the quadratic model's curvature term of the 
 ``preconditioner="gauss_newton"`` replaces the Kronecker direction by the exact damped Gauss-Newton step
 in sample space (:mod:`deephedge_tf.optimizers.woodbury`): the model hands over per-path Jacobian rows
 ``R`` (:meth:`set_jacobian_rows`: one row per path for the first ``jacobian_rows`` paths, the loss terms'
-rows summed, from one backward pass; :func:`~deephedge_tf.optimizers.train_step.sample_space_factor`) and
+rows summed, from one recorded forward and backward pass over those paths only, its cost ``n / B`` of
+the batch's; :func:`~deephedge_tf.optimizers.train_step.sample_space_factor`) and
 
     d = (R^T R + lambda M)^{-1} g                                         (Woodbury, n x n Cholesky)
     eta = min(eta_max, g.d / (d^T C d + lambda d^T M d))                  (d^T C d: exact line model)

@@ -2,13 +2,15 @@
 
 One step (:func:`curvature_train_step`):
 
-1. forward pass under a :class:`~deephedge_tf.optimizers.capture.Recorder` (probes on the pre-activations
-   of every understood layer) and a persistent tape; the loss and its gradients;
+1. forward pass under a tape, for the Kronecker rule also under a
+   :class:`~deephedge_tf.optimizers.capture.Recorder` (probes on the pre-activations of every understood
+   layer); the loss and its gradients;
 2. if the loss and gradients are finite: the per-path statistics (pseudo-gradients from the loss's
    :class:`~deephedge_tf.optimizers.losses.OutputCurvature`, back-propagated to the probes) handed to
    ``optimizer.update_curvature`` (computed only when the optimizer wants them); for the Gauss-Newton
-   step instead the sample-space factor and its statistics from one backward pass of the terms' row
-   cotangents (:func:`sample_space_factor`, ``set_jacobian_rows``); the exact quadratic model
+   step instead a recorded forward pass over the first ``jacobian_rows`` paths only and one backward
+   pass of the terms' row cotangents through it (:func:`sample_space_factor`, ``set_jacobian_rows``),
+   which give the sample-space factor and the damping metric's statistics; the exact quadratic model
    along the step direction (forward-mode passes, or one forward pass at the moved weights with
    ``jvp_method="finite_difference"``, over the first ``curvature_paths`` paths) when the
    optimizer's ``step_model`` asks for one; then ``optimizer.apply``.  Otherwise nothing is written and
@@ -141,26 +143,39 @@ def _hand_over_step_model(model, optimizer, grads, variables, forward, base_term
         optimizer.set_step_model(curvature, tree_dot(grads, directions))
 
 
-def curvature_train_step(model, compute, forward_for_model, max_paths=None):
+def curvature_train_step(model, compute, forward_on_paths, max_paths=None):
     """One training step of ``model`` with its curvature optimizer (see module doc).
 
     Args:
       model: a compiled Keras model whose ``optimizer`` has ``update_curvature`` (DH-KFAC).
-      compute: ``() -> (loss, [CurvatureTerm, ...], aux)``; runs the forward pass (recorded).  Under a
+      compute: ``() -> (loss, [CurvatureTerm, ...], aux)``; runs the forward pass.  Under a
         multi-replica strategy ``loss`` is the replica's loss divided by the number of replicas, as
         Keras' losses scale it (the replicas' gradients are summed).
-      forward_for_model: ``() -> [CurvatureTerm, ...]``, the same outputs recomputed on the first
-        ``max_paths`` paths (used under forward-mode autodiff for the exact step model).
-      max_paths: paths of the batch whose statistics are kept (``None``: all).
+      forward_on_paths: ``n -> [CurvatureTerm, ...]``, the same outputs recomputed on the first ``n``
+        paths of the batch (``n`` a Python int or ``None`` for all): the step model's pass (``n =
+        max_paths``) and, for the Gauss-Newton step, the recorded pass that gives the Jacobian rows
+        (``n = jacobian_rows``).  It must give the outputs ``compute`` gave on those paths (no
+        coupling between paths inside the model, no random layers active in training).
+      max_paths: paths of the batch whose statistics are kept and the step model runs on (``None``:
+        all).
 
     Returns:
       ``(loss, aux, skipped)``: ``skipped`` is 1.0 when nothing was written (non-finite loss or
       gradients), else 0.0.
     """
     optimizer = model.optimizer
-    with tf.GradientTape(persistent=True) as tape:
-        with Recorder(model, tape) as recorder:
+    gauss_newton = getattr(optimizer, "gauss_newton", False)
+    if gauss_newton:
+        # Nothing is recorded on the whole batch: the rows and the metric's statistics come from a
+        # recorded pass over the first jacobian_rows paths only (apply below), whose cost scales with
+        # those paths, not the batch (the probes alone made the band network's pass 1.8x Adam's step).
+        with tf.GradientTape() as tape:
             loss, terms, aux = compute()
+        recorder = None
+    else:
+        with tf.GradientTape(persistent=True) as tape:
+            with Recorder(model, tape) as recorder:
+                loss, terms, aux = compute()
     variables = model.trainable_variables  # after the forward pass: a first call creates the weights
     if not optimizer.built:
         optimizer.build(variables)  # here, not inside the tf.cond below (no variables in a branch)
@@ -193,21 +208,24 @@ def curvature_train_step(model, compute, forward_for_model, max_paths=None):
     else:
         global_grads = grads
 
-    gauss_newton = getattr(optimizer, "gauss_newton", False)
-
     def apply():
         # The optimizer skips (and counts) non-finite statistics itself.
         if gauss_newton:
             # The sample-space factor (per-path weight gradients of the first `jacobian_rows` paths,
-            # scaled and centred) and the damping metric's statistics, from one backward pass.
-            rows, stats = sample_space_factor(terms, tape, recorder, optimizer.jacobian_rows, seed)
+            # scaled and centred) and the damping metric's statistics, from one recorded pass over
+            # those paths and one backward pass of the cotangents computed on the whole batch.
+            with tf.GradientTape() as rows_tape:
+                with Recorder(model, rows_tape) as rows_recorder:
+                    rows_terms = forward_on_paths(int(optimizer.jacobian_rows))
+            rows, stats = sample_space_factor(terms, rows_tape, rows_recorder, optimizer.jacobian_rows, seed,
+                                              rows_terms=rows_terms)
             if optimizer.wants_statistics:
                 optimizer.update_curvature(lambda: stats, rows=rows)
             optimizer.set_jacobian_rows(rows)
         elif getattr(optimizer, "wants_statistics", True):
             optimizer.update_curvature(statistics)
-        # With all paths kept, this step's outputs are forward_for_model's at the current weights.
-        _hand_over_step_model(model, optimizer, global_grads, variables, forward_for_model,
+        # With all paths kept, this step's outputs are forward_on_paths(None)'s at the current weights.
+        _hand_over_step_model(model, optimizer, global_grads, variables, lambda: forward_on_paths(max_paths),
                               terms if max_paths is None else None)
         optimizer.apply(grads, variables)
         if gauss_newton:
@@ -225,7 +243,7 @@ def curvature_train_step(model, compute, forward_for_model, max_paths=None):
     return loss, aux, skipped
 
 
-def sample_space_factor(terms, tape, recorder, cap, seed):
+def sample_space_factor(terms, tape, recorder, cap, seed, rows_terms=None):
     """``(rows, statistics)`` of every curvature term from **one** backward pass.
 
     Each term's :class:`~deephedge_tf.optimizers.losses.RowFactor` cotangent is multiplied by its per-path
@@ -238,6 +256,12 @@ def sample_space_factor(terms, tape, recorder, cap, seed):
     applied to the sum, ``r_b = m_b - S_b sum_c c_c m_c / S_c`` with ``S`` that term's folded scale: exact
     for the centred term, and it moves the sampled terms' rows by ``O(1 / n)`` of their size.
 
+    The cotangents are computed from ``terms``, the whole batch's outputs (a term's row factor may
+    depend on every path: an expected shortfall's quantile, an entropic measure's weights).  They are
+    back-propagated through the pass ``tape`` and ``recorder`` recorded: the whole batch's (``rows_terms``
+    None), or a second pass over the first ``n`` paths only, whose terms are ``rows_terms`` (the same
+    outputs on those paths; its backward pass then costs ``n / B`` of the whole batch's).
+
     Returns:
       rows: ``{block: R [n, dim_a, d_out]}`` with ``sum_n r_n r_n^T`` the GGN of the mean loss (exactly,
         or in expectation with sampled terms).
@@ -246,9 +270,14 @@ def sample_space_factor(terms, tape, recorder, cap, seed):
         the Gauss-Newton step's damping metric, no second backward pass).
 
     Raises:
-      ValueError: more than one term with a centre (one pass can centre one term only).
+      ValueError: more than one term with a centre (one pass can centre one term only); ``rows_terms``
+        not one per term.
     """
-    paths = tf.cast(recorder.path_count(), tf.float64)
+    if rows_terms is not None and len(rows_terms) != len(terms):
+        raise ValueError(f"sample_space_factor: rows_terms must hold one term per term ({len(terms)}); "
+                         f"got {len(rows_terms)}")
+    paths = tf.cast(recorder.path_count() if rows_terms is None
+                    else _batch_paths(terms[0].output, rows_terms[0].output, recorder.path_count()), tf.float64)
     factors = [term.curvature.jacobian_rows(term.output, term.targets,
                                             tf.random.experimental.stateless_fold_in(seed, 100 + i),
                                             term.sample_weight) for i, term in enumerate(terms)]
@@ -267,7 +296,15 @@ def sample_space_factor(terms, tape, recorder, cap, seed):
             scale = tf.cast(factor.scale, out.dtype) * tf.cast(tf.sqrt(paths / kept), out.dtype)
             cotangents.append(cot * tf.reshape(scale, [-1] + [1] * (out.shape.rank - 1)))
         folded.append(scale)
-    probe_grads = tape.gradient([t.output for t in terms], recorder.probes,
+    through = terms
+    if rows_terms is not None:
+        # The recorded pass covers the first n paths: their cotangents only.  Outputs may be batch- or
+        # time-major; only the path axis differs between the two passes, so a slice from the origin to
+        # the small pass's shape cuts along it.
+        through = rows_terms
+        cotangents = [tf.slice(c, tf.zeros_like(tf.shape(t.output)), tf.shape(t.output))
+                      for c, t in zip(cotangents, rows_terms)]
+    probe_grads = tape.gradient([t.output for t in through], recorder.probes,
                                 output_gradients=[tf.stop_gradient(c) for c in cotangents])
     statistics = recorder.statistics(probe_grads, cap)
     rows = per_path_gradients(statistics)
@@ -288,6 +325,15 @@ def sample_space_factor(terms, tape, recorder, cap, seed):
     # The folded cotangents carry 1 / sqrt(n): update_curvature's g is per path, undivided.
     statistics = {name: (a, g * tf.sqrt(tf.cast(tf.shape(g)[1], g.dtype))) for name, (a, g) in statistics.items()}
     return rows, statistics
+
+
+def _batch_paths(output, first_output, first_paths_count):
+    """The whole batch's path count ``B`` from one output on all paths and on the first ``n`` of them
+    (``n = first_paths_count``): only the path axis differs, so ``B = n x size(output) / size(first)``."""
+    full = tf.size(output, out_type=tf.int64)
+    first = tf.size(first_output, out_type=tf.int64)
+    n = tf.cast(first_paths_count, tf.int64)
+    return tf.where(first > 0, full * n // tf.maximum(first, 1), n)
 
 
 def first_paths(data, max_paths):
@@ -358,11 +404,11 @@ class CurvatureModel(keras.Model):
             loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
             return loss, terms_for(x, y, sample_weight, y_pred), y_pred
 
-        def forward():
-            xs, ys, ws = first_paths((x, y, sample_weight), self.curvature_paths)
+        def forward_on_paths(n):
+            xs, ys, ws = first_paths((x, y, sample_weight), n)
             return terms_for(xs, ys, ws, self(xs, training=True))
 
-        loss, y_pred, _ = curvature_train_step(self, compute, forward, self.curvature_paths)
+        loss, y_pred, _ = curvature_train_step(self, compute, forward_on_paths, self.curvature_paths)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync  # Keras' losses divide by it
         self._loss_tracker.update_state(loss * replicas, sample_weight=tf.shape(tf.nest.flatten(x)[0])[0])
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
