@@ -1,12 +1,14 @@
-"""Compile time and step time of the hedger's train step (Python-unrolled time loop).
+"""Compile time and step time of the hedger's train step, by time loop and optimizer.
 
-The hedger unrolls the policy over T in Python inside the traced train step: per-step speed is good
-and every per-step tensor stays visible to the tape, but tracing/compilation time grows with T.  This
-measures, for several T, the first call (trace + graph optimisation + one step) and the steady-state
-time per step, with the DH-KFAC paper's policy (4 residual RMSNorm + LSTM blocks of width 32).
+With ``training.time_loop: python`` the hedger unrolls the policy over T in Python inside the traced
+train step: tracing/compilation time grows with T.  ``graph`` runs the decisions as one
+``tf.while_loop`` (curvature capture included).  This measures, for several T, the first call (trace +
+graph optimisation + one step) and the steady-state time per step, with the DH-KFAC paper's policy (4
+residual RMSNorm + LSTM blocks of width 32), for Adam and DH-KFAC with its defaults.
 
 Usage (repo root, project venv):
-    .venv/bin/python benchmarks/bench_hedger.py [--steps 30 120 240] [--batch 1024] [--write BENCHMARKS.md]
+    .venv/bin/python benchmarks/bench_hedger.py [--steps 30 120 240] [--batch 1024] \
+        [--time-loop python graph] [--optimizer adam dhkfac] [--write BENCHMARKS.md]
 """
 
 from __future__ import annotations
@@ -19,18 +21,22 @@ import keras
 import tensorflow as tf
 
 import report
+from deephedge_tf.builders import build_optimizer
 from deephedge_tf.config import from_dict
 from deephedge_tf.features import make_batch
 from deephedge_tf.training import build_parts, make_hedger
 
 
-def measure(steps: int, batch: int, repeats: int, jit: bool) -> tuple[float, float]:
+def measure(steps: int, batch: int, repeats: int, jit: bool, time_loop: str = "python",
+            optimizer: str = "adam") -> tuple[float, float]:
     cfg = from_dict({}, ["market.model=gbm", f"time.steps={steps}", "time.dt=0.004",
-                         "objective.gamma=1000.0", "policy.num_blocks=4", "policy.width=32"])
+                         "objective.gamma=1000.0", "policy.num_blocks=4", "policy.width=32",
+                         f"training.time_loop={time_loop}", f"training.optimizer={optimizer}"])
     parts = build_parts(cfg)
     data = make_batch(parts.market.simulate(batch), parts.derivative, parts.instruments)
     hedger = make_hedger(cfg, parts, compile=False)
-    hedger.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit)
+    opt = keras.optimizers.Adam(1e-3) if optimizer == "adam" else build_optimizer(cfg)
+    hedger.compile(optimizer=opt, jit_compile=jit)
     hedger.build_from_batch(data)
     step = tf.function(hedger.train_step, jit_compile=jit)
     t0 = time.perf_counter()
@@ -50,22 +56,30 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--jit", action="store_true", help="also measure jit_compile=True (slow on CPU)")
+    ap.add_argument("--time-loop", nargs="+", default=["python"], choices=["python", "graph"])
+    ap.add_argument("--optimizer", nargs="+", default=["adam"], choices=["adam", "dhkfac"])
     ap.add_argument("--write", metavar="FILE")
     args = ap.parse_args(argv)
     rows = []
     for t in args.steps:
-        for jit in ((False, True) if args.jit else (False,)):
-            first, per_step = measure(t, args.batch, args.repeats, jit)
-            rows.append((t, jit, first, per_step))
-            print(f"T={t} jit={jit}: first call {first:.1f} s, step {per_step * 1e3:.0f} ms", flush=True)
+        for optimizer in args.optimizer:
+            for loop in args.time_loop:
+                for jit in ((False, True) if args.jit else (False,)):
+                    first, per_step = measure(t, args.batch, args.repeats, jit, loop, optimizer)
+                    rows.append((t, optimizer, loop, jit, first, per_step))
+                    print(f"T={t} {optimizer} time_loop={loop} jit={jit}: first call {first:.1f} s, "
+                          f"step {per_step * 1e3:.0f} ms", flush=True)
     cmd = "python benchmarks/bench_hedger.py " + " ".join(
-        ["--steps", *map(str, args.steps), "--batch", str(args.batch)] + (["--jit"] if args.jit else []))
+        ["--steps", *map(str, args.steps), "--batch", str(args.batch), "--time-loop", *args.time_loop,
+         "--optimizer", *args.optimizer] + (["--jit"] if args.jit else []))
     text = report.section(
         "Hedger train step: compile and step time", cmd,
-        f"recurrent policy 4 x 32, spot hedge, B = {args.batch}, Adam; step time best of {args.repeats}.",
-        ["T", "XLA", "first call (trace + compile + 1 step)", "step", "first / step"],
-        ["---:", "---", "---:", "---:", "---:"],
-        [[t, "on" if j else "off", f"{f:.1f} s", f"{s * 1e3:.0f} ms", f"{f / s:.0f}"] for t, j, f, s in rows])
+        f"recurrent policy 4 x 32, spot hedge, B = {args.batch}; DH-KFAC with its defaults; step time best "
+        f"of {args.repeats}.",
+        ["T", "optimizer", "time loop", "XLA", "first call (trace + compile + 1 step)", "step", "first / step"],
+        ["---:", "---", "---", "---", "---:", "---:", "---:"],
+        [[t, o, lp, "on" if j else "off", f"{f:.1f} s", f"{s * 1e3:.0f} ms", f"{f / s:.0f}"]
+         for t, o, lp, j, f, s in rows])
     report.publish(text, args.write)
     return 0
 

@@ -401,6 +401,10 @@ class TrainingConfig:
     target_loss: Optional[float] = param(None, "stop when the validation loss reaches this value "
                                          "(null: never)")
     jit_compile: Optional[bool] = param(None, "XLA-compile the train step (null: auto = on GPU, off on CPU)")
+    time_loop: str = param("python", "the decision loop over time steps: python (unrolled when traced; "
+                           "compile time grows with time.steps) or graph (one tf.while_loop: compile time "
+                           "independent of time.steps, for long horizons; also the exported whole_path's)",
+                           choices=("python", "graph"))
     kfac: KFACConfig = section(KFACConfig, "DH-KFAC settings (optimizer = dhkfac)")
 
     def check(self, key):

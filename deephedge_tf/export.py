@@ -68,7 +68,7 @@ import keras
 import tensorflow as tf
 
 from deephedge_tf.errors import DeepHedgeError
-from deephedge_tf.policies.base import Policy, policy_rollout, policy_step
+from deephedge_tf.policies.base import TIME_LOOPS, Policy, policy_rollout, policy_step
 
 #: Per-step observation keys a caller supplies (``holdings`` is derived in ``whole_path``).
 PATH_INPUTS = ("features", "mask", "spot", "variance", "tau", "bs_delta", "bs_gamma")
@@ -153,7 +153,8 @@ def _names(names, count, what):
 # -- public API ------------------------------------------------------------------------------------
 
 def export_policy(policy, path, *, num_steps: int, num_features: int, num_instruments: int | None = None,
-                  dtype=None, feature_names=None, instrument_names=None, overwrite: bool = False) -> Path:
+                  dtype=None, feature_names=None, instrument_names=None, overwrite: bool = False,
+                  time_loop: str = "python") -> Path:
     """Writes ``policy`` (a :class:`Policy`, or a Hedger whose ``.policy`` is used) as a SavedModel.
 
     Args:
@@ -167,6 +168,9 @@ def export_policy(policy, path, *, num_steps: int, num_features: int, num_instru
       feature_names, instrument_names: optional names (``F`` and ``N`` entries) stored as metadata.
       overwrite: replace an existing ``path`` (the old model stays in place until the new one is
         complete).
+      time_loop: how ``whole_path`` runs its ``T`` decisions (:func:`policy_rollout`): ``"python"``
+        unrolled in the graph, ``"graph"`` one ``tf.while_loop`` (a graph whose size does not grow
+        with ``T``).  Same actions.
 
     Returns the ``Path`` written.  See the module docstring for the endpoints.
 
@@ -193,6 +197,8 @@ def export_policy(policy, path, *, num_steps: int, num_features: int, num_instru
                              f"{policy.num_instruments} instruments")
     if num_steps < 1 or num_features < 1:
         raise DeepHedgeError(f"export: num_steps and num_features must be >= 1; got {num_steps}, {num_features}")
+    if time_loop not in TIME_LOOPS:
+        raise DeepHedgeError(f"export: time_loop must be one of {TIME_LOOPS}; got {time_loop!r}")
     dtype = tf.as_dtype(dtype or policy.compute_dtype)
     if dtype != tf.as_dtype(policy.compute_dtype):
         # Holdings and state accumulate the policy's actions: inputs must share its dtype.
@@ -207,14 +213,15 @@ def export_policy(policy, path, *, num_steps: int, num_features: int, num_instru
     state_specs = _state_specs(policy, dtype)
     meta = _metadata(policy, num_steps, num_features, num_instruments, dtype, feature_names,
                      instrument_names, state_specs)
-    archive = _archive(policy, num_steps, num_features, num_instruments, dtype, state_specs, meta)
+    archive = _archive(policy, num_steps, num_features, num_instruments, dtype, state_specs, meta, time_loop)
     _write_atomically(archive, path, meta, overwrite)
     return path
 
 
 def export_hedger(hedger, batch, path, *, feature_names=None, instrument_names=None,
                   overwrite: bool = False) -> Path:
-    """:func:`export_policy` with ``T``, ``F``, ``N`` and the dtype read from one example batch.
+    """:func:`export_policy` with ``T``, ``F``, ``N`` and the dtype read from one example batch, and the
+    hedger's ``time_loop``.
 
     ``batch`` is a batch-major batch dict (:func:`deephedge_tf.features.make_batch`, one item of
     :class:`deephedge_tf.data.PathBatches`): features ``[B, T, F]``, mask ``[B, T, N]``.
@@ -230,7 +237,8 @@ def export_hedger(hedger, batch, path, *, feature_names=None, instrument_names=N
                              f"{policy.compute_dtype}; make the batch with the hedger's dtype")
     return export_policy(policy, path, num_steps=steps, num_features=num_features,
                          num_instruments=num_instruments, dtype=dtype, feature_names=feature_names,
-                         instrument_names=instrument_names, overwrite=overwrite)
+                         instrument_names=instrument_names, overwrite=overwrite,
+                         time_loop=getattr(hedger, "time_loop", "python"))
 
 
 # -- the endpoints and writing -----------------------------------------------------------------------
@@ -257,7 +265,7 @@ def _checked(endpoint, inputs, specs):
     return out
 
 
-def _archive(policy, num_steps, num_features, num_instruments, dtype, state_specs, meta):
+def _archive(policy, num_steps, num_features, num_instruments, dtype, state_specs, meta, time_loop):
     archive = keras.export.ExportArchive()
     archive.track(policy)
 
@@ -271,7 +279,7 @@ def _archive(policy, num_steps, num_features, num_instruments, dtype, state_spec
         # Batch-major at the boundary (like Keras datasets), time-major for the loop (like the hedger).
         tm = lambda v: tf.transpose(v, [1, 0] + list(range(2, v.shape.rank)))  # noqa: E731
         obs = {k: tm(x[k]) for k in PATH_INPUTS if k != "mask"}
-        actions = policy_rollout(policy, obs, tm(x["mask"]), training=False)
+        actions = policy_rollout(policy, obs, tm(x["mask"]), training=False, time_loop=time_loop)
         return {"actions": tf.transpose(actions, [1, 0, 2])}
 
     def one_step(features, mask, holdings, spot, variance, tau, bs_delta, bs_gamma, prev_action, *state):

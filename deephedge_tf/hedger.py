@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from deephedge_tf.features import time_major
 from deephedge_tf.optimizers.losses import OutputCurvature, rademacher
-from deephedge_tf.policies.base import policy_rollout
+from deephedge_tf.policies.base import TIME_LOOPS, policy_rollout
 from deephedge_tf.validation import check_real
 
 OUTPUT_KEYS = ("pnl", "costs", "gains", "turnover", "actions")
@@ -162,6 +162,9 @@ class Hedger(keras.Model):
         (None: all).  The Gauss-Newton step takes its statistics from its ``jacobian_rows`` paths.
       natural_units: measure the policy's trades in natural units of each instrument (set from the
         first batch by :meth:`set_instrument_units` when the hedger is built); ``False``: contracts.
+      time_loop: ``"python"`` (the decision loop unrolled when traced) or ``"graph"`` (one
+        ``tf.while_loop``: compile time independent of ``T``, for long horizons); see
+        :func:`deephedge_tf.policies.base.policy_rollout`.
 
     With an optimizer that takes curvature statistics (:class:`deephedge_tf.optimizers.DHKFAC`) the train
     step is :func:`deephedge_tf.optimizers.train_step.curvature_train_step`: every Dense and LSTM layer of
@@ -182,8 +185,11 @@ class Hedger(keras.Model):
 
     def __init__(self, policy, objective, ggn_mode: str = "majorizer", ggn_cost_l2: float = 0.0,
                  curvature_paths: int | None = None, natural_units: bool = True, ggn_cost_floor: float = 1.0,
-                 **kwargs):
+                 time_loop: str = "python", **kwargs):
         super().__init__(**kwargs)
+        if time_loop not in TIME_LOOPS:
+            raise ValueError(f"Hedger: time_loop must be one of {TIME_LOOPS}; got {time_loop!r}")
+        self.time_loop = time_loop
         self.natural_units = bool(natural_units)
         self.policy = policy
         self.objective = objective
@@ -217,7 +223,8 @@ class Hedger(keras.Model):
         """Runs the policy over time on a batch-major batch; returns the outputs dict (actions
         time-major ``[T, B, N]``, see module docstring)."""
         tm = time_major(batch)
-        return self._book(tm, policy_rollout(self.policy, tm["obs"], tm["mask"], training=training))
+        return self._book(tm, policy_rollout(self.policy, tm["obs"], tm["mask"], training=training,
+                                             time_loop=self.time_loop))
 
     def _book(self, tm: dict, actions) -> dict:
         """Outputs dict from time-major batch ``tm`` and actions ``[T, B, N]``."""
@@ -369,6 +376,7 @@ class Hedger(keras.Model):
         return {**super().get_config(),
                 "ggn_mode": self.ggn_mode, "ggn_cost_l2": self.ggn_cost_l2, "ggn_cost_floor": self._cost_majorizer.floor,
                 "curvature_paths": self.curvature_paths, "natural_units": self.natural_units,
+                "time_loop": self.time_loop,
                 "policy": keras.saving.serialize_keras_object(self.policy),
                 "objective": keras.saving.serialize_keras_object(self.objective)}
 

@@ -98,7 +98,8 @@ def make_hedger(cfg: Config, parts: RunParts, policy_kind: str | None = None, co
         _check_delta(cfg, parts.derivative)
     k = cfg.training.kfac
     hedger = Hedger(policy, objective, ggn_mode=k.ggn_mode, ggn_cost_l2=k.ggn_cost_l2, ggn_cost_floor=k.ggn_cost_floor,
-                    curvature_paths=k.curvature_paths, natural_units=cfg.hedges.natural_units, dtype=cfg.dtype)
+                    curvature_paths=k.curvature_paths, natural_units=cfg.hedges.natural_units,
+                    time_loop=cfg.training.time_loop, dtype=cfg.dtype)
     if compile:
         jit = "auto" if cfg.training.jit_compile is None else cfg.training.jit_compile
         hedger.compile(optimizer=build_optimizer(cfg), jit_compile=jit)

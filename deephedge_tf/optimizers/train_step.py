@@ -98,8 +98,7 @@ def finite_difference_curvature(model, forward, variables, tangents, base_terms,
     saved = [tf.identity(v) for v, _ in pairs]
     for v, t in pairs:
         v.assign_add(tf.cast(eps, v.dtype) * t)
-    with Recorder(model, None):
-        moved = forward()
+    moved = forward()  # a plain pass: a time loop in the graph stays one loop (no replay needed here)
     for (v, _), w in zip(pairs, saved):
         v.assign(w)
     jv = [tf.cast((tf.cast(m.output, tf.float64) - tf.cast(b.output, tf.float64)) / eps, b.output.dtype)
