@@ -404,7 +404,7 @@ class TrainingConfig:
     time_loop: str = param("python", "the decision loop over time steps: python (unrolled when traced; "
                            "compile time grows with time.steps) or graph (one tf.while_loop: compile time "
                            "independent of time.steps, for long horizons; also the exported whole_path's)",
-                           choices=("python", "graph"))
+                           choices=("python", "graph"))  # policies.base.TIME_LOOPS (no TensorFlow import here)
     kfac: KFACConfig = section(KFACConfig, "DH-KFAC settings (optimizer = dhkfac)")
 
     def check(self, key):

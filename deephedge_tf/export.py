@@ -68,7 +68,7 @@ import keras
 import tensorflow as tf
 
 from deephedge_tf.errors import DeepHedgeError
-from deephedge_tf.policies.base import TIME_LOOPS, Policy, policy_rollout, policy_step
+from deephedge_tf.policies.base import Policy, check_time_loop, policy_rollout, policy_step
 
 #: Per-step observation keys a caller supplies (``holdings`` is derived in ``whole_path``).
 PATH_INPUTS = ("features", "mask", "spot", "variance", "tau", "bs_delta", "bs_gamma")
@@ -197,8 +197,7 @@ def export_policy(policy, path, *, num_steps: int, num_features: int, num_instru
                              f"{policy.num_instruments} instruments")
     if num_steps < 1 or num_features < 1:
         raise DeepHedgeError(f"export: num_steps and num_features must be >= 1; got {num_steps}, {num_features}")
-    if time_loop not in TIME_LOOPS:
-        raise DeepHedgeError(f"export: time_loop must be one of {TIME_LOOPS}; got {time_loop!r}")
+    check_time_loop(time_loop, "export")
     dtype = tf.as_dtype(dtype or policy.compute_dtype)
     if dtype != tf.as_dtype(policy.compute_dtype):
         # Holdings and state accumulate the policy's actions: inputs must share its dtype.

@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from deephedge_tf.features import time_major
 from deephedge_tf.optimizers.losses import OutputCurvature, rademacher
-from deephedge_tf.policies.base import TIME_LOOPS, policy_rollout
+from deephedge_tf.policies.base import check_time_loop, policy_rollout
 from deephedge_tf.validation import check_real
 
 OUTPUT_KEYS = ("pnl", "costs", "gains", "turnover", "actions")
@@ -187,9 +187,7 @@ class Hedger(keras.Model):
                  curvature_paths: int | None = None, natural_units: bool = True, ggn_cost_floor: float = 1.0,
                  time_loop: str = "python", **kwargs):
         super().__init__(**kwargs)
-        if time_loop not in TIME_LOOPS:
-            raise ValueError(f"Hedger: time_loop must be one of {TIME_LOOPS}; got {time_loop!r}")
-        self.time_loop = time_loop
+        self.time_loop = check_time_loop(time_loop, "Hedger")
         self.natural_units = bool(natural_units)
         self.policy = policy
         self.objective = objective

@@ -10,9 +10,11 @@ import pytest
 import tensorflow as tf
 
 from deephedge_tf.config import from_dict
-from deephedge_tf.errors import ConfigError
-from deephedge_tf.export import export_hedger
-from deephedge_tf.features import make_batch
+from deephedge_tf.errors import ConfigError, DeepHedgeError
+from deephedge_tf.export import export_hedger, export_policy
+from deephedge_tf.features import make_batch, time_major
+from deephedge_tf.hedger import Hedger
+from deephedge_tf.policies.base import policy_rollout
 from deephedge_tf.training import build_parts, make_hedger
 
 
@@ -90,3 +92,13 @@ def test_export_with_the_graph_loop_gives_the_same_actions():
 def test_unknown_time_loop_is_refused_with_the_field_named():
     with pytest.raises(ConfigError, match="training.time_loop"):
         config("vectorised")
+    unrolled, _, batch = hedger_pair()
+    allowed = r"time_loop must be one of \('python', 'graph'\); got 'vectorised'"
+    with pytest.raises(DeepHedgeError, match="Hedger: " + allowed):
+        Hedger(unrolled.policy, unrolled.objective, time_loop="vectorised")
+    with pytest.raises(DeepHedgeError, match="export: " + allowed):
+        export_policy(unrolled, os.path.join(tempfile.mkdtemp(), "m"), num_steps=6,
+                      num_features=int(batch["obs"]["features"].shape[-1]), time_loop="vectorised")
+    tm = time_major(batch)
+    with pytest.raises(DeepHedgeError, match="policy_rollout: " + allowed):
+        policy_rollout(unrolled.policy, tm["obs"], tm["mask"], time_loop="vectorised")

@@ -46,6 +46,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from deephedge_tf.errors import DeepHedgeError
+
 OBS_KEYS = ("features", "mask", "holdings", "spot", "variance", "tau", "bs_delta", "bs_gamma")
 
 
@@ -168,6 +170,13 @@ def policy_step(policy, obs, holdings, prev_action, state, training=None):
 TIME_LOOPS = ("python", "graph")
 
 
+def check_time_loop(time_loop, owner: str) -> str:
+    """``time_loop`` if it is one of :data:`TIME_LOOPS`, else a :class:`DeepHedgeError` naming ``owner``."""
+    if time_loop not in TIME_LOOPS:
+        raise DeepHedgeError(f"{owner}: time_loop must be one of {TIME_LOOPS}; got {time_loop!r}")
+    return time_loop
+
+
 def policy_rollout(policy, obs, mask, training=None, time_loop="python"):
     """The decision loop shared by :meth:`Hedger.unroll` and the exported ``whole_path``: actions ``[T, B, N]`` (time-major, masked).
 
@@ -189,8 +198,7 @@ def policy_rollout(policy, obs, mask, training=None, time_loop="python"):
         >>> a.shape.as_list(), bool(tf.reduce_all(tf.abs(a - b) < 1e-6))
         ([5, 3, 1], True)
     """
-    if time_loop not in TIME_LOOPS:
-        raise ValueError(f"policy_rollout: time_loop must be one of {TIME_LOOPS}; got {time_loop!r}")
+    check_time_loop(time_loop, "policy_rollout")
     steps = int(mask.shape[0])
     policy.set_num_instruments(int(mask.shape[-1]))
     start = (tf.zeros_like(mask[0]), tf.zeros_like(mask[0]),  # holdings, previous action
