@@ -304,14 +304,12 @@ class Recorder:
             out[name] = (tf.stop_gradient(a), tf.stop_gradient(g))
         return out
 
-
     def path_count(self):
         """The batch size ``B`` of the recorded forward pass (int32 scalar tensor)."""
         if not self._calls:
             raise ValueError("Recorder.path_count: nothing was recorded")
         _, x, _, time_major = self._calls[0]
         return tf.shape(x)[1] if time_major else tf.shape(x)[0]
-
 
 
 def per_path_gradients(statistics) -> dict:
