@@ -12,6 +12,7 @@ from deephedge_tf.optimizers import DHKFAC, Recorder, with_curvature
 from deephedge_tf.optimizers.losses import MeanSquaredErrorCurvature
 from deephedge_tf.hedger import CostMajorizerCurvature
 from deephedge_tf.optimizers.train_step import CurvatureTerm, sample_space_factor
+from deephedge_tf.optimizers.blocks import stack
 from deephedge_tf.optimizers.woodbury import factorise, gauss_newton_direction, levenberg_marquardt, solve
 from test_loss_curvature import output_hessian, shortfall_surrogate_hessian  # tests/ is on sys.path
 
@@ -194,6 +195,21 @@ def test_rows_statistics_and_exact_diagonal_feed_the_kronecker_metric():
         np.testing.assert_allclose(st["s"].sum(), (r.numpy() ** 2).sum(), rtol=1e-10)
         # The bases come from A and G of these statistics, not the identity they start from.
         assert not np.allclose(np.abs(st["U_A"]), np.eye(len(st["U_A"])))
+    # The solve reuses the rows update_curvature turned into the eigenbases (the same tensors handed
+    # over): the same direction as turning them again.
+    opt.set_jacobian_rows(rows)
+    assert opt._basis_rows is not None
+    grads = [tf.ones_like(v) for v in net.trainable_variables]
+    reused, _ = opt.step_directions(grads)
+    opt._basis_rows, opt._factor = None, None
+    turned_again, _ = opt.step_directions(grads)
+    for a, b in zip(reused, turned_again):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-12)
+    # A second update blends the fresh exact diagonal into s (same statistics: s is unchanged).
+    before = {name: opt.block_state(name)["s"].numpy() for name in rows}
+    opt.update_curvature(stats, rows=rows)
+    for name in rows:
+        np.testing.assert_allclose(opt.block_state(name)["s"].numpy(), before[name], rtol=1e-8)
 
 
 def test_woodbury_direction_is_the_dense_damped_solve():
@@ -209,34 +225,25 @@ def test_woodbury_direction_is_the_dense_damped_solve():
     np.testing.assert_allclose(got, dense, rtol=1e-10)
 
 
-def test_woodbury_direction_with_a_metric_is_the_dense_solve():
-    """(R^T R + lambda M) d = g with a block-diagonal SPD metric M handed over as M^-1 r_n and M^-1 g."""
+def test_woodbury_direction_with_a_diagonal_metric_is_the_dense_solve():
+    """(R^T R + lambda M) d = g with a positive diagonal metric M handed over per block."""
     rng = np.random.default_rng(4)
     shapes = {"a": (3, 2), "b": (4, 1)}
     rows = {k: tf.constant(rng.normal(size=(5, *s))) for k, s in shapes.items()}
     grads = {k: tf.constant(rng.normal(size=s)) for k, s in shapes.items()}
-    metric = {}
-    for k, s in shapes.items():
-        q = rng.normal(size=(int(np.prod(s)),) * 2)
-        metric[k] = q @ q.T + np.eye(len(q))
-    inverse = {k: np.linalg.inv(m) for k, m in metric.items()}
-
-    def apply_inverse(k, x):
-        flat = x.numpy().reshape(-1, int(np.prod(shapes[k])))
-        return tf.constant((flat @ inverse[k]).reshape(x.shape))
-
+    metric = {k: tf.constant(rng.uniform(0.1, 3.0, size=s)) for k, s in shapes.items()}
     lam = 0.37
-    scaled = {k: apply_inverse(k, r) for k, r in rows.items()}
-    scaled_grads = {k: apply_inverse(k, g) for k, g in grads.items()}
-    chol = factorise(rows, tf.constant(lam, tf.float64), scaled)
-    d = solve(rows, grads, tf.constant(lam, tf.float64), chol, scaled, scaled_grads)
+    d = gauss_newton_direction(rows, grads, tf.constant(lam, tf.float64), metric)
+    again, rows_d = solve(factorise(rows, tf.constant(lam, tf.float64), metric), grads, tf.constant(lam, tf.float64),
+                          metric)
     r = np.concatenate([rows[k].numpy().reshape(5, -1) for k in ("a", "b")], axis=1)
     g = np.concatenate([grads[k].numpy().ravel() for k in ("a", "b")])
-    big_m = np.zeros((r.shape[1],) * 2)
-    big_m[:6, :6], big_m[6:, 6:] = metric["a"], metric["b"]
+    big_m = np.diag(np.concatenate([metric[k].numpy().ravel() for k in ("a", "b")]))
     dense = np.linalg.solve(r.T @ r + lam * big_m, g)
-    got = np.concatenate([d[k].numpy().ravel() for k in ("a", "b")])
-    np.testing.assert_allclose(got, dense, rtol=1e-9)
+    for got in (d, again):
+        np.testing.assert_allclose(np.concatenate([got[k].numpy().ravel() for k in ("a", "b")]), dense, rtol=1e-9)
+    # The solve's second output is R d (the step model's |R d|^2 without a pass over the rows).
+    np.testing.assert_allclose(rows_d.numpy(), r @ dense, rtol=1e-9)
 
 
 @pytest.mark.parametrize("power", [1.0, 0.5])
@@ -262,18 +269,37 @@ def test_kronecker_metric_is_the_normalised_damped_ekfac_model(power):
     mean = total / size
     scales = opt._metric_scales([opt._block_index[name] for name in names])
     rng = np.random.default_rng(0)
-    probes, want = {}, 0.0
+    probes, want, metrics, rows = {}, 0.0, [], {}
     for name in names:
         k = opt._block_index[name]
         block = opt.kronecker_blocks[k]
         basis, s_d = dense[name]
         m = basis @ np.diag(s_d / mean) @ basis.T
-        probe = rng.normal(size=(2, block.dim_a, block.d_out))
-        got = opt._metric_inverse({k: tf.constant(probe)}, scales)[k].numpy().reshape(2, -1)
-        np.testing.assert_allclose(got, probe.reshape(2, -1) @ np.linalg.inv(m), rtol=1e-8, atol=1e-12)
-        probes[k] = tf.constant(probe[0])
-        want += probe[0].ravel() @ m @ probe[0].ravel()
+        metrics.append(m)
+        probe = rng.normal(size=(block.dim_a, block.d_out))
+        probes[k] = tf.constant(probe)
+        want += probe.ravel() @ m @ probe.ravel()
+        rows[name] = tf.constant(rng.normal(size=(3, block.dim_a, block.d_out)))
     np.testing.assert_allclose(float(opt._metric_norm2(probes, scales)), want, rtol=1e-8)
+    # The direction the optimizer solves in the eigenbases is the dense (R^T R + lambda M)^-1 g.
+    opt.set_jacobian_rows(rows)
+    grads = [tf.constant(rng.normal(size=v.shape)) for v in net.trainable_variables]
+    directions, _ = opt.step_directions(grads)
+    lam = float(opt._factor[1])
+    r = np.concatenate([rows[name].numpy().reshape(3, -1) for name in names], axis=1)
+    g = np.concatenate([stack(opt.kronecker_blocks[opt._block_index[name]],
+                              [grads[i] for i in opt.kronecker_blocks[opt._block_index[name]].indices]).numpy().ravel()
+                        for name in names])
+    big_m = np.zeros((r.shape[1],) * 2)
+    start = 0
+    for m in metrics:
+        big_m[start:start + len(m), start:start + len(m)] = m
+        start += len(m)
+    want_d = np.linalg.solve(r.T @ r + lam * big_m, g)
+    got_d = np.concatenate([stack(opt.kronecker_blocks[opt._block_index[name]],
+                                  [directions[i] for i in opt.kronecker_blocks[opt._block_index[name]].indices])
+                            .numpy().ravel() for name in names])
+    np.testing.assert_allclose(got_d, want_d, rtol=1e-7)
 
 
 def test_levenberg_marquardt_rule():

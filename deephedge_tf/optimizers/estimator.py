@@ -72,21 +72,6 @@ def ekfac_diagonal(a, g, u_a, u_g):
     return tf.reduce_sum(tf.square(per_path), axis=0) / paths
 
 
-def rows_diagonal(rows, u_a, u_g):
-    """Exact diagonal of ``C = sum_n vec(r_n) vec(r_n)^T`` in the Kronecker eigenbasis:
-    ``s[i, j] = sum_n ((U_A^T r_n U_G)[i, j])^2`` for rows ``r_n`` ``[n, dim_a, d_out]`` (the Gauss-Newton
-    step's sample-space factor: a per-path weight gradient, scaled and centred, already formed).
-    ``sum(s) = |R|_F^2 = tr(C)``, whatever the basis.
-
-        >>> import tensorflow as tf
-        >>> r = tf.constant([[[1.0, 2.0]], [[3.0, 0.0]]])      # n = 2 rows, dim_a = 1, d_out = 2
-        >>> rows_diagonal(r, tf.eye(1), tf.eye(2)).numpy().tolist()
-        [[10.0, 4.0]]
-    """
-    projected = tf.einsum("nij,jg->nig", tf.einsum("ai,naj->nij", u_a, rows), u_g)
-    return tf.reduce_sum(tf.square(projected), axis=0)
-
-
 def carry_diagonal(s, u_a_old, u_g_old, u_a_new, u_g_new):
     """Diagonal, in a new Kronecker eigenbasis, of the estimate ``(U_A (x) U_G) diag(s) (U_A (x) U_G)^T``.
 

@@ -63,8 +63,9 @@ adapts to how well the model predicted the last step.  The damping metric ``M``:
   (so :meth:`update_curvature` is fed too: the train step hands over ``a`` and ``g`` of the rows' own
   backward pass, and the rows, whose exact diagonal in the eigenbasis is the EKFAC ``s``), shrunk by
   ``metric_shrinkage``, taken to the power ``metric_power`` (0.75) in its eigenbasis and normalised to
-  a mean diagonal of one; ``M^{-1}`` is applied
-  per block in its eigenbasis and the solve is still one ``n x n`` Cholesky.  Outside the span of the
+  a mean diagonal of one.  ``M`` is diagonal in each block's eigenbasis, so the solve runs there: the
+  rows are turned into it once per step (the same turned rows give the EKFAC ``s``), the gradient
+  turned in and the direction turned back; still one ``n x n`` Cholesky.  Outside the span of the
   rows the step is the (compressed) Kronecker step ``M^{-1} g / lambda`` instead of a gradient step: the
   rows are a few hundred paths, the GGN's curvature outside their span is what ``M`` supplies.  The power
   compresses ``M``'s spread between blocks: at power 1 the blocks behind a small output layer, whose
@@ -407,6 +408,12 @@ class DHKFAC(keras.optimizers.Optimizer):
         self.metric_shrinkage = float(metric_shrinkage)
         self.metric_power = float(metric_power)
         self._rows = None  # Gauss-Newton: {block index: rows [n, da, dg]} of this step (trace-time Python)
+        # Gauss-Newton with the Kronecker metric: update_curvature turns the rows into the blocks' (updated)
+        # eigenbases for the EKFAC diagonal and leaves ({k: rows}, {k: turned rows}) here; set_jacobian_rows
+        # keeps the turned rows ({k: ...}, for the solve) when it is handed the same tensors.
+        self._turned_rows = None
+        self._basis_rows = None
+        self._prepared_blocks = ()
         self._stepped_blocks = ()  # Gauss-Newton: the blocks the traced update moved (judge_step undoes them)
         # Gauss-Newton: (blocks, lambda, Cholesky factor, M^-1 rows, metric scales) of the current rows and
         # statistics; cleared when either changes (set_jacobian_rows, update_curvature) and after a step.
@@ -626,19 +633,23 @@ class DHKFAC(keras.optimizers.Optimizer):
                                lambda: tf.constant(False))
 
             return ctx.merge_call(merge, args=(stats,))
+        by_index = self._rows_by_index(rows, "DHKFAC.update_curvature")
+        self._turned_rows = None
         if callable(captured):
             # Computed only inside the branch where an update is due (curvature_period > 1 skips it).
             def update():
-                return self._update_prepared(self._prepare([captured()]),
-                                             self._rows_by_index(rows, "DHKFAC.update_curvature"))
+                return self._update_prepared(self._prepare([captured()]), by_index)
 
-            return tf.cond(self.curvature_due(), update, lambda: tf.constant(False))
-        prepared = self._prepare([captured])
-        if not prepared:
-            return tf.constant(False)
-        by_index = self._rows_by_index(rows, "DHKFAC.update_curvature")
-        return tf.cond(self.curvature_due(), lambda: self._update_prepared(prepared, by_index),
-                       lambda: tf.constant(False))
+            updated = tf.cond(self.curvature_due(), update, lambda: tf.constant(False))
+        else:
+            prepared = self._prepare([captured])
+            if not prepared:
+                return tf.constant(False)
+            updated = tf.cond(self.curvature_due(), lambda: self._update_prepared(prepared, by_index),
+                              lambda: tf.constant(False))
+        if by_index and self.ekfac:
+            self._fold_rows_diagonal(by_index, updated)
+        return updated
 
     def _rows_by_index(self, rows, caller):
         """``{block index: R}`` from ``{block name: R [n, dim_a, d_out]}`` (``None``: ``{}``), cast to the
@@ -675,6 +686,7 @@ class DHKFAC(keras.optimizers.Optimizer):
     def _update_prepared(self, prepared, rows=None):
         if not prepared:
             return tf.constant(False)
+        self._prepared_blocks = tuple(k for k, _, _ in prepared)  # trace time: the blocks this update feeds
         rows = rows or {}
         stats = []
         for k, a, g in prepared:
@@ -728,11 +740,8 @@ class DHKFAC(keras.optimizers.Optimizer):
 
         for k, a, g, _, _ in stats:
             state = self._kfac_states[k]
-            if self.ekfac:
-                if k in rows:
-                    fresh = estimator.rows_diagonal(rows[k], state.basis_a, state.basis_g)
-                else:
-                    fresh = _mean([estimator.ekfac_diagonal(x, y, state.basis_a, state.basis_g) for x, y in zip(a, g)])
+            if self.ekfac and k not in rows:  # blocks with rows: _fold_rows_diagonal, after this update
+                fresh = _mean([estimator.ekfac_diagonal(x, y, state.basis_a, state.basis_g) for x, y in zip(a, g)])
                 blended = decay * state.scale + (1.0 - decay) * fresh
                 updated = tf.where(first[k], fresh, blended)
                 # Overflow in the per-path squares is the one way finite inputs give a non-finite s.
@@ -740,6 +749,30 @@ class DHKFAC(keras.optimizers.Optimizer):
                 self.assign(state.scale, tf.where(ok, updated, state.scale))
             self.assign_add(state.count, tf.constant(1, tf.int64))
         return tf.constant(True)
+
+    def _fold_rows_diagonal(self, rows, updated):
+        """The EKFAC diagonal of the blocks with ``rows`` (``{block index: R}``) from their exact diagonal
+        in the eigenbasis, ``s = sum_n (U_A^T r_n U_G)^2``, when ``updated`` (the statistics were folded
+        in and the bases recomputed if due).  The turned rows are computed here, outside the update's
+        branches, so that the Gauss-Newton solve can reuse them (``_turned_rows``): one change of basis
+        of the ``n`` rows per step instead of two."""
+        fed = [k for k in rows if k in self._prepared_blocks]
+        turned = {k: _to_eigenbasis(self._kfac_states[k], r) for k, r in rows.items()}
+        decay = self.statistics_decay
+
+        def fold():
+            for k in fed:
+                state = self._kfac_states[k]
+                fresh = tf.reduce_sum(tf.square(turned[k]), axis=0)
+                first = tf.equal(state.count, 1)  # the update just counted was this block's first
+                updated_scale = tf.where(first, fresh, decay * state.scale + (1.0 - decay) * fresh)
+                # Overflow in the per-path squares is the one way finite inputs give a non-finite s.
+                ok = tf.reduce_all(tf.math.is_finite(updated_scale))
+                self.assign(state.scale, tf.where(ok, updated_scale, state.scale))
+            return tf.constant(True)
+
+        tf.cond(updated, fold, lambda: tf.constant(False))
+        self._turned_rows = (rows, turned)
 
     def _recompute_bases(self):
         """Eigendecomposes every block's ``A`` and ``G``; carries ``s`` into the new basis (ekfac)."""
@@ -828,9 +861,8 @@ class DHKFAC(keras.optimizers.Optimizer):
                 f"DHKFAC: got {len(grads)} gradients for {len(self._trainable_variables)} variables"
             )
         if self.gauss_newton:
-            d, _, rows, _, _ = self._gauss_newton_directions({i: g for i, g in enumerate(grads) if g is not None})
-            return self._per_variable(d), tf.cast(tf.reduce_sum(tf.square(woodbury.apply_rows(rows, d))),
-                                                  self._scalar_dtype)
+            d, _, _, _, _, rows_d = self._gauss_newton_directions({i: g for i, g in enumerate(grads) if g is not None})
+            return self._per_variable(d), tf.cast(tf.reduce_sum(tf.square(rows_d)), self._scalar_dtype)
         directions = self._block_directions({i: g for i, g in enumerate(grads) if g is not None}, with_momentum)
         return self._per_variable({k: d for k, (d, _, _, _) in directions.items()}), self._quadratic(directions)
 
@@ -873,11 +905,16 @@ class DHKFAC(keras.optimizers.Optimizer):
         finite = _all_finite(list(prepared.values()))
         self.assign_add(self.skipped_curvature_updates, tf.cast(~finite, tf.int64))
         self._rows = {k: tf.where(finite, r, tf.zeros_like(r)) for k, r in prepared.items()}
+        turned, self._turned_rows, self._basis_rows = self._turned_rows, None, None
+        if self.metric == "kronecker" and turned is not None and set(turned[0]) == set(prepared) and all(
+                turned[0][k] is r for k, r in prepared.items()):
+            # The tensors update_curvature turned into the eigenbases (after any basis update): reused.
+            self._basis_rows = {k: tf.where(finite, b, tf.zeros_like(b)) for k, b in turned[1].items()}
         self._factor = None
 
     def _gauss_newton_directions(self, grad_by_index):
-        """``({k: d}, {k: stacked g}, {k: rows}, lambda, {k: metric scales} or None)`` for the blocks with
-        rows and a gradient."""
+        """``({k: d}, {k: stacked g}, {k: rows}, lambda, {k: metric scales} or None, R d [n])`` for the blocks
+        with rows and a gradient (``R d`` float64, see :func:`woodbury.solve`)."""
         if self._rows is None:
             raise RuntimeError("DHKFAC: preconditioner='gauss_newton' needs set_jacobian_rows(...) before each "
                                "step (with_curvature / the Hedger's train step do this)")
@@ -889,18 +926,30 @@ class DHKFAC(keras.optimizers.Optimizer):
                 continue
             rows[k], grads[k] = r, stack(block, members)
         if not rows:
-            return {}, {}, {}, tf.ones((), tf.float64), None
+            return {}, {}, {}, tf.ones((), tf.float64), None, tf.zeros([1], tf.float64)
         # lambda, the metric and the Cholesky factor depend on the rows only: computed once per step,
         # shared by the step model's direction (step_directions) and the update (cleared after it).
         key = tuple(sorted(rows))
         if self._factor is None or self._factor[0] != key:
             lam = self._current_damping(rows)
-            scales = self._metric_scales(rows) if self.metric == "kronecker" else None
-            scaled = None if scales is None else self._metric_inverse(rows, scales)
-            self._factor = (key, lam, woodbury.factorise(rows, lam, scaled), scaled, scales)
-        _, lam, chol, scaled, scales = self._factor
-        scaled_grads = None if scales is None else self._metric_inverse(grads, scales)
-        return woodbury.solve(rows, grads, lam, chol, scaled, scaled_grads), grads, rows, lam, scales
+            if self.metric == "kronecker":
+                # The metric is diagonal in each block's Kronecker eigenbasis: the solve runs there (the
+                # rows turned once, or taken from update_curvature; the direction turned back).
+                scales = self._metric_scales(rows)
+                turned = self._basis_rows or {}
+                basis_rows = {k: turned[k] if k in turned else _to_eigenbasis(self._kfac_states[k], r)
+                              for k, r in rows.items()}
+            else:
+                scales, basis_rows = None, rows
+            self._factor = (key, lam, woodbury.factorise(basis_rows, lam, scales), scales)
+        _, lam, factor, scales = self._factor
+        if scales is None:
+            directions, rows_d = woodbury.solve(factor, grads, lam)
+            return directions, grads, rows, lam, None, rows_d
+        basis_grads = {k: _to_eigenbasis(self._kfac_states[k], g) for k, g in grads.items()}
+        basis_directions, rows_d = woodbury.solve(factor, basis_grads, lam, scales)
+        directions = {k: _from_eigenbasis(self._kfac_states[k], d) for k, d in basis_directions.items()}
+        return directions, grads, rows, lam, scales, rows_d
 
     def _metric_scales(self, blocks):
         """``{k: damped EKFAC diagonal ^ metric_power / mean}`` for ``blocks``: the Kronecker metric ``M`` of the
@@ -915,11 +964,6 @@ class DHKFAC(keras.optimizers.Optimizer):
         size = float(sum(self._kfac_blocks[k].dim_a * self._kfac_blocks[k].d_out for k in active))
         mean = total / size
         return {k: damped[k] / tf.cast(mean, damped[k].dtype) for k in blocks}
-
-    def _metric_inverse(self, tensors, scales):
-        """``M^-1 x`` per block for ``{k: x [..., dim_a, d_out]}``, ``scales`` from :meth:`_metric_scales`."""
-        return {k: _from_eigenbasis(self._kfac_states[k], _to_eigenbasis(self._kfac_states[k], x) / scales[k])
-                for k, x in tensors.items()}
 
     def _metric_norm2(self, directions, scales):
         """``sum_k d_k^T M_k d_k`` (float64): the damping term of the step model; ``|d|^2`` for the
@@ -1137,7 +1181,7 @@ class DHKFAC(keras.optimizers.Optimizer):
 
     def _gauss_newton_update(self, grad_by_index, learning_rate):
         """``W <- W - eta d`` with the Woodbury direction and the damped line model (module doc)."""
-        directions, grads, rows, lam, scales = self._gauss_newton_directions(grad_by_index)
+        directions, grads, rows, lam, scales, rows_d = self._gauss_newton_directions(grad_by_index)
         f64 = tf.float64
         eta = tf.zeros((), f64)
         # The loss judge_step sees also moved by the diagonal (Adam) step: its first-order decrease
@@ -1152,7 +1196,7 @@ class DHKFAC(keras.optimizers.Optimizer):
             slope = tf.add_n([tf.reduce_sum(tf.cast(grads[k] * d, f64)) for k, d in directions.items()])
             slope = tf.where(valid, tf.cast(self.model_rhs[0], f64), slope)
             norm2 = self._metric_norm2(directions, scales)
-            sample = tf.reduce_sum(tf.square(woodbury.apply_rows(rows, directions)))
+            sample = tf.reduce_sum(tf.square(rows_d))  # |R d|^2
             quad = tf.where(valid, tf.cast(self.model_matrix[0, 0], f64), sample)
             denom = quad + lam * norm2
             ok = (slope > 0) & (denom > 0) & tf.math.is_finite(slope) & tf.math.is_finite(denom)

@@ -22,20 +22,41 @@ recurrent kernel and bias.  Pure tensor functions; the state (``lambda``) lives 
     [1.0, 2.0]
 """
 
-from __future__ import annotations
+from typing import NamedTuple
 
 import tensorflow as tf
 
 
-def gram(rows: dict, scaled: dict = None):
-    """``R M^-1 R^T`` ``[n, n]`` computed in float64, summed over the blocks of ``rows`` (``scaled`` =
-    ``{block: M^-1 r_n}``; ``None``: ``M = I``).  In float32 its rounding errors (~1e-7 of the top
-    eigenvalue) would exceed a small damping: the GGN of a hedge is nearly rank one, so ``lambda`` ~
-    tr(C) / P sits 1e-5 .. 1e-7 below that eigenvalue, and the Cholesky factorisation would fail."""
-    scaled = rows if scaled is None else scaled
-    terms = [tf.einsum("nij,mij->nm", tf.cast(r, tf.float64), tf.cast(scaled[k], tf.float64))
-             for k, r in rows.items()]
-    return tf.add_n(terms)
+class Factor(NamedTuple):
+    """What the solve needs of one step's rows: ``chol``, the Cholesky factor of ``R M^-1 R^T + lambda
+    I`` ``[n, n]``, and ``weighted``, ``{block: r_n / sqrt(m)}`` (float64; the rows that go into it, kept
+    so that each solve reads them once, uncast)."""
+
+    chol: tf.Tensor
+    weighted: dict
+
+
+def _weighted(rows: dict, metric: dict = None) -> dict:
+    """``{block: r_n / sqrt(m)}`` in float64: rows whose plain Gram is ``R M^-1 R^T`` (``metric`` the
+    diagonal ``m`` of ``M``; ``None``: the rows themselves)."""
+    out = {}
+    for k, r in rows.items():
+        r = tf.cast(r, tf.float64)
+        out[k] = r if metric is None else r * tf.math.rsqrt(tf.cast(metric[k], tf.float64))
+    return out
+
+
+def gram(rows: dict, metric: dict = None):
+    """``R M^-1 R^T`` ``[n, n]`` computed in float64, summed over the blocks of ``rows`` (``metric`` =
+    ``{block: m [dim_a, d_out]}``, the positive diagonal of ``M`` in the rows' coordinates; ``None``:
+    ``M = I``).  In float32 its rounding errors (~1e-7 of the top eigenvalue) would exceed a small
+    damping: the adapted ``lambda`` falls to 1e-5 .. 1e-9 of that eigenvalue (cliquet_small), and the
+    direction ``(g - R^T y) / lambda`` would carry them divided by ``lambda``."""
+    return _gram(_weighted(rows, metric))
+
+
+def _gram(weighted: dict):
+    return tf.add_n([tf.einsum("nij,mij->nm", w, w) for w in weighted.values()])
 
 
 def row_norms_squared(rows: dict):
@@ -49,43 +70,52 @@ def apply_rows(rows: dict, directions: dict):
                      for k in rows])
 
 
-def gauss_newton_direction(rows: dict, grads: dict, damping):
-    """``d = (R^T R + damping I)^{-1} g`` per block (Woodbury; see the module doc).
+def gauss_newton_direction(rows: dict, grads: dict, damping, metric: dict = None):
+    """``d = (R^T R + damping M)^{-1} g`` per block (Woodbury; see the module doc).
 
     Args:
       rows: ``{block: [n, dim_a, d_out]}``, the rows of the factor ``C = R^T R``.
       grads: ``{block: [dim_a, d_out]}``, the same blocks.
       damping: ``lambda > 0`` (float64 scalar).
+      metric: ``{block: m [dim_a, d_out]}``, the positive diagonal of ``M`` in the coordinates of
+        ``rows`` and ``grads`` (``None``: ``M = I``).  A metric that is diagonal in another basis (a
+        Kronecker eigenbasis) is used by handing over the rows and gradients in that basis.
 
     Returns:
       ``{block: d [dim_a, d_out]}`` in each block's dtype.
     """
-    return solve(rows, grads, damping, factorise(rows, damping))
+    return solve(factorise(rows, damping, metric), grads, damping, metric)[0]
 
 
-def factorise(rows: dict, damping, scaled: dict = None):
-    """The Cholesky factor of ``R M^-1 R^T + damping I`` (float64; ``scaled`` as in :func:`gram`): the
-    ``O(n^2 P)`` part of the solve, the same for every gradient."""
-    k = gram(rows, scaled)
+def factorise(rows: dict, damping, metric: dict = None) -> Factor:
+    """The :class:`Factor` of ``rows`` (``metric`` as in :func:`gram`): the ``O(n^2 P)`` part of the solve,
+    the same for every gradient."""
+    weighted = _weighted(rows, metric)
+    k = _gram(weighted)
     k = 0.5 * (k + tf.transpose(k))
-    return tf.linalg.cholesky(k + tf.cast(damping, tf.float64) * tf.eye(tf.shape(k)[0], dtype=tf.float64))
+    chol = tf.linalg.cholesky(k + tf.cast(damping, tf.float64) * tf.eye(tf.shape(k)[0], dtype=tf.float64))
+    return Factor(chol, weighted)
 
 
-def solve(rows: dict, grads: dict, damping, chol, scaled: dict = None, scaled_grads: dict = None):
-    """:func:`gauss_newton_direction` with the factor of :func:`factorise` (same ``rows``, ``damping`` and
-    ``scaled``).  With a metric (``scaled = {block: M^-1 r_n}``, ``scaled_grads = {block: M^-1 g}``)
-    the direction is ``(R^T R + damping M)^-1 g = (M^-1 g - (M^-1 R^T) y) / damping``,
-    ``(R M^-1 R^T + damping I) y = R M^-1 g``."""
+def solve(factor: Factor, grads: dict, damping, metric: dict = None):
+    """``(d, R d)``: :func:`gauss_newton_direction` with the :class:`Factor` of the same rows, ``damping``
+    and ``metric``, and the rows times it.  ``d = M^-1 (g - R^T y) / damping`` with ``(R M^-1 R^T + damping
+    I) y = R M^-1 g``; then ``R d = (R M^-1 g - R M^-1 R^T y) / damping = y`` exactly, so the step model's
+    ``|R d|^2`` needs no pass over the rows (and is free of the cancellation in ``g - R^T y``)."""
     lam = tf.cast(damping, tf.float64)
-    scaled = rows if scaled is None else scaled
-    scaled_grads = grads if scaled_grads is None else scaled_grads
-    y = tf.linalg.cholesky_solve(chol, apply_rows(scaled, grads)[:, None])[:, 0]
+    # In the weighted coordinates w = r / sqrt(m): R M^-1 g = W (g / sqrt(m)), M^-1 R^T y = (W^T y) / sqrt(m).
+    root = {k: None if metric is None else tf.math.rsqrt(tf.cast(metric[k], tf.float64)) for k in grads}
+    scaled = {k: tf.cast(g, tf.float64) if root[k] is None else tf.cast(g, tf.float64) * root[k]
+              for k, g in grads.items()}
+    b = tf.add_n([tf.einsum("nij,ij->n", factor.weighted[k], x) for k, x in scaled.items()])
+    y = tf.linalg.cholesky_solve(factor.chol, b[:, None])[:, 0]
     out = {}
-    for key, r in scaled.items():
-        g = scaled_grads[key]
-        back = tf.einsum("n,nij->ij", tf.cast(y, r.dtype), r)
-        out[key] = (g - back) / tf.cast(lam, g.dtype)
-    return out
+    for k, x in scaled.items():
+        residual = x - tf.einsum("n,nij->ij", y, factor.weighted[k])
+        if root[k] is not None:
+            residual = residual * root[k]
+        out[k] = tf.cast(residual / lam, grads[k].dtype)
+    return out, y
 
 
 def levenberg_marquardt(damping, ratio, lower=0.25, upper=0.75, shrink=2.0 / 3.0, grow=1.5, reject_grow=2.0,
