@@ -1,5 +1,6 @@
-"""The shipped quickstart (what `make train` runs) trains a hedge that beats the unhedged position by a
-wide margin and is at least as good as the Black-Scholes delta hedge on the training objective."""
+"""The shipped quickstart (what `make train` runs: 80 DH-KFAC steps with the optimizer's defaults) trains a
+hedge that beats the unhedged position and the Black-Scholes delta hedge by wide margins on the training
+objective."""
 
 from pathlib import Path
 
@@ -17,6 +18,8 @@ def test_quickstart_beats_unhedged_and_delta(tmp_path):
     cfg = load_config(REPO / "configs/quickstart.yaml", ["evaluation.paths=16384", "evaluation.plots=false"])
     report = train_job(cfg, tmp_path, echo=lambda *_: None, verbose=0)
     s = report["strategies"]
-    assert s["hedged"]["objective"] < s["unhedged"]["objective"] / 5
-    assert s["hedged"]["objective"] <= s["bs_delta"]["objective"]
+    # Objective gamma Var[PnL] + E[costs]: unhedged ~1.6, delta ~0.11, a tuned Adam's best after 800
+    # steps ~0.031 (BENCHMARKS.md, optimizer suite); its standard error on 16,384 paths is ~2%.
+    assert s["hedged"]["objective"] < s["unhedged"]["objective"] / 20
+    assert s["hedged"]["objective"] < s["bs_delta"]["objective"] / 2
     assert report["train"]["skipped_steps"] == 0
