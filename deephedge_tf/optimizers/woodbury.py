@@ -56,7 +56,37 @@ def gram(rows: dict, metric: dict = None):
 
 
 def _gram(weighted: dict):
-    return tf.add_n([tf.einsum("nij,mij->nm", w, w) for w in weighted.values()])
+    """``sum_k W_k W_k^T`` (float64) of ``{block: [n, ...]}``.  On a CPU-only machine outside XLA the product
+    runs in the BLAS numpy ships (``tf.numpy_function``): TensorFlow's CPU float64 matrix product (Eigen)
+    reaches ~20 GFLOP/s on one core where that BLAS reaches ~100, and this ``2 n^2 P`` product is the
+    largest single piece of the Gauss-Newton step (0.1-0.2 s of cliquet_small's 1.2 s at n = 256; see
+    BENCHMARKS.md).  On a GPU, and inside an XLA-compiled function (which cannot call Python), it is
+    ``tf.einsum``; both give the same numbers to rounding (tested)."""
+    blocks = list(weighted.values())
+    if _host_blas():
+        k = tf.numpy_function(_sum_of_grams, blocks, tf.float64, stateful=False, name="gram_host_blas")
+        n = blocks[0].shape[0]
+        k.set_shape([n, n])
+        return k
+    return tf.add_n([tf.einsum("nij,mij->nm", w, w) for w in blocks])
+
+
+def _sum_of_grams(*blocks):
+    total = None
+    for w in blocks:
+        flat = w.reshape(w.shape[0], -1)
+        g = flat @ flat.T
+        total = g if total is None else total + g
+    return total
+
+
+def _host_blas() -> bool:
+    """Whether :func:`_gram` runs in numpy's BLAS: no GPU visible and not inside an XLA-compiled function."""
+    from tensorflow.python.ops import control_flow_util  # the XLA context tf.function(jit_compile=True) sets
+
+    if control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+        return False
+    return not tf.config.list_logical_devices("GPU")
 
 
 def row_norms_squared(rows: dict):
