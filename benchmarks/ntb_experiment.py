@@ -64,6 +64,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from deephedge_tf.config import load_config  # noqa: E402
+from deephedge_tf.evaluation import entropic_risk, entropic_risk_se, paired_entropic_difference  # noqa: E402
 from deephedge_tf.features import make_batch  # noqa: E402
 from deephedge_tf.training import build_parts, fit_hedger, make_hedger  # noqa: E402
 
@@ -94,28 +95,17 @@ def grid_overrides(grid: str, sigma: float) -> list[str]:
 
 def entropic(pnl, a: float = 1.0) -> float:
     """(1/a) log mean(exp(-a pnl)) in float64, stable for any pnl."""
-    z = -a * np.asarray(pnl, np.float64)
-    m = z.max()
-    return float((m + np.log(np.mean(np.exp(z - m)))) / a)
-
-
-def normalised_weights(pnl, a: float = 1.0):
-    """W_i = exp(-a X_i) / mean(exp(-a X)) (mean 1): the delta method's influence terms, up to 1/a."""
-    z = -a * np.asarray(pnl, np.float64)
-    w = np.exp(z - z.max())
-    return w / w.mean()
+    return entropic_risk(pnl, a)
 
 
 def entropic_se(pnl, a: float = 1.0) -> float:
     """Delta-method standard error of the entropic risk estimate."""
-    w = normalised_weights(pnl, a)
-    return float(w.std(ddof=1) / (a * math.sqrt(w.size)))
+    return entropic_risk_se(pnl, a)
 
 
 def paired_difference(pnl, ref, a: float = 1.0) -> tuple[float, float]:
     """rho(pnl) - rho(ref) on the same paths and its delta-method standard error."""
-    d = normalised_weights(pnl, a) - normalised_weights(ref, a)
-    return entropic(pnl, a) - entropic(ref, a), float(d.std(ddof=1) / (a * math.sqrt(d.size)))
+    return paired_entropic_difference(pnl, ref, a)
 
 
 def batch_means_se(pnl, chunk: int, a: float = 1.0) -> float:

@@ -7,6 +7,8 @@ Commands:
   evaluate RUN_DIR [--paths N]               re-evaluate a trained run (metrics, report, plots)
   export RUN_DIR --out PATH                  SavedModel of a trained run's policy
   benchmark kfac-vs-adam --config C --out D  DH-KFAC vs a tuned Adam: steps and wall time to a target
+  experiment NAME --out DIR                  reproduce a seed paper's figures (summary.json, CSV, PNG;
+        [--scale small|full] [--seeds ...]   deephedge_tf.experiments): small in minutes, full at its size
   simulate CONFIG --out DIR [--set k=v ...]  simulate the market, price the derivative (Monte Carlo
                                              vs reference) and check the hedging instruments
   config show CONFIG [--set k=v ...]     print the resolved config (every value, defaults included)
@@ -58,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_parser("benchmark", help="optimizer benchmarks (needs the source tree's benchmarks/ folder)")
     else:
         harness.add_benchmark_parser(sub)
+
+    exp = sub.add_parser("experiment", help="reproduce a seed paper's published figures")
+    exp.add_argument("name", help="experiment name (deephedge_tf.experiments.EXPERIMENTS), e.g. ntb")
+    exp.add_argument("--out", required=True, help="output directory (created)")
+    exp.add_argument("--scale", default="small", help="small (minutes on 2 CPU cores) or full (the paper's sizes)")
+    exp.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: the experiment's for the scale)")
 
     sim = sub.add_parser("simulate", help="market and pricing report")
     _add_config_args(sim)
@@ -162,6 +170,11 @@ def main(argv=None) -> int:
                 raise DeepHedgeError(f"deephedge benchmark runs the harness in the source tree's benchmarks/ folder, "
                                      f"which is not next to this installation ({HARNESS_DIR}); run it from a clone")
             return harness.run_benchmark(args)
+        if args.command == "experiment":
+            from deephedge_tf.experiments import format_summary, run_experiment
+
+            print(format_summary(run_experiment(args.name, Path(args.out), args.scale, args.seeds)))
+            return 0
         if args.command == "export":
             from deephedge_tf.run import export_job
 

@@ -5,8 +5,9 @@ GBM sigma 0.2, S0 = K = 1, T = 30/365, dt = 1/365, cost 1e-3 on the spot, entrop
 (entropic indifference price of the hedged short call) 0.022544 for the band network, 0.022771 for
 the feed-forward network.
 
-A small, seeded version of ``benchmarks/ntb_experiment.py`` (see the full-size run in BENCHMARKS.md,
-section "No-transaction band network vs MLP (Imaki et al.)"):
+The small scale of ``deephedge experiment ntb`` (:mod:`deephedge_tf.experiments.ntb`; the full-size run
+of ``benchmarks/ntb_experiment.py`` is in BENCHMARKS.md, section "No-transaction band network vs MLP
+(Imaki et al.)"):
 
 * the grid is the one the reference code actually simulates (28 daily steps, drift -sigma^2/28; see
   the benchmark's docstring): on the nominal 30-step grid every price is ~0.0009 higher, the
@@ -43,82 +44,59 @@ uses seed 0):
 
 from __future__ import annotations
 
-import math
-from pathlib import Path
+import json
 
-import numpy as np
+import pandas as pd
 import pytest
 
-from deephedge_tf.config import load_config
-from deephedge_tf.features import make_batch
-from deephedge_tf.training import build_parts, fit_hedger, make_hedger
+from deephedge_tf.cli import main
+from deephedge_tf.experiments import run_experiment
+from deephedge_tf.experiments.ntb import european_config
 
-REPO = Path(__file__).resolve().parents[1]
 PUBLISHED_NTB = 0.022544
 PUBLISHED_MLP = 0.022771
-EVAL_PATHS = 65_536
-EVAL_SEED = 12_345
-SMALL = ["seed=0", "training.batch_size=4096", "training.batches_per_epoch=10", "training.epochs=3",
-         "training.validation_paths=1024"]
 
 pytestmark = pytest.mark.slow
 
 
-def published_grid(sigma: float) -> list[str]:
-    """28 daily steps and drift -sigma^2/28: the grid of the reference code (see module docstring)."""
-    return ["time.steps=28", f"market.gbm.mu={-sigma * sigma / 28.0!r}"]
-
-
-def small_config(name: str):
-    cfg = load_config(REPO / "configs" / name, SMALL)
-    return load_config(REPO / "configs" / name, SMALL + published_grid(cfg.market.gbm.sigma))
-
-
-def entropic(pnl, a: float = 1.0) -> float:
-    z = -a * np.asarray(pnl, np.float64)
-    return float((z.max() + np.log(np.mean(np.exp(z - z.max())))) / a)
-
-
-def entropic_se(pnl, a: float = 1.0) -> float:
-    """Delta-method standard error of ``entropic``."""
-    z = -a * np.asarray(pnl, np.float64)
-    w = np.exp(z - z.max())
-    w /= w.mean()
-    return float(w.std(ddof=1) / (a * math.sqrt(w.size)))
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ntb")
+    summary = run_experiment("ntb", out, scale="small", seeds=[0], echo=lambda *_: None)
+    return out, summary
 
 
 @pytest.fixture(scope="module")
-def results():
-    ntb_cfg, mlp_cfg = small_config("ntb_bs_call.yaml"), small_config("mlp_bs_call.yaml")
+def results(experiment):
+    table = pd.read_csv(experiment[0] / "european.csv")
+    return {row.strategy: {"price": row.price, "se": row.se, "cost": row.mean_cost} for row in table.itertuples()}
+
+
+def test_the_experiment_is_the_published_setting_and_writes_its_files(experiment):
+    ntb_cfg, mlp_cfg = european_config("ntb", 0, "small"), european_config("mlp", 0, "small")
     assert (ntb_cfg.policy.kind, mlp_cfg.policy.kind) == ("no_transaction_band", "mlp")
     assert ntb_cfg.policy.band_anchor == "bs_delta"
     assert ntb_cfg.objective.kind == "entropic" and ntb_cfg.objective.a == 1.0
     assert ntb_cfg.hedges.spot.cost == 1e-3 and ntb_cfg.time.steps == 28
-    parts = build_parts(ntb_cfg)
-    ntb = make_hedger(ntb_cfg, parts)
-    fit_hedger(ntb_cfg, ntb, parts, verbose=0)
-    mlp = make_hedger(mlp_cfg, parts)
-    fit_hedger(mlp_cfg, mlp, parts, verbose=0)
-    baselines = {k: make_hedger(ntb_cfg, parts, policy_kind=k, compile=False) for k in ("no_hedge", "bs_delta")}
-    models = {"ntb": ntb, "mlp": mlp, **baselines}
-    out = {name: {"pnl": [], "costs": []} for name in models}
-    for start in range(0, EVAL_PATHS, 8192):
-        batch = make_batch(parts.market.simulate(8192, start=start, seed=EVAL_SEED), parts.derivative,
-                           parts.instruments)
-        for name, model in models.items():
-            o = model(batch, training=False)
-            out[name]["pnl"].append(o["pnl"].numpy())
-            out[name]["costs"].append(o["costs"].numpy())
-    out = {name: {k: np.concatenate(v) for k, v in o.items()} for name, o in out.items()}
-    for o in out.values():
-        o["price"] = entropic(o["pnl"])
-        o["cost"] = float(np.mean(o["costs"]))
-    return out
+    out, summary = experiment
+    assert {p.name for p in out.iterdir()} == {"european.csv", "european.png", "summary.json"}
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    figure = summary["figures"]["ntb_european"]
+    assert figure["published"] == PUBLISHED_NTB and figure["band"] == pytest.approx(0.02 * PUBLISHED_NTB)
+    assert figure["agrees"] is True
+
+
+def test_the_command_refuses_an_unknown_experiment_or_scale(tmp_path, capsys):
+    assert main(["experiment", "nope", "--out", str(tmp_path / "o")]) == 2
+    assert "no experiment 'nope'; one of ntb" in capsys.readouterr().err
+    assert main(["experiment", "ntb", "--out", str(tmp_path / "o"), "--scale", "huge"]) == 2
+    assert "scale must be one of 'small', 'full'; got 'huge'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_ntb_price_is_the_published_premium(results):
     price = results["ntb"]["price"]
-    assert entropic_se(results["ntb"]["pnl"]) < 2e-4
+    assert results["ntb"]["se"] < 2e-4
     assert price == pytest.approx(PUBLISHED_NTB, rel=0.02), {k: v["price"] for k, v in results.items()}
 
 
