@@ -61,8 +61,11 @@ def _parser() -> argparse.ArgumentParser:
     else:
         harness.add_benchmark_parser(sub)
 
+    from deephedge_tf.experiments import EXPERIMENTS
+
     exp = sub.add_parser("experiment", help="reproduce a seed paper's published figures")
-    exp.add_argument("name", help="experiment name (deephedge_tf.experiments.EXPERIMENTS), e.g. ntb")
+    exp.add_argument("name", help="; ".join(f"{name}: {description}"
+                                            for name, (_, _, description) in sorted(EXPERIMENTS.items())))
     exp.add_argument("--out", required=True, help="output directory (created)")
     exp.add_argument("--scale", default="small", help="small (minutes on 2 CPU cores) or full (the paper's sizes)")
     exp.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: the experiment's for the scale)")

@@ -234,8 +234,7 @@ def test_woodbury_direction_with_a_diagonal_metric_is_the_dense_solve():
     metric = {k: tf.constant(rng.uniform(0.1, 3.0, size=s)) for k, s in shapes.items()}
     lam = 0.37
     d = gauss_newton_direction(rows, grads, tf.constant(lam, tf.float64), metric)
-    again, rows_d = solve(factorise(rows, tf.constant(lam, tf.float64), metric), grads, tf.constant(lam, tf.float64),
-                          metric)
+    again, rows_d = solve(factorise(rows, tf.constant(lam, tf.float64), metric), grads, tf.constant(lam, tf.float64))
     r = np.concatenate([rows[k].numpy().reshape(5, -1) for k in ("a", "b")], axis=1)
     g = np.concatenate([grads[k].numpy().ravel() for k in ("a", "b")])
     big_m = np.diag(np.concatenate([metric[k].numpy().ravel() for k in ("a", "b")]))

@@ -202,6 +202,16 @@ def entropic_risk(pnl, a: float = 1.0) -> float:
     return _entropic(_as_samples(pnl, "pnl"), a)
 
 
+def _paired_samples(pnl_a, pnl_b, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Checked ``[B]`` samples of two strategies on the same paths (``B >= 2``, one value per path each)."""
+    a = _as_samples(pnl_a, "pnl_a", min_size=2)
+    b = _as_samples(pnl_b, "pnl_b", min_size=2)
+    if a.size != b.size:
+        raise DeepHedgeError(f"'pnl_b' must have one value per path of 'pnl_a' for {what} ({a.size}); got {b.size} "
+                             "(use welch_t_test for independent samples)")
+    return a, b
+
+
 def _entropic_weights(x: np.ndarray, a: float) -> np.ndarray:
     """``W_i = exp(-a X_i) / mean exp(-a X)`` (mean one): the entropic risk's influence terms, times a."""
     z = -a * x
@@ -233,10 +243,7 @@ def paired_entropic_difference(pnl_a, pnl_b, a: float = 1.0) -> tuple[float, flo
         (0.0, 0.0)
     """
     a = _check_risk_aversion(a, "paired_entropic_difference", "a")
-    xa, xb = _as_samples(pnl_a, "pnl_a", min_size=2), _as_samples(pnl_b, "pnl_b", min_size=2)
-    if xa.size != xb.size:
-        raise DeepHedgeError(f"paired_entropic_difference: pnl_a and pnl_b must be the same paths; got "
-                             f"{xa.size} and {xb.size} values")
+    xa, xb = _paired_samples(pnl_a, pnl_b, "a paired difference")
     d = _entropic_weights(xa, a) - _entropic_weights(xb, a)
     return _entropic(xa, a) - _entropic(xb, a), float(d.std(ddof=1) / (a * math.sqrt(d.size)))
 
@@ -416,11 +423,7 @@ def paired_t_test(pnl_a, pnl_b, alternative: str = "two-sided") -> dict:
       +-inf and 0 (or 1 for the disfavoured one-sided alternative) otherwise.
     """
     alternative = _check_alternative(alternative)
-    a = _as_samples(pnl_a, "pnl_a", min_size=2)
-    b = _as_samples(pnl_b, "pnl_b", min_size=2)
-    if a.size != b.size:
-        raise DeepHedgeError(f"'pnl_b' must have one value per path of 'pnl_a' for a paired test "
-                             f"({a.size}); got {b.size} (use welch_t_test for independent samples)")
+    a, b = _paired_samples(pnl_a, pnl_b, "a paired test")
     d = a - b
     mean_diff = float(np.mean(d))
     se = float(np.std(d, ddof=1) / math.sqrt(d.size))

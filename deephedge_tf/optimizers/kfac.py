@@ -415,8 +415,8 @@ class DHKFAC(keras.optimizers.Optimizer):
         self._basis_rows = None
         self._prepared_blocks = ()
         self._stepped_blocks = ()  # Gauss-Newton: the blocks the traced update moved (judge_step undoes them)
-        # Gauss-Newton: (blocks, lambda, Cholesky factor, M^-1 rows, metric scales) of the current rows and
-        # statistics; cleared when either changes (set_jacobian_rows, update_curvature) and after a step.
+        # Gauss-Newton: (blocks, lambda, woodbury.Factor, metric scales) of the current rows and statistics;
+        # cleared when either changes (set_jacobian_rows, update_curvature) and after a step.
         self._factor = None
         # Python state, set when statistics are handed over (at trace time inside a train step): which
         # blocks have curvature, and whether any statistics source exists at all.
@@ -947,7 +947,7 @@ class DHKFAC(keras.optimizers.Optimizer):
             directions, rows_d = woodbury.solve(factor, grads, lam)
             return directions, grads, rows, lam, None, rows_d
         basis_grads = {k: _to_eigenbasis(self._kfac_states[k], g) for k, g in grads.items()}
-        basis_directions, rows_d = woodbury.solve(factor, basis_grads, lam, scales)
+        basis_directions, rows_d = woodbury.solve(factor, basis_grads, lam)
         directions = {k: _from_eigenbasis(self._kfac_states[k], d) for k, d in basis_directions.items()}
         return directions, grads, rows, lam, scales, rows_d
 

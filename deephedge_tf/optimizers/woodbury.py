@@ -28,22 +28,25 @@ import tensorflow as tf
 
 
 class Factor(NamedTuple):
-    """What the solve needs of one step's rows: ``chol``, the Cholesky factor of ``R M^-1 R^T + lambda
-    I`` ``[n, n]``, and ``weighted``, ``{block: r_n / sqrt(m)}`` (float64; the rows that go into it, kept
-    so that each solve reads them once, uncast)."""
+    """What the solve needs of one step's rows and metric: ``chol``, the Cholesky factor of ``R M^-1 R^T
+    + lambda I`` ``[n, n]``; ``weighted``, ``{block: r_n / sqrt(m)}`` (float64; the rows that go into it,
+    kept so that each solve reads them once, uncast); ``root``, ``{block: 1 / sqrt(m)}`` (float64;
+    ``None`` for ``M = I``)."""
 
     chol: tf.Tensor
     weighted: dict
+    root: dict | None
 
 
-def _weighted(rows: dict, metric: dict = None) -> dict:
-    """``{block: r_n / sqrt(m)}`` in float64: rows whose plain Gram is ``R M^-1 R^T`` (``metric`` the
-    diagonal ``m`` of ``M``; ``None``: the rows themselves)."""
-    out = {}
-    for k, r in rows.items():
-        r = tf.cast(r, tf.float64)
-        out[k] = r if metric is None else r * tf.math.rsqrt(tf.cast(metric[k], tf.float64))
-    return out
+def _root(rows: dict, metric: dict = None):
+    """``{block: 1 / sqrt(m)}`` in float64 for the diagonal ``m`` of ``M`` (``None`` for ``M = I``)."""
+    return None if metric is None else {k: tf.math.rsqrt(tf.cast(metric[k], tf.float64)) for k in rows}
+
+
+def _weighted(rows: dict, root: dict = None) -> dict:
+    """``{block: r_n / sqrt(m)}`` in float64: rows whose plain Gram is ``R M^-1 R^T`` (``root`` from
+    :func:`_root`; ``None``: the rows themselves)."""
+    return {k: tf.cast(r, tf.float64) if root is None else tf.cast(r, tf.float64) * root[k] for k, r in rows.items()}
 
 
 def gram(rows: dict, metric: dict = None):
@@ -52,7 +55,7 @@ def gram(rows: dict, metric: dict = None):
     ``M = I``).  In float32 its rounding errors (~1e-7 of the top eigenvalue) would exceed a small
     damping: the adapted ``lambda`` falls to 1e-5 .. 1e-9 of that eigenvalue (cliquet_small), and the
     direction ``(g - R^T y) / lambda`` would carry them divided by ``lambda``."""
-    return _gram(_weighted(rows, metric))
+    return _gram(_weighted(rows, _root(rows, metric)))
 
 
 def _gram(weighted: dict):
@@ -94,12 +97,6 @@ def row_norms_squared(rows: dict):
     return tf.add_n([tf.reduce_sum(tf.square(tf.cast(r, tf.float64))) for r in rows.values()])
 
 
-def apply_rows(rows: dict, directions: dict):
-    """``R d`` ``[n]`` (float64) for per-block ``directions``."""
-    return tf.add_n([tf.einsum("nij,ij->n", tf.cast(rows[k], tf.float64), tf.cast(directions[k], tf.float64))
-                     for k in rows])
-
-
 def gauss_newton_direction(rows: dict, grads: dict, damping, metric: dict = None):
     """``d = (R^T R + damping M)^{-1} g`` per block (Woodbury; see the module doc).
 
@@ -114,35 +111,36 @@ def gauss_newton_direction(rows: dict, grads: dict, damping, metric: dict = None
     Returns:
       ``{block: d [dim_a, d_out]}`` in each block's dtype.
     """
-    return solve(factorise(rows, damping, metric), grads, damping, metric)[0]
+    return solve(factorise(rows, damping, metric), grads, damping)[0]
 
 
 def factorise(rows: dict, damping, metric: dict = None) -> Factor:
     """The :class:`Factor` of ``rows`` (``metric`` as in :func:`gram`): the ``O(n^2 P)`` part of the solve,
     the same for every gradient."""
-    weighted = _weighted(rows, metric)
+    root = _root(rows, metric)
+    weighted = _weighted(rows, root)
     k = _gram(weighted)
     k = 0.5 * (k + tf.transpose(k))
     chol = tf.linalg.cholesky(k + tf.cast(damping, tf.float64) * tf.eye(tf.shape(k)[0], dtype=tf.float64))
-    return Factor(chol, weighted)
+    return Factor(chol, weighted, root)
 
 
-def solve(factor: Factor, grads: dict, damping, metric: dict = None):
+def solve(factor: Factor, grads: dict, damping):
     """``(d, R d)``: :func:`gauss_newton_direction` with the :class:`Factor` of the same rows, ``damping``
-    and ``metric``, and the rows times it.  ``d = M^-1 (g - R^T y) / damping`` with ``(R M^-1 R^T + damping
+    and metric, and the rows times it.  ``d = M^-1 (g - R^T y) / damping`` with ``(R M^-1 R^T + damping
     I) y = R M^-1 g``; then ``R d = (R M^-1 g - R M^-1 R^T y) / damping = y`` exactly, so the step model's
     ``|R d|^2`` needs no pass over the rows (and is free of the cancellation in ``g - R^T y``)."""
     lam = tf.cast(damping, tf.float64)
     # In the weighted coordinates w = r / sqrt(m): R M^-1 g = W (g / sqrt(m)), M^-1 R^T y = (W^T y) / sqrt(m).
-    root = {k: None if metric is None else tf.math.rsqrt(tf.cast(metric[k], tf.float64)) for k in grads}
-    scaled = {k: tf.cast(g, tf.float64) if root[k] is None else tf.cast(g, tf.float64) * root[k]
+    root = factor.root
+    scaled = {k: tf.cast(g, tf.float64) if root is None else tf.cast(g, tf.float64) * root[k]
               for k, g in grads.items()}
     b = tf.add_n([tf.einsum("nij,ij->n", factor.weighted[k], x) for k, x in scaled.items()])
     y = tf.linalg.cholesky_solve(factor.chol, b[:, None])[:, 0]
     out = {}
     for k, x in scaled.items():
         residual = x - tf.einsum("n,nij->ij", y, factor.weighted[k])
-        if root[k] is not None:
+        if root is not None:
             residual = residual * root[k]
         out[k] = tf.cast(residual / lam, grads[k].dtype)
     return out, y
