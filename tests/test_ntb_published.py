@@ -91,6 +91,8 @@ def test_the_command_refuses_an_unknown_experiment_or_scale(tmp_path, capsys):
     assert "no experiment 'nope'; one of ntb" in capsys.readouterr().err
     assert main(["experiment", "ntb", "--out", str(tmp_path / "o"), "--scale", "huge"]) == 2
     assert "scale must be one of 'small', 'full'; got 'huge'" in capsys.readouterr().err
+    assert main(["experiment", "ntb", "--out", str(tmp_path / "o"), "--seeds", "-1"]) == 2
+    assert "seeds must be non-negative integers; got [-1]" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
