@@ -458,7 +458,7 @@ class Config:
             raise ConfigError("policy.kind", self.policy.kind, "a policy that does not need the spot, or "
                               "hedges.spot.enabled = true")
         # A python derivative may have greeks: the builder checks it when the objects exist.
-        if self.policy.uses_delta and d.kind in ("lookback", "cliquet", "variance_swap"):
+        if self.policy.uses_delta and d.kind in ("cliquet", "variance_swap"):
             raise ConfigError("policy.kind", self.policy.kind, "a policy without a Black-Scholes delta for "
                               f"derivative.kind = {d.kind} (delta needs european, call_spread or a derivative "
                               "with greeks)")

@@ -24,6 +24,7 @@ from deephedge_tf.builders import (build_derivative, build_hedges, build_market,
                                    build_policy)
 from deephedge_tf.config import Config
 from deephedge_tf.data import PathBatches, SyncEpoch
+from deephedge_tf.features import has_greeks
 from deephedge_tf.hedger import Hedger
 from deephedge_tf.errors import ConfigError
 from deephedge_tf.files import write_atomic
@@ -48,7 +49,7 @@ def build_parts(cfg: Config) -> RunParts:
 def _check_delta(cfg: Config, derivative) -> None:
     """A policy built on the Black-Scholes delta needs a derivative with greeks (a python derivative may
     lack them; the config cannot tell)."""
-    if cfg.policy.uses_delta and getattr(derivative, "greeks", None) is None:
+    if cfg.policy.uses_delta and not has_greeks(derivative):
         raise ConfigError("policy.kind", cfg.policy.kind, f"a policy without a Black-Scholes delta: the derivative "
                           f"{derivative!r} has no greeks")
 

@@ -87,7 +87,7 @@ ERROR_CASES = [
     (["market.heston.scheme=exact", "market.sampling.sobol=true"], "market.heston.scheme", "'qe'"),
     (["market.model=historical", "market.sampling.antithetic=true"], "market.sampling", "historical"),
     (["seed=-1"], "seed", ">= 0"),
-    (["policy.kind=no_transaction_band", "derivative.kind=lookback"], "policy.kind", "Black-Scholes delta"),
+    (["policy.kind=no_transaction_band", "derivative.kind=variance_swap"], "policy.kind", "Black-Scholes delta"),
     (["policy.kind=bs_delta", "derivative.kind=cliquet", "derivative.cliquet.reset_every=10"], "policy.kind",
      "Black-Scholes delta"),
     (["training.optimizer=newton"], "training.optimizer", "dhkfac"),

@@ -17,8 +17,9 @@ MODULES = ["deephedge_tf.optimizers.capture", "deephedge_tf.optimizers.losses",
            "deephedge_tf.policies.baselines", "deephedge_tf.policies.bands", "deephedge_tf.policies.mlp",
            "deephedge_tf.policies.recurrent", "deephedge_tf.market.paths", "deephedge_tf.market.historical",
            "deephedge_tf.market.heston", "deephedge_tf.config", "deephedge_tf.export", "deephedge_tf.layers",
-           "deephedge_tf.pricing.tables", "deephedge_tf.features", "deephedge_tf.training", "deephedge_tf.run",
-           "deephedge_tf.experiments"]
+           "deephedge_tf.pricing.tables", "deephedge_tf.pricing.lookback", "deephedge_tf.features",
+           "deephedge_tf.training", "deephedge_tf.run", "deephedge_tf.experiments",
+           "deephedge_tf.experiments.price_vs_cost"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -18,8 +18,8 @@ from matplotlib import image as mpl_image
 from scipy import stats
 
 from deephedge_tf.evaluation import (
-    entropic_risk, entropic_risk_se, expected_shortfall, metrics_table, paired_entropic_difference, paired_t_test,
-    plot_hedges_over_time, plot_learning_curves, plot_pnl_histograms, strategy_metrics, value_at_risk, welch_t_test)
+    entropic_risk, entropic_risk_se, expected_shortfall, expected_shortfall_se, metrics_table, paired_entropic_difference,
+    paired_t_test, plot_hedges_over_time, plot_learning_curves, plot_pnl_histograms, strategy_metrics, value_at_risk, welch_t_test)
 from deephedge_tf.evaluation import plots as plots_module
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -143,6 +143,21 @@ def test_entropic_standard_errors_match_the_spread_of_repeated_estimates():
     assert np.std(estimates, ddof=1) == pytest.approx(np.mean(ses), rel=0.12)
     assert np.std(diffs, ddof=1) == pytest.approx(np.mean(diff_ses), rel=0.12)
     assert np.mean(diff_ses) < 0.5 * np.mean(ses)  # pairing removes the shared noise
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.99])
+def test_shortfall_standard_error_matches_the_spread_of_repeated_estimates(alpha):
+    """Monte Carlo check of the influence-function standard error of the expected shortfall on a skewed
+    (lognormal-tailed) loss, at the two levels of Buehler et al.'s experiment: over 400 samples of 4,000
+    paths the spread of the estimates matches the mean standard error within 12% (the spread's own
+    sampling error is ~3.5%; at 99% the 40-path tail adds a small-sample bias)."""
+    rng = np.random.default_rng(5)
+    estimates, ses = [], []
+    for _ in range(400):
+        pnl = -np.exp(rng.normal(0.0, 0.5, size=4000))
+        estimates.append(expected_shortfall(pnl, alpha))
+        ses.append(expected_shortfall_se(pnl, alpha))
+    assert np.std(estimates, ddof=1) == pytest.approx(np.mean(ses), rel=0.12)
 
 
 def test_accepts_lists_and_array_likes():

@@ -1,8 +1,8 @@
 """Evaluation of hedging strategies: risk metrics, significance tests and plots.
 
 * Risk measures of per-path terminal PnL (loss numbers, positive = loss):
-  :func:`value_at_risk`, :func:`expected_shortfall`, :func:`entropic_risk` (its standard error:
-  :func:`entropic_risk_se`; two strategies on the same paths: :func:`paired_entropic_difference`).
+  :func:`value_at_risk`, :func:`expected_shortfall`, :func:`entropic_risk` (their standard errors:
+  :func:`expected_shortfall_se`, :func:`entropic_risk_se`; two strategies on the same paths: :func:`paired_entropic_difference`).
 * Summaries: :func:`strategy_metrics` (one strategy, a dict) and :func:`metrics_table`
   (several strategies, a pandas DataFrame).
 * Comparing two strategies' mean PnL: :func:`paired_t_test` (same paths) and
@@ -17,7 +17,8 @@ them.
 """
 
 from deephedge_tf.evaluation.metrics import (
-    DEFAULT_LEVELS, entropic_risk, entropic_risk_se, expected_shortfall, metrics_table, paired_entropic_difference,
+    DEFAULT_LEVELS, entropic_risk, entropic_risk_se, expected_shortfall, expected_shortfall_se,
+    metrics_table, paired_entropic_difference,
     paired_t_test, strategy_metrics, value_at_risk, welch_t_test)
 from deephedge_tf.evaluation.compare import evaluate
 from deephedge_tf.evaluation.plots import plot_hedges_over_time, plot_learning_curves, plot_pnl_histograms
@@ -28,6 +29,7 @@ __all__ = [
     "entropic_risk_se",
     "evaluate",
     "expected_shortfall",
+    "expected_shortfall_se",
     "metrics_table",
     "paired_entropic_difference",
     "paired_t_test",

@@ -24,13 +24,14 @@ EVALUATION_SEED_OFFSET = 2
 def baseline_hedgers(hedger, derivative, instruments) -> dict:
     """``{"unhedged": ..., "bs_delta": ...}``: Hedgers of the baselines that apply, with ``hedger``'s
     objective and dtype."""
+    from deephedge_tf.features import has_greeks
     from deephedge_tf.hedger import Hedger
     from deephedge_tf.instruments.hedges import Spot
     from deephedge_tf.policies import BlackScholesDeltaPolicy, NoHedgePolicy
 
     dtype = hedger.dtype_policy
     out = {"unhedged": NoHedgePolicy(dtype=dtype, name="no_hedge")}
-    if getattr(derivative, "greeks", None) is not None and instruments and isinstance(instruments[0], Spot):
+    if has_greeks(derivative) and instruments and isinstance(instruments[0], Spot):
         out["bs_delta"] = BlackScholesDeltaPolicy(dtype=dtype, name="bs_delta")
     # Baselines trade in contracts (their positions are deltas), so no natural units.
     return {name: Hedger(policy, hedger.objective, natural_units=False, dtype=dtype) for name, policy in out.items()}

@@ -182,6 +182,24 @@ def expected_shortfall(pnl, alpha: float = 0.95) -> float:
     return _es_sorted(np.sort(_as_samples(pnl, "pnl")), alpha)
 
 
+def expected_shortfall_se(pnl, alpha: float = 0.95) -> float:
+    """Standard error of :func:`expected_shortfall` from its influence function: the standard deviation of
+    ``v + (L - v)^+ / (1 - alpha)`` (losses ``L = -pnl``, ``v`` their value at risk) over ``sqrt(B)``.
+    Valid for a continuous loss distribution and a tail of many samples (``B (1 - alpha)`` >> 1).
+
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.normal(0.0, 1.0, size=200_000)
+        >>> round(expected_shortfall_se(x, alpha=0.0) * math.sqrt(x.size), 2)   # alpha 0: the mean's s.e.
+        1.0
+    """
+    alpha = _check_alpha(alpha, "expected_shortfall_se")
+    x = _as_samples(pnl, "pnl", min_size=2)
+    losses = -x
+    var = _var_sorted(np.sort(x), alpha)
+    influence = np.maximum(losses - var, 0.0) / (1.0 - alpha)
+    return float(influence.std(ddof=1) / math.sqrt(x.size))
+
+
 def _entropic(x: np.ndarray, a: float) -> float:
     return float((special.logsumexp(-a * x) - math.log(x.size)) / a)
 

@@ -12,7 +12,9 @@ may add, each optional (absent: the default in brackets):
   to ``[T, B]`` tensors, one value per decision time ``t_0 .. t_{T-1}`` (a lookback's running
   maximum, a cliquet's period return) [none];
 * ``greeks(spot, tau, vol) -> (delta, gamma)``: Black-Scholes Greeks, for the delta baselines and
-  band anchors [zeros: no delta baseline];
+  band anchors [zeros: no delta baseline]; Greeks that depend on the path so far (a lookback's
+  running maximum) come from ``path_greeks(paths, spot, tau, vol)`` instead, with ``paths`` the
+  :class:`~deephedge_tf.market.paths.MarketPaths` and ``[T, B]`` tensors at the decision times;
 * ``reference_price(market) -> float``: a price from the market's option pricer
   (``market.vanilla_price``) [none: the report says so].
 
@@ -245,6 +247,18 @@ class LookbackCall(Derivative):
             return {}
         running_max = _running_max(paths.spot[:-1])
         return {"log_running_max": tf.math.log(running_max / to_float(self.strike, running_max.dtype))}
+
+    def path_greeks(self, paths: MarketPaths, spot, tau, vol):
+        """Black-Scholes delta and gamma of the lookback at each decision time, from the running maximum
+        so far, with the maximum observed at the paths' steps (the Broadie-Glasserman-Kou shift of
+        :mod:`deephedge_tf.pricing.lookback`)."""
+        from deephedge_tf.pricing.lookback import lookback_call_greeks
+
+        running_max = _running_max(paths.spot[:-1])
+        delta, gamma = lookback_call_greeks(tf.cast(spot, tf.float64), tf.cast(running_max, tf.float64), self.strike,
+                                            tf.cast(tau, tf.float64), tf.cast(vol, tf.float64),
+                                            monitoring_dt=float(paths.dt))
+        return tf.cast(delta, spot.dtype), tf.cast(gamma, spot.dtype)
 
 
 @dataclasses.dataclass(frozen=True)
