@@ -18,17 +18,10 @@ import json
 import pandas as pd
 import pytest
 
-from deephedge_tf.experiments import run_experiment
 from deephedge_tf.experiments.buehler_heston import heston_config
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def experiment(tmp_path_factory):
-    out = tmp_path_factory.mktemp("buehler")
-    summary = run_experiment("buehler_heston", out, scale="small", seeds=[0], echo=lambda *_: None)
-    return out, summary
+EXPERIMENT = "buehler_heston"  # the conftest fixture `experiment` runs its small scale
 
 
 @pytest.fixture(scope="module")

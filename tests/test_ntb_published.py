@@ -50,20 +50,13 @@ import pandas as pd
 import pytest
 
 from deephedge_tf.cli import main
-from deephedge_tf.experiments import run_experiment
 from deephedge_tf.experiments.ntb import experiment_config
 
 PUBLISHED_NTB = 0.022544
 PUBLISHED_MLP = 0.022771
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def experiment(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ntb")
-    summary = run_experiment("ntb", out, scale="small", seeds=[0], echo=lambda *_: None)
-    return out, summary
+EXPERIMENT = "ntb"  # the conftest fixture `experiment` runs its small scale
 
 
 @pytest.fixture(scope="module")
