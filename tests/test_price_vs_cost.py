@@ -1,7 +1,8 @@
 """Pieces of ``deephedge experiment price_vs_cost`` (deephedge_tf.experiments.price_vs_cost).
 
-The experiment itself (twelve trainings) is not run here: its small scale takes ~15 minutes on two
-cores, and its slopes do not reproduce the published ones yet (docs/experiments.md says why).  What is
+The experiment itself (twelve trainings) is not run here: its small scale takes ~5 minutes on two
+cores (the test suite's budget has no room for it), and its slopes do not reproduce the published ones
+yet (docs/experiments.md says why).  What is
 checked: the configs are the stated setting, and the slope fit's standard error is the spread of the
 slope over independent noisy replications.
 """
