@@ -460,8 +460,8 @@ class Config:
         # A python derivative may have greeks: the builder checks it when the objects exist.
         if self.policy.uses_delta and d.kind in ("cliquet", "variance_swap"):
             raise ConfigError("policy.kind", self.policy.kind, "a policy without a Black-Scholes delta for "
-                              f"derivative.kind = {d.kind} (delta needs european, call_spread or a derivative "
-                              "with greeks)")
+                              f"derivative.kind = {d.kind} (delta needs european, call_spread, lookback or a "
+                              "derivative with greeks)")
         if not (self.hedges.spot.enabled or fg.moneyness or self.hedges.fixed_grid.strikes
                 or self.hedges.variance_swap.enabled or self.hedges.extra):
             raise ConfigError("hedges", to_dict(self.hedges), "at least one hedging instrument")

@@ -80,7 +80,7 @@ def observations(paths: MarketPaths, derivative) -> dict:
     strike = getattr(derivative, "moneyness_strike", None)
     reference = paths.spot[0] if strike is None else to_float(strike, dtype)
     cols = [k / steps * tf.ones_like(s), tf.math.log(s / reference), vol] + derivative_features(paths, derivative)
-    delta, gamma = liability_greeks(derivative, s, tau, vol, paths)
+    delta, gamma = liability_greeks(derivative, paths, s, tau, vol)
     return {"features": tf.stack(cols, axis=-1), "spot": s, "variance": v, "tau": tau,
             "bs_delta": delta, "bs_gamma": gamma}
 
@@ -90,14 +90,14 @@ def has_greeks(derivative) -> bool:
     return getattr(derivative, "greeks", None) is not None or getattr(derivative, "path_greeks", None) is not None
 
 
-def liability_greeks(derivative, spot, tau, vol, paths=None):
+def liability_greeks(derivative, paths, spot, tau, vol):
     """Black-Scholes delta and gamma of the liability at volatility ``vol`` (``derivative.path_greeks``
-    given ``paths``, else ``derivative.greeks``; zeros for a derivative without them); after maturity
+    of ``paths``, else ``derivative.greeks``; zeros for a derivative without them); after maturity
     both are 0."""
     zeros = tf.zeros_like(spot)
     path_greeks = getattr(derivative, "path_greeks", None)
     greeks = getattr(derivative, "greeks", None)
-    if path_greeks is not None and paths is not None:
+    if path_greeks is not None:
         d, g = path_greeks(paths, spot, tau, vol)
     elif greeks is not None:
         d, g = greeks(spot, tau, vol)

@@ -2,7 +2,8 @@
 
 * Risk measures of per-path terminal PnL (loss numbers, positive = loss):
   :func:`value_at_risk`, :func:`expected_shortfall`, :func:`entropic_risk` (their standard errors:
-  :func:`expected_shortfall_se`, :func:`entropic_risk_se`; two strategies on the same paths: :func:`paired_entropic_difference`).
+  :func:`expected_shortfall_se`, :func:`entropic_risk_se`; two strategies on the same paths:
+  :func:`paired_entropic_difference`).
 * Summaries: :func:`strategy_metrics` (one strategy, a dict) and :func:`metrics_table`
   (several strategies, a pandas DataFrame).
 * Comparing two strategies' mean PnL: :func:`paired_t_test` (same paths) and

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from deephedge_tf.errors import DeepHedgeError
 
-__all__ = ["EXPERIMENTS", "SCALES", "Context", "Figure", "format_summary", "run_experiment"]
+__all__ = ["CHECKS", "EXPERIMENTS", "SCALES", "Context", "Figure", "format_summary", "over_seeds", "run_experiment", "train"]
 
 SCALES = ("small", "full")
 CHECKS = ("within", "at_most")

@@ -30,9 +30,10 @@ of the minimal risk, so the prices (and each strategy's realised CVaR at its own
 ``q``) are checked one-sided: at most the published value plus a band of 4% (50%) and 8% (99%) of it
 at the small scale (a short training), 2% and 3% at the full scale.  Measured at the small scale: 50%
 1.991 (published 1.94; 1.967 after 600 Adam steps of 4,096 paths), 99% 2.83 (published 3.49; 2.70
-after 600 Adam steps of 16,384 paths): the 99% strategy the paper reports was far from the optimum (a model-based hedge, the Heston delta and the variance swap's vega hedge rebalanced daily,
-gives 50%-CVaR 1.929 +- 0.005 and 99%-CVaR 3.35 +- 0.07 on 10,000 paths: benchmarks/buehler_model_hedge.py).  The realised CVaRs of each
-strategy at the other level describe the paper's particular strategies and are reported, not checked;
+after 600 Adam steps of 16,384 paths): the 99% strategy the paper reports was far from the optimum (a
+model-based hedge, the Heston delta and the variance swap's vega hedge rebalanced daily, gives 50%-CVaR
+1.929 +- 0.005 and 99%-CVaR 3.35 +- 0.07 on 10,000 paths: benchmarks/buehler_model_hedge.py).  The
+realised CVaRs of each strategy at the other level describe the paper's particular strategies and are reported, not checked;
 the risk-neutral price must be within 0.005 of 1.69 (the published value has two decimals).
 """
 
@@ -161,7 +162,7 @@ def run(ctx):
 
 
 def _figure(key: str, rows, column: str, published, band_relative, note: str, check: str = "within") -> Figure:
-    se_column = column.replace("_price", "") + "_se" if column != "mean_loss" else "mean_loss_se"
+    se_column = column.replace("_price", "") + "_se"  # cvar50_price -> cvar50_se, mean_loss -> mean_loss_se
     value, stderr, how = over_seeds(rows[column], rows[se_column].iloc[0])
     band = None if published is None or band_relative is None else band_relative * published
     return Figure(key, value, stderr, published, band, SOURCE if published is not None else "",

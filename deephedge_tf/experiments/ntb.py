@@ -35,7 +35,6 @@ Expected utility against the cost rate is not in this experiment yet.
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from deephedge_tf.experiments import Figure, over_seeds, register, train

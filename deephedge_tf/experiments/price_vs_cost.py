@@ -7,8 +7,8 @@ fitted log-log slopes are 0.67 under Black-Scholes (sigma 0.2) and 0.71 under it
 
 What runs, per market and seed: one feed-forward policy per cost rate (the MLP sees its position
 before trading, so it can learn to leave it alone), trained with the library's default optimizer
-(DH-KFAC) on fresh paths under the entropic risk with a = 1, evaluated on the same out-of-sample paths as the policy trained without
-costs, so each difference ``price(cost) - price(0)`` is paired (its standard error by the delta
+(DH-KFAC) on fresh paths under the entropic risk with a = 1, evaluated on the same out-of-sample paths
+as the policy trained without costs, so each difference ``price(cost) - price(0)`` is paired (its standard error by the delta
 method).  The slope is a weighted least-squares fit of ``log(difference)`` on ``log(cost)``, weights
 from the differences' standard errors (over seeds at the full scale).  Markets: ``bs``, GBM sigma 0.2,
 S0 = K = 100, 30 daily steps, the spot with the cost; ``heston``, the paper's Heston (alpha 1, b 0.04,

@@ -30,6 +30,8 @@ import math
 
 import tensorflow as tf
 
+from deephedge_tf.pricing.black_scholes import _norm_cdf, _norm_pdf
+
 __all__ = ["BGK_BETA", "lookback_call_greeks", "lookback_call_price"]
 
 # -zeta(1/2) / sqrt(2 pi): the Broadie-Glasserman-Kou continuity correction for a discretely monitored maximum.
@@ -46,11 +48,7 @@ def _terms(spot, running_max, strike, tau, vol, monitoring_dt, dtype):
     s = tf.maximum(vol * tf.sqrt(tf.maximum(tau, 0.0)), tiny)  # tau = 0 is the limit s -> 0
     a = 0.5 * s * s
     l = tf.maximum(tf.math.log(level / spot), 0.0)  # the spot never exceeds its running maximum
-    c = (l - a) / s
-    d = (l + a) / s
-    normal = lambda x: 0.5 * tf.math.erfc(-x / math.sqrt(2.0))  # noqa: E731
-    density = lambda x: tf.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)  # noqa: E731
-    return spot, running_max, strike, h, s, a, l, c, d, normal, density
+    return spot, running_max, strike, h, s, a, l, (l - a) / s, (l + a) / s
 
 
 def lookback_call_price(spot, running_max, strike, tau, vol, monitoring_dt=0.0, dtype=tf.float64) -> tf.Tensor:
@@ -61,9 +59,8 @@ def lookback_call_price(spot, running_max, strike, tau, vol, monitoring_dt=0.0, 
       strike: ``K``.  tau: years to maturity (0: the payoff ``max(M - K, 0)``).  vol: Black-Scholes vol.
       monitoring_dt: years between observations of the maximum (0: continuous monitoring).
     """
-    spot, running_max, strike, h, s, a, l, c, d, normal, density = _terms(
-        spot, running_max, strike, tau, vol, monitoring_dt, dtype)
-    future = spot * ((1.0 - l + a) * normal(-c) - tf.exp(l) * normal(-d) + s * density(c))
+    spot, running_max, strike, h, s, a, l, c, d = _terms(spot, running_max, strike, tau, vol, monitoring_dt, dtype)
+    future = spot * ((1.0 - l + a) * _norm_cdf(-c) - tf.exp(l) * _norm_cdf(-d) + s * _norm_pdf(c))
     return tf.nn.relu(running_max - strike) + tf.exp(-h) * future
 
 
@@ -74,8 +71,8 @@ def lookback_call_greeks(spot, running_max, strike, tau, vol, monitoring_dt=0.0,
         >>> round(float(delta), 4), round(float(gamma), 3)
         (1.037, 4.466)
     """
-    spot, _, _, h, s, a, l, c, _, normal, density = _terms(spot, running_max, strike, tau, vol, monitoring_dt, dtype)
+    spot, _, _, h, s, a, l, c, _ = _terms(spot, running_max, strike, tau, vol, monitoring_dt, dtype)
     scale = tf.exp(-h)
-    delta = scale * ((2.0 - l + a) * normal(-c) + s * density(c))
-    gamma = scale * (normal(-c) + 2.0 * density(c) / s) / spot
+    delta = scale * ((2.0 - l + a) * _norm_cdf(-c) + s * _norm_pdf(c))
+    gamma = scale * (_norm_cdf(-c) + 2.0 * _norm_pdf(c) / s) / spot
     return delta, gamma
