@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 CONFIG ?= configs/quickstart.yaml
 OUT ?= runs/quickstart
 
-.PHONY: train test bench docs lock venv
+.PHONY: train test bench docs lock venv pfhedge-venv
 
 venv: $(STAMP)
 
@@ -29,6 +29,11 @@ docs: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_market.py --write BENCHMARKS.md
+
+# pfhedge side by side (benchmarks/vs_pfhedge.py): a venv of its own, as pfhedge pins numpy < 2.
+pfhedge-venv:
+	test -x .venv-pfhedge/bin/python || $(PYTHON) -m venv .venv-pfhedge
+	.venv-pfhedge/bin/python -m pip install --quiet -r benchmarks/pfhedge/requirements.txt
 
 # Re-pin the full environment from the current venv (after changing setup.cfg pins).
 lock: $(STAMP)
