@@ -52,6 +52,18 @@ SIMULATORS = {
 }
 
 
+def test_path_normals_are_the_documented_stream():
+    """Block ``b`` is ``stateless_normal`` seeded with ``fold_in(seed, b)`` (``b`` a Python int): the stream
+    every seeded result depends on, whatever the batch it is drawn for (drawing it in one graph once changed
+    it through the dtype of ``b``)."""
+    from deephedge_tf.market.random import as_seed, path_normals
+
+    z = path_normals(7, 2100, 5, 2, start=1000)
+    blocks = [tf.random.stateless_normal([5, BLOCK_SIZE, 2], tf.random.experimental.stateless_fold_in(as_seed(7), b))
+              for b in (0, 1, 2, 3)]
+    np.testing.assert_array_equal(z.numpy(), tf.concat(blocks, axis=1).numpy()[:, 1000:3100])
+
+
 @pytest.mark.parametrize("name", sorted(SIMULATORS))
 def test_split_invariance(name):
     sim = SIMULATORS[name]

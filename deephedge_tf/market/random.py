@@ -101,7 +101,7 @@ def path_normals(
     if start < 0 or num_paths < 1:
         raise ValueError(f"need start >= 0 and num_paths >= 1; got {start}, {num_paths}")
     first, last = start // BLOCK_SIZE, (start + num_paths - 1) // BLOCK_SIZE
-    blocks = _block_normals(as_seed(seed), tf.constant(first, tf.int64), last - first + 1, int(steps), int(dims),
+    blocks = _block_normals(as_seed(seed), tf.constant(first, tf.int32), last - first + 1, int(steps), int(dims),
                             bool(antithetic), dtype)
     lo = start - first * BLOCK_SIZE
     return blocks[:, lo:lo + num_paths]
@@ -110,7 +110,8 @@ def path_normals(
 @tf.function
 def _block_normals(seed, first, num_blocks: int, steps: int, dims: int, antithetic: bool, dtype):
     """``[steps, num_blocks * BLOCK_SIZE, dims]`` normals of blocks ``first, first + 1, ...`` (block ``b``
-    drawn with ``fold_in(seed, b)``, as :func:`block_seeds`).  One graph per (number of blocks, steps,
+    drawn with ``fold_in(seed, b)``, as :func:`block_seeds`; ``first`` is int32 as a Python int becomes
+    there: fold_in's result depends on the dtype of the folded-in number).  One graph per (number of blocks, steps,
     dims): drawing the blocks eagerly cost ~1 ms of dispatch each, a quarter of the time of 100,000
     paths x 250 steps (BENCHMARKS.md), and in one graph independent blocks run on both cores."""
     parts = []
