@@ -7,7 +7,7 @@ prints.  ``scale="small"`` finishes in minutes on two CPU cores (the seeded test
 uses the paper's sizes.
 
     >>> sorted(EXPERIMENTS)
-    ['buehler_heston', 'cliquet', 'ntb', 'price_vs_cost']
+    ['buehler_heston', 'cliquet', 'kfac_lstm', 'ntb', 'price_vs_cost']
     >>> run_experiment("ntb", "/tmp/x", scale="huge")
     Traceback (most recent call last):
     ...
@@ -37,7 +37,8 @@ from pathlib import Path
 
 from deephedge_tf.errors import DeepHedgeError
 
-__all__ = ["CHECKS", "EXPERIMENTS", "SCALES", "Context", "Figure", "format_summary", "over_seeds", "run_experiment", "train"]
+__all__ = ["CHECKS", "EXPERIMENTS", "SCALES", "Context", "Figure", "format_summary", "over_seeds", "run_experiment", "train",
+           "train_with_curve"]
 
 SCALES = ("small", "full")
 CHECKS = ("within", "at_most")
@@ -107,6 +108,28 @@ def train(cfg, parts=None):
     start = time.perf_counter()
     fit_hedger(cfg, hedger, parts, verbose=0)
     return hedger, int(hedger.optimizer.iterations.numpy()), time.perf_counter() - start
+
+
+def train_with_curve(cfg, parts):
+    """Builds and fits the hedger of ``cfg`` (quietly), recording the validation loss after every epoch:
+    ``(hedger, [{"step", "wall_s", "val_loss"}, ...])`` (``wall_s``: seconds since the fit began)."""
+    import keras
+
+    from deephedge_tf.training import fit_hedger, make_hedger
+
+    hedger = make_hedger(cfg, parts)
+    curve = []
+
+    class Clock(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            curve.append({"step": int(hedger.optimizer.iterations.numpy()),
+                          "wall_s": time.perf_counter() - self.start, "val_loss": float(logs["val_loss"])})
+
+    fit_hedger(cfg, hedger, parts, callbacks=[Clock()], verbose=0)
+    return hedger, curve
 
 
 def over_seeds(values, single_stderr: float) -> tuple[float, float, str]:
@@ -186,7 +209,7 @@ def _register_all() -> None:
     """Imports the experiment modules; each registers itself with :func:`register`."""
     import importlib
 
-    for module in ("buehler_heston", "cliquet", "ntb", "price_vs_cost"):
+    for module in ("buehler_heston", "cliquet", "kfac_lstm", "ntb", "price_vs_cost"):
         importlib.import_module(f"deephedge_tf.experiments.{module}")
 
 

@@ -46,7 +46,7 @@ import math
 
 import numpy as np
 
-from deephedge_tf.experiments import Figure, register
+from deephedge_tf.experiments import Figure, register, train_with_curve
 
 SOURCE = "Mueller et al. (2024), Fast Deep Hedging with Second-Order Optimization, section 4"
 HESTON = {"v0": 0.0625, "kappa": 8.0, "theta": 0.0625, "xi": 1.0, "rho": -0.7, "mu": 0.0, "scheme": "qe"}
@@ -95,29 +95,6 @@ def cliquet_config(scale: str, optimizer: str, seed: int, options: bool = True):
     })
 
 
-def _train_with_curve(cfg, parts):
-    """Fits ``cfg``'s hedger: ``(hedger, [{step, wall_s, val_loss}, ...])``, one point per epoch."""
-    import time
-
-    import keras
-
-    from deephedge_tf.training import fit_hedger, make_hedger
-
-    hedger = make_hedger(cfg, parts)
-    curve = []
-
-    class Clock(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            curve.append({"step": int(hedger.optimizer.iterations.numpy()),
-                          "wall_s": time.perf_counter() - self.start, "val_loss": float(logs["val_loss"])})
-
-    fit_hedger(cfg, hedger, parts, callbacks=[Clock()], verbose=0)
-    return hedger, curve
-
-
 @register("cliquet", {"small": (0,), "full": (0, 1, 2)},
           "the DH-KFAC paper's cliquet: DH-KFAC vs Adam, option hedging vs spot only, trades at resets "
           "(Mueller et al. 2024)")
@@ -131,14 +108,14 @@ def run(ctx):
     for seed in ctx.seeds:
         cfg = cliquet_config(ctx.scale, "dhkfac", seed)
         parts = build_parts(cfg)
-        kfac, kfac_curve = _train_with_curve(cfg, parts)
+        kfac, kfac_curve = train_with_curve(cfg, parts)
         ctx.echo(f"cliquet: DH-KFAC, seed {seed}: {kfac_curve[-1]['step']} steps in {kfac_curve[-1]['wall_s']:.0f} s")
         # Adam from DH-KFAC's initial weights: the configs share the seed, so make_hedger initialises alike.
-        adam, adam_curve = _train_with_curve(cliquet_config(ctx.scale, "adam", seed), parts)
+        adam, adam_curve = train_with_curve(cliquet_config(ctx.scale, "adam", seed), parts)
         ctx.echo(f"cliquet: Adam, seed {seed}: {adam_curve[-1]['step']} steps in {adam_curve[-1]['wall_s']:.0f} s")
         spot_cfg = cliquet_config(ctx.scale, "dhkfac", seed, options=False)
         spot_parts = build_parts(spot_cfg)
-        spot, _ = _train_with_curve(spot_cfg, spot_parts)
+        spot, _ = train_with_curve(spot_cfg, spot_parts)
         for name, curve in (("dhkfac", kfac_curve), ("adam", adam_curve)):
             curves += [{"optimizer": name, "seed": seed, **point} for point in curve]
         pnl, mean_abs_trades = _test(kfac, spot, parts, spot_parts, size["eval_paths"])
