@@ -134,11 +134,16 @@ def main() -> None:
     if args.quick:
         spec.update(paths=5000, train_steps=10, eval_paths=20_000)
         spec["heston"]["paths"] = 10_000
+    if spec["eval_paths"] % spec["paths"]:  # pfhedge evaluates in batches of `paths`
+        sys.exit("vs_pfhedge: eval_paths must be a multiple of paths")
     rows, raw = [], {}
     for validation in (False, True):
         s = {**spec, "validation": validation}
         res = {lib: side(lib, "ntb", s) for lib in ("pfhedge", "ours")}
         raw[f"ntb_validation_{validation}"] = res
+        if res["ours"]["time_steps"] != res["pfhedge"]["time_steps"]:
+            sys.exit(f"vs_pfhedge: time steps differ: ours {res['ours']['time_steps']}, pfhedge "
+                     f"{res['pfhedge']['time_steps']}")
         work = s["paths"] * s["train_steps"] * res["ours"]["time_steps"] * (2 if validation else 1)
         rate = {lib: work / r["wall_s"] / 1e6 for lib, r in res.items()}
         what = (f"NTB training, {s['train_steps']} steps x {s['paths']:,} paths"
@@ -165,7 +170,8 @@ def main() -> None:
     versions = raw["heston"]["pfhedge"]
     details = (f"pfhedge {versions['pfhedge']} on torch {versions['torch']} ({versions['threads']} threads); "
                f"evaluation on {spec['eval_paths']:,} fresh paths per library; rates in million path-steps/s "
-               "(a validation step counts as much work as a training step)")
+               "(a validation pass counts as the work of a training step, so the rates with validation are "
+               "higher than without; compare ratios)")
     text = report.section("deephedge_tf vs pfhedge" + (" (quick)" if args.quick else ""),
                           ".venv/bin/python benchmarks/vs_pfhedge.py" + (" --quick" if args.quick else ""),
                           details, ["task", "ours (M path-steps/s)", "pfhedge", "ratio", "wall, price"],

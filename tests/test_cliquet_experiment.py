@@ -61,7 +61,7 @@ def test_reset_statistics_count_trades_on_reset_dates():
     curves = _curves_stub()
     figures = {f.key: f for f in _figures(_table_stub(), curves, activity, {**SIZES["small"], "steps": steps})}
     assert figures["reset_jump_spot"].value == pytest.approx(4.0)  # step 0 left out
-    assert figures["reset_jump_options"].value == pytest.approx(((1 + 3) / 2 + 2 / 4) / 2)  # at 20, at 40
+    assert figures["reset_jump_options"].value == pytest.approx((4 + 2) / (2 + 4))  # resets 20, 40 / steps 19, 39
     assert figures["kfac_steps_to_adam"].value == 20.0  # the first DH-KFAC point at or below Adam's last
 
 

@@ -98,6 +98,7 @@ def path_normals(
         z = tf.transpose(tf.reshape(z, [num_paths, steps, dims]), [1, 0, 2])
         return tf.cast(z, dtype)
 
+    start, num_paths = int(start), int(num_paths)  # numpy integers would become tensors in _block_normals
     if start < 0 or num_paths < 1:
         raise ValueError(f"need start >= 0 and num_paths >= 1; got {start}, {num_paths}")
     first, last = start // BLOCK_SIZE, (start + num_paths - 1) // BLOCK_SIZE
@@ -112,7 +113,7 @@ def _block_normals(seed, first, num_blocks: int, steps: int, dims: int, antithet
     """``[steps, num_blocks * BLOCK_SIZE, dims]`` normals of blocks ``first, first + 1, ...`` (block ``b``
     drawn with ``fold_in(seed, b)``, as :func:`block_seeds`; ``first`` is int32 as a Python int becomes
     there: fold_in's result depends on the dtype of the folded-in number).  One graph per (number of blocks, steps,
-    dims): drawing the blocks eagerly cost ~1 ms of dispatch each, a quarter of the time of 100,000
+    dims, antithetic, dtype): drawing the blocks eagerly cost ~1 ms of dispatch each, a quarter of the time of 100,000
     paths x 250 steps (BENCHMARKS.md), and in one graph independent blocks run on both cores."""
     parts = []
     for i in range(num_blocks):
