@@ -81,3 +81,4 @@ def _table_stub():
             for k, s in (("unhedged", 2.0), ("spot_only", 1.0), ("spot_and_options", 0.9), ("options_removed", 1.1),
                          ("option_std_reduction", 0.1))]
     return pd.DataFrame(rows)
+

@@ -99,7 +99,7 @@ def test_lookback_premia_are_at_most_the_published_ones(experiment):
 
 def test_the_command_refuses_an_unknown_experiment_or_scale(tmp_path, capsys):
     assert main(["experiment", "nope", "--out", str(tmp_path / "o")]) == 2
-    assert "no experiment 'nope'; one of buehler_heston, cliquet, kfac_lstm, ntb, price_vs_cost" in capsys.readouterr().err
+    assert "no experiment 'nope'; one of buehler_heston, cliquet, kfac_lstm, ntb, ntb_cost, price_vs_cost" in capsys.readouterr().err
     assert main(["experiment", "ntb", "--out", str(tmp_path / "o"), "--scale", "huge"]) == 2
     assert "scale must be one of 'small', 'full'; got 'huge'" in capsys.readouterr().err
     assert main(["experiment", "ntb", "--out", str(tmp_path / "o"), "--seeds", "-1"]) == 2
@@ -129,3 +129,21 @@ def test_ntb_is_no_worse_than_the_mlp(results):
     # The published feed-forward premium is above the published band premium by 2.3e-4; ours must not
     # be above it by more than the same tolerance as (a).
     assert p["mlp"] == pytest.approx(PUBLISHED_MLP, rel=0.02), p
+
+def test_ntb_cost_figures_count_where_the_band_is_best():
+    """``ntb_cost``'s figures (deephedge_tf.experiments.ntb): the band is 'best' at a rate unless a rival's
+    paired price is lower by more than two s.e.; the top rate compares the band with no hedge."""
+    from deephedge_tf.experiments.ntb import _cost_figures
+
+    rows = []
+    for cost, mlp, ww in ((1e-4, 0.001, -0.0005), (1e-3, 0.002, 0.003), (1e-2, -0.004, 0.001)):  # rivals - band
+        rows += [{"cost": cost, "strategy": "ntb", "minus_ntb": 0.0, "minus_ntb_se": 0.0},
+                 {"cost": cost, "strategy": "mlp", "minus_ntb": mlp, "minus_ntb_se": 0.001},
+                 {"cost": cost, "strategy": "whalley_wilmott", "minus_ntb": ww, "minus_ntb_se": 0.001},
+                 {"cost": cost, "strategy": "no_hedge", "minus_ntb": 0.01 if cost < 1e-2 else 0.0005,
+                  "minus_ntb_se": 0.0002}]
+    figures = {f.key: f for f in _cost_figures(pd.DataFrame(rows))}
+    assert figures["ntb_best_share"].value == pytest.approx(2 / 3)  # WW -0.0005 is within 2 s.e.; MLP -0.004 not
+    assert figures["ntb_vs_no_hedge_top_cost"].value == pytest.approx(-0.0005)
+    assert figures["ntb_vs_no_hedge_top_cost"].stderr == pytest.approx(0.0002)
+

@@ -7,7 +7,7 @@ prints.  ``scale="small"`` finishes in minutes on two CPU cores (the seeded test
 uses the paper's sizes.
 
     >>> sorted(EXPERIMENTS)
-    ['buehler_heston', 'cliquet', 'kfac_lstm', 'ntb', 'price_vs_cost']
+    ['buehler_heston', 'cliquet', 'kfac_lstm', 'ntb', 'ntb_cost', 'price_vs_cost']
     >>> run_experiment("ntb", "/tmp/x", scale="huge")
     Traceback (most recent call last):
     ...
