@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from deephedge_tf.config import KFACConfig
-from deephedge_tf.experiments.cliquet import GAMMA, GRIDS, RESET_EVERY, SIZES, _activity, _figures, _paired_reduction, \
+from deephedge_tf.experiments import paired_bootstrap
+from deephedge_tf.experiments.cliquet import GAMMA, GRIDS, RESET_EVERY, SIZES, _activity, _figures, _std_reduction, \
     cliquet_config
 
 
@@ -42,7 +43,7 @@ def test_bootstrap_se_of_the_std_reduction_matches_the_spread_over_replications(
     for _ in range(150):
         y = rng.standard_normal(2000)
         x = 0.9 * y + noise * rng.standard_normal(2000)
-        value, se = _paired_reduction(x, y)
+        value, se = paired_bootstrap(_std_reduction, x, y)
         values.append(value)
         ses.append(se)
     assert np.mean(values) == pytest.approx(truth, abs=4 * np.std(values) / np.sqrt(150))

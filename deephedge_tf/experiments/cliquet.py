@@ -47,7 +47,7 @@ import math
 
 import numpy as np
 
-from deephedge_tf.experiments import Figure, register, train_with_curve
+from deephedge_tf.experiments import Figure, paired_bootstrap, register, train_with_curve
 
 SOURCE = "Mueller et al. (2024), Fast Deep Hedging with Second-Order Optimization, section 4"
 HESTON = {"v0": 0.0625, "kappa": 8.0, "theta": 0.0625, "xi": 1.0, "rho": -0.7, "mu": 0.0, "scheme": "qe"}
@@ -63,7 +63,6 @@ GAMMA = 1000.0
 ADAM_LR = 1.0e-3  # the optimizer suite's sweep on cliquet_small (configs/suite/suite.yaml)
 EVAL_EVERY = 10
 EVAL_SEED = 24_680
-BOOTSTRAP = 200
 
 
 def cliquet_config(scale: str, optimizer: str, seed: int, options: bool = True):
@@ -169,20 +168,14 @@ def _strategy_rows(pnl: dict, seed: int):
         rows.append({"strategy": name, "seed": seed, "mean": x.mean(), "mean_se": s / math.sqrt(n), "std": s,
                      "std_se": math.sqrt(max(m4 - s ** 4, 0.0)) / (2 * s * math.sqrt(n)),
                      "skew": float(np.mean((x - x.mean()) ** 3) / s ** 3)})
-    reduction, reduction_se = _paired_reduction(pnl["spot_and_options"], pnl["spot_only"])
+    reduction, reduction_se = paired_bootstrap(_std_reduction, pnl["spot_and_options"], pnl["spot_only"])
     rows.append({"strategy": "option_std_reduction", "seed": seed, "std": reduction, "std_se": reduction_se})
     return pd.DataFrame(rows)
 
 
-def _paired_reduction(x, y):
-    """``1 - std(x) / std(y)`` on paired samples and its standard error by the bootstrap."""
-    rng = np.random.default_rng(0)
-    value = 1.0 - x.std(ddof=1) / y.std(ddof=1)
-    draws = []
-    for _ in range(BOOTSTRAP):
-        i = rng.integers(0, x.size, x.size)
-        draws.append(1.0 - x[i].std(ddof=1) / y[i].std(ddof=1))
-    return float(value), float(np.std(draws, ddof=1))
+def _std_reduction(x, y) -> float:
+    """``1 - std(x) / std(y)``: how much less spread ``x`` has than ``y``."""
+    return 1.0 - x.std(ddof=1) / y.std(ddof=1)
 
 
 def _activity(mean_abs, seed: int, maturities):
