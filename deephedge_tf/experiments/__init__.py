@@ -153,13 +153,22 @@ def paired_bootstrap(statistic, *samples, draws: int = 200, seed: int = 0) -> tu
 
 def over_seeds(values, single_stderr: float) -> tuple[float, float, str]:
     """``(mean, standard error, how)`` of a figure measured once per seed: the s.e. over seeds when there
-    are several, else ``single_stderr`` (the one run's evaluation error)."""
+    are several, else ``single_stderr`` (the one run's evaluation error).  Seeds without a value (NaN,
+    e.g. a target never reached) are left out and counted in ``how``.
+
+        >>> over_seeds([1.0, 3.0, float("nan")], 0.1)
+        (2.0, 1.0, 'mean of 2 seeds, s.e. over seeds (1 of 3 without a value)')
+    """
     import numpy as np
 
     values = np.asarray(values, dtype=float)
-    if values.size >= 2:
-        return (float(values.mean()), float(values.std(ddof=1) / math.sqrt(values.size)),
-                f"mean of {values.size} seeds, s.e. over seeds")
+    finite = values[np.isfinite(values)]
+    missing = f" ({values.size - finite.size} of {values.size} without a value)" if finite.size < values.size else ""
+    if finite.size >= 2:
+        return (float(finite.mean()), float(finite.std(ddof=1) / math.sqrt(finite.size)),
+                f"mean of {finite.size} seeds, s.e. over seeds{missing}")
+    if finite.size == 1 and values.size > 1:
+        return float(finite[0]), math.nan, f"one seed{missing}"
     return float(values[0]), float(single_stderr), "one seed, s.e. of the evaluation"
 
 

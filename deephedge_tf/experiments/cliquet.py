@@ -47,7 +47,7 @@ import math
 
 import numpy as np
 
-from deephedge_tf.experiments import Figure, paired_bootstrap, register, train_with_curve
+from deephedge_tf.experiments import Figure, over_seeds, paired_bootstrap, register, train_with_curve
 
 SOURCE = "Mueller et al. (2024), Fast Deep Hedging with Second-Order Optimization, section 4"
 HESTON = {"v0": 0.0625, "kappa": 8.0, "theta": 0.0625, "xi": 1.0, "rho": -0.7, "mu": 0.0, "scheme": "qe"}
@@ -156,18 +156,24 @@ def _test(hedger, spot_hedger, parts, spot_parts, paths: int, chunk: int = 8192)
     return {k: np.concatenate(v).astype(np.float64) for k, v in pnl.items()}, abs_trades / paths
 
 
+def std_se(x) -> float:
+    """Standard error of the sample standard deviation of ``x`` (any distribution, delta method):
+    ``sqrt(m4 - s^4) / (2 s sqrt(n))``, ``m4`` the fourth central moment."""
+    s = x.std(ddof=1)
+    m4 = np.mean((x - x.mean()) ** 4)
+    return math.sqrt(max(m4 - s ** 4, 0.0)) / (2 * s * math.sqrt(x.size))
+
+
 def _strategy_rows(pnl: dict, seed: int):
     import pandas as pd
 
+    from deephedge_tf.evaluation import strategy_metrics
+
     rows = []
     for name, x in pnl.items():
-        n = x.size
-        # s.e. of the sample standard deviation (any distribution): sqrt(m4 - s^4) / (2 s sqrt(n)).
-        s = x.std(ddof=1)
-        m4 = np.mean((x - x.mean()) ** 4)
-        rows.append({"strategy": name, "seed": seed, "mean": x.mean(), "mean_se": s / math.sqrt(n), "std": s,
-                     "std_se": math.sqrt(max(m4 - s ** 4, 0.0)) / (2 * s * math.sqrt(n)),
-                     "skew": float(np.mean((x - x.mean()) ** 3) / s ** 3)})
+        m = strategy_metrics(x)
+        rows.append({"strategy": name, "seed": seed, "mean": m["pnl_mean"], "mean_se": m["pnl_mean_se"],
+                     "std": m["pnl_std"], "std_se": std_se(x), "skew": m["pnl_skew"]})
     reduction, reduction_se = paired_bootstrap(_std_reduction, pnl["spot_and_options"], pnl["spot_only"])
     rows.append({"strategy": "option_std_reduction", "seed": seed, "std": reduction, "std_se": reduction_se})
     return pd.DataFrame(rows)
@@ -199,13 +205,8 @@ def _figures(table, curves, activity, size) -> list:
         return rows[column].to_numpy(), rows[f"{column}_se"].to_numpy()
 
     def figure(key, values, ses, note):
-        values = np.asarray(values, dtype=float)
-        if len(values) > 1:
-            how = f"mean of {len(values)} seeds, s.e. over seeds"
-            se = float(np.nanstd(values, ddof=1) / math.sqrt(np.sum(np.isfinite(values))))
-        else:
-            how, se = "one seed", float(ses[0])
-        return Figure(key, float(np.nanmean(values)), se, None, None, SOURCE, f"{note}; {how}")
+        value, se, how = over_seeds(values, ses[0])
+        return Figure(key, value, se, None, None, SOURCE, f"{note}; {how}")
 
     figures = []
     for strategy in ("unhedged", "spot_only", "spot_and_options", "options_removed"):

@@ -42,8 +42,6 @@ minus no hedge's at the highest rate, paired) measure the two claims; nothing is
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from deephedge_tf.experiments import Figure, over_seeds, register, train
@@ -91,7 +89,7 @@ def experiment_config(payoff: str, policy: str, seed: int, scale: str, cost: flo
 def run(ctx):
     figures, files = [], []
     for payoff in PAYOFFS:
-        table = _run_payoff(ctx, payoff)
+        table, _ = _run_payoff(ctx, payoff)
         table.to_csv(ctx.out / f"{payoff}.csv", index=False)
         figures += [_figure(payoff, policy, table) for policy in POLICIES]
         for baseline in BASELINES:
@@ -103,25 +101,30 @@ def run(ctx):
     return figures, files
 
 
-def _run_payoff(ctx, payoff: str):
-    """Trains the networks for ``payoff`` and evaluates them with the baselines: one row per strategy."""
+def _run_payoff(ctx, payoff: str, cost: float = COST, seeds=None):
+    """Trains the networks for ``payoff`` at ``cost`` (for ``seeds``, default the context's) and evaluates
+    them with the baselines on the same paths: ``(table, outputs)``, one table row per strategy in the
+    order of ``outputs`` (:func:`~deephedge_tf.evaluation.compare.strategy_outputs`, trained networks
+    named ``policy/seed``)."""
     import pandas as pd
 
     from deephedge_tf.evaluation import entropic_risk, entropic_risk_se, paired_entropic_difference
     from deephedge_tf.evaluation.compare import strategy_outputs
     from deephedge_tf.training import build_parts, make_hedger
 
-    base = experiment_config(payoff, "ntb", ctx.seeds[0], ctx.scale)
+    seeds = ctx.seeds if seeds is None else seeds
+    base = experiment_config(payoff, "ntb", seeds[0], ctx.scale, cost)
     parts = build_parts(base)
     models, trained = {}, {}
     for k in BASELINES:
         models[k] = make_hedger(base, parts, policy_kind=k, compile=False)
-    for seed in ctx.seeds:
+    for seed in seeds:
         for policy in POLICIES:
-            hedger, steps, wall = train(experiment_config(payoff, policy, seed, ctx.scale), parts)
+            hedger, steps, wall = train(experiment_config(payoff, policy, seed, ctx.scale, cost), parts)
             models[f"{policy}/{seed}"] = hedger
             trained[f"{policy}/{seed}"] = (steps, wall)
-            ctx.echo(f"ntb: trained {policy} on the {payoff} call, seed {seed}: {steps} steps in {wall:.0f} s")
+            ctx.echo(f"ntb: trained {policy} on the {payoff} call (cost {cost:g}), seed {seed}: {steps} steps in "
+                     f"{wall:.0f} s")
     outputs = strategy_outputs(models, parts.market, parts.derivative, parts.instruments,
                                SIZES[ctx.scale]["eval_paths"], EVAL_SEED)
     reference = outputs["no_hedge"]["pnl"]
@@ -134,7 +137,8 @@ def _run_payoff(ctx, payoff: str):
                      "price": entropic_risk(o["pnl"], A), "se": entropic_risk_se(o["pnl"], A),
                      "minus_no_hedge": diff, "minus_no_hedge_se": diff_se, "mean_cost": float(np.mean(o["costs"])),
                      "train_steps": steps, "train_wall_s": wall})
-    return pd.DataFrame(rows).astype({"seed": "Int64", "train_steps": "Int64"})  # baselines: no seed, no steps
+    table = pd.DataFrame(rows).astype({"seed": "Int64", "train_steps": "Int64"})  # baselines: no seed, no steps
+    return table, outputs
 
 
 def _figure(payoff: str, policy: str, table) -> Figure:
@@ -173,27 +177,18 @@ def _plot(table, payoff: str, path) -> None:
 def run_cost(ctx):
     import pandas as pd
 
-    from deephedge_tf.evaluation import entropic_risk, entropic_risk_se, paired_entropic_difference
-    from deephedge_tf.evaluation.compare import strategy_outputs
-    from deephedge_tf.training import build_parts, make_hedger
+    from deephedge_tf.evaluation import paired_entropic_difference
 
-    seed, rows = ctx.seeds[0], []
+    tables = []
     for cost in UTILITY_COSTS[ctx.scale]:
-        base = experiment_config("european", "ntb", seed, ctx.scale, cost)
-        parts = build_parts(base)
-        models = {k: make_hedger(base, parts, policy_kind=k, compile=False) for k in BASELINES}
-        for policy in POLICIES:
-            models[policy], steps, wall = train(experiment_config("european", policy, seed, ctx.scale, cost), parts)
-            ctx.echo(f"ntb_cost: trained {policy} at cost {cost:g}: {steps} steps in {wall:.0f} s")
-        outputs = strategy_outputs(models, parts.market, parts.derivative, parts.instruments,
-                                   SIZES[ctx.scale]["eval_paths"], EVAL_SEED)
-        for name, o in outputs.items():
-            price = entropic_risk(o["pnl"], A)
-            diff, diff_se = paired_entropic_difference(o["pnl"], outputs["ntb"]["pnl"], A)
-            rows.append({"cost": cost, "strategy": name, "price": price, "se": entropic_risk_se(o["pnl"], A),
-                         "utility": -math.exp(A * price), "minus_ntb": diff, "minus_ntb_se": diff_se,
-                         "mean_cost": float(np.mean(o["costs"]))})
-    table = pd.DataFrame(rows)
+        table, outputs = _run_payoff(ctx, "european", cost, seeds=ctx.seeds[:1])
+        band = outputs[f"ntb/{ctx.seeds[0]}"]["pnl"]
+        diffs = [paired_entropic_difference(o["pnl"], band, A) for o in outputs.values()]  # the table's order
+        table["minus_ntb"], table["minus_ntb_se"] = [d for d, _ in diffs], [se for _, se in diffs]
+        table.insert(0, "cost", cost)
+        table["utility"] = -np.exp(A * table.price)
+        tables.append(table)
+    table = pd.concat(tables, ignore_index=True)
     table.to_csv(ctx.out / "utility.csv", index=False)
     _plot_cost(table, ctx.out / "utility.png")
     return _cost_figures(table), ["utility.csv", "utility.png"]
