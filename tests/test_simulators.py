@@ -64,6 +64,17 @@ def test_path_normals_are_the_documented_stream():
     np.testing.assert_array_equal(z.numpy(), tf.concat(blocks, axis=1).numpy()[:, 1000:3100])
 
 
+@pytest.mark.parametrize("start, num_paths", [(-1, 5), (0, 0)])
+def test_path_normals_refuses_an_empty_or_negative_range(start, num_paths):
+    from deephedge_tf.market.random import block_seeds, path_normals
+
+    message = f"need start >= 0 and num_paths >= 1; got {start}, {num_paths}"
+    with pytest.raises(ValueError, match=message):
+        path_normals(0, num_paths, 3, 1, start=start)
+    with pytest.raises(ValueError, match=message):
+        list(block_seeds(0, start, num_paths))
+
+
 @pytest.mark.parametrize("name", sorted(SIMULATORS))
 def test_split_invariance(name):
     sim = SIMULATORS[name]

@@ -47,13 +47,18 @@ def sub_seed(seed, name: str) -> tf.Tensor:
     return tf.random.experimental.stateless_fold_in(as_seed(seed), h)
 
 
+def _block_range(start: int, num_paths: int) -> tuple[int, int]:
+    """``(first, last)``: the indices of the first and last block covering paths ``[start, start+n)``."""
+    if start < 0 or num_paths < 1:
+        raise ValueError(f"need start >= 0 and num_paths >= 1; got {start}, {num_paths}")
+    return start // BLOCK_SIZE, (start + num_paths - 1) // BLOCK_SIZE
+
+
 def block_seeds(seed, start: int, num_paths: int):
     """Yields ``(block_index, block_seed, lo, hi)``: the blocks covering paths ``[start, start+n)``,
     with ``lo:hi`` the slice of that block that falls in the range."""
-    if start < 0 or num_paths < 1:
-        raise ValueError(f"need start >= 0 and num_paths >= 1; got {start}, {num_paths}")
+    first, last = _block_range(start, num_paths)
     seed = as_seed(seed)
-    first, last = start // BLOCK_SIZE, (start + num_paths - 1) // BLOCK_SIZE
     for b in range(first, last + 1):
         lo = max(start - b * BLOCK_SIZE, 0)
         hi = min(start + num_paths - b * BLOCK_SIZE, BLOCK_SIZE)
@@ -99,9 +104,7 @@ def path_normals(
         return tf.cast(z, dtype)
 
     start, num_paths = int(start), int(num_paths)  # numpy integers would become tensors in _block_normals
-    if start < 0 or num_paths < 1:
-        raise ValueError(f"need start >= 0 and num_paths >= 1; got {start}, {num_paths}")
-    first, last = start // BLOCK_SIZE, (start + num_paths - 1) // BLOCK_SIZE
+    first, last = _block_range(start, num_paths)
     blocks = _block_normals(as_seed(seed), tf.constant(first, tf.int32), last - first + 1, int(steps), int(dims),
                             bool(antithetic), dtype)
     lo = start - first * BLOCK_SIZE
