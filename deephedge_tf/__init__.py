@@ -42,7 +42,7 @@ _EXPORTS = {
                               "WhalleyWilmottPolicy"),
     "deephedge_tf.objectives": ("Objective", "MeanVariance", "ExpectedShortfall", "CVaR", "EntropicRisk",
                                 "ExponentialUtility", "indifference_price"),
-    "deephedge_tf.optimizers": ("DHKFAC", "with_curvature"),
+    "deephedge_tf.optimizers": ("DHKFAC", "LinearizedNested", "with_curvature"),
     "deephedge_tf.hedger": ("Hedger",),
     "deephedge_tf.data": ("PathBatches",),
     "deephedge_tf.evaluation.compare": ("evaluate",),

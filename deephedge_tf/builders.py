@@ -208,6 +208,18 @@ def adam_optimizer(cfg: Config):
     return keras.optimizers.Adam(learning_rate=lr, **kwargs)
 
 
+def dhlnn_optimizer(cfg: Config):
+    from deephedge_tf.optimizers import LinearizedNested
+    from deephedge_tf.training import WarmupExponentialDecay
+
+    # Adam's schedule and clipping apply to every inner step (the schedule counts inner steps).
+    t, n = cfg.training, cfg.training.dhlnn
+    lr = WarmupExponentialDecay(t.learning_rate, t.warmup_steps, t.decay_rate, t.decay_steps)
+    kwargs = {} if t.clipnorm is None else {"clipnorm": t.clipnorm}
+    return LinearizedNested(learning_rate=lr, inner_steps=n.inner_steps, tolerance=n.tolerance,
+                            cost_smoothing=n.cost_smoothing, majorizer_floor=n.majorizer_floor, **kwargs)
+
+
 def dhkfac_optimizer(cfg: Config):
     from deephedge_tf.optimizers import DHKFAC
 

@@ -376,8 +376,21 @@ class KFACConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DHLNNConfig:
+    inner_steps: int = param(5, "inner Adam steps on the linearised objective per batch (1: plain Adam)", ge=1)
+    tolerance: float = param(0.0, "stop the inner steps once one moves the weights by less than this (0: never)",
+                             ge=0.0)
+    cost_smoothing: Literal["majorizer", "square"] = param(
+        "majorizer", "smoothing of |u| in the linearised costs: the quadratic touching it at the batch's trades "
+        "(majorizer) or the paper's eq. 13 u^2 (square)")
+    majorizer_floor: float = param(0.1, "majorizer: floor of |u| as a multiple of the mean |u| per instrument",
+                                   gt=0.0)
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainingConfig:
     optimizer: str = param("adam", "optimizer ('dhkfac': the second-order DH-KFAC, set up by training.kfac; "
+                           "'dhlnn': the DHLNN paper's linearised nested Adam, set up by training.dhlnn; "
                            "learning_rate, warmup, decay and clipnorm are Adam's; python: optimizer_callable)",
                            choices=registry.OPTIMIZERS.kinds)
     optimizer_callable: str = param("", "optimizer python: a Keras optimizer class or function, "
@@ -406,6 +419,7 @@ class TrainingConfig:
                            "independent of time.steps, for long horizons; also the exported whole_path's)",
                            choices=("python", "graph"))  # policies.base.TIME_LOOPS (no TensorFlow import here)
     kfac: KFACConfig = section(KFACConfig, "DH-KFAC settings (optimizer = dhkfac)")
+    dhlnn: DHLNNConfig = section(DHLNNConfig, "linearised nested optimiser settings (optimizer = dhlnn)")
 
     def check(self, key):
         if (self.optimizer == registry.PYTHON) != bool(self.optimizer_callable):

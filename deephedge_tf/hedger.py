@@ -303,6 +303,11 @@ class Hedger(keras.Model):
     def _uses_curvature(self) -> bool:
         return hasattr(getattr(self, "optimizer", None), "update_curvature")
 
+    def _uses_linearized_nested(self) -> bool:
+        from deephedge_tf.optimizers.nested import LinearizedNested
+
+        return isinstance(getattr(self, "optimizer", None), LinearizedNested)
+
     def _curvature_terms(self, out, batch) -> list:
         """The outputs whose loss curvature a second-order optimizer uses: the PnL with the objective's
         GGN factor and, by ``ggn_mode``, the actions with a cost curvature (``batch``: batch-major, as
@@ -339,6 +344,10 @@ class Hedger(keras.Model):
         batch = data[0] if isinstance(data, tuple) else data
         if self._uses_curvature():
             loss, out, skipped = self._curvature_train_step(batch)
+        elif self._uses_linearized_nested():
+            from deephedge_tf.optimizers.nested import linearized_nested_step
+
+            loss, out, skipped = linearized_nested_step(self, batch, scale=1.0 / _replicas())
         else:
             variables = self.trainable_variables
             with tf.GradientTape() as tape:

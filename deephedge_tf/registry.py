@@ -176,4 +176,5 @@ OBJECTIVES = Registry("objective", {kind: "deephedge_tf.builders:builtin_objecti
                                     for kind in ("mean_variance", "expected_shortfall", "entropic",
                                                  "exponential_utility")})
 OPTIMIZERS = Registry("optimizer", {"adam": "deephedge_tf.builders:adam_optimizer",
-                                    "dhkfac": "deephedge_tf.builders:dhkfac_optimizer"})
+                                    "dhkfac": "deephedge_tf.builders:dhkfac_optimizer",
+                                    "dhlnn": "deephedge_tf.builders:dhlnn_optimizer"})

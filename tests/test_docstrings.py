@@ -6,7 +6,7 @@ import importlib
 
 import pytest
 
-MODULES = ["deephedge_tf.optimizers.capture", "deephedge_tf.optimizers.losses",
+MODULES = ["deephedge_tf.optimizers.capture", "deephedge_tf.optimizers.losses", "deephedge_tf.optimizers.nested",
            "deephedge_tf.optimizers.train_step", "deephedge_tf.optimizers.woodbury", "deephedge_tf.objectives",
            "optimizer_bench.suite", "deephedge_tf.market.models", "deephedge_tf.instruments.derivatives",
            "deephedge_tf.instruments.hedges", "deephedge_tf.data", "deephedge_tf.evaluation.compare",

@@ -20,6 +20,7 @@ Modules, one concept each:
 * ``woodbury``: the exact damped Gauss-Newton step in sample space and its Levenberg-Marquardt rule
   (``preconditioner="gauss_newton"``; pure functions);
 * ``kfac``: the Keras optimizer (direction, step size, momentum, state);
+* ``nested``: the DHLNN paper's linearised nested optimiser (:class:`LinearizedNested`; hedgers only);
 * ``train_step``: the generic train step and :func:`~deephedge_tf.optimizers.train_step.with_curvature`.
 """
 
@@ -27,8 +28,10 @@ from deephedge_tf.optimizers.blocks import KroneckerBlock, find_blocks, layer_pa
 from deephedge_tf.optimizers.capture import Recorder, register_capture
 from deephedge_tf.optimizers.kfac import DHKFAC
 from deephedge_tf.optimizers.losses import OutputCurvature, loss_curvature
+from deephedge_tf.optimizers.nested import LinearizedNested
 from deephedge_tf.optimizers.train_step import CurvatureModel, curvature_train_step, with_curvature
 
-__all__ = ["DHKFAC", "CurvatureModel", "KroneckerBlock", "OutputCurvature", "Recorder", "curvature_train_step",
+__all__ = ["DHKFAC", "CurvatureModel", "KroneckerBlock", "LinearizedNested", "OutputCurvature", "Recorder",
+           "curvature_train_step",
            "find_blocks", "layer_path", "loss_curvature", "register_capture", "with_bias_column",
            "with_curvature"]
