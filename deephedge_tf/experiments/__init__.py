@@ -7,7 +7,7 @@ prints.  ``scale="small"`` finishes in minutes on two CPU cores (the seeded test
 uses the paper's sizes.
 
     >>> sorted(EXPERIMENTS)
-    ['buehler_heston', 'cliquet', 'kfac_lstm', 'ntb', 'ntb_cost', 'price_vs_cost']
+    ['buehler_heston', 'cliquet', 'dhlnn', 'kfac_lstm', 'ntb', 'ntb_cost', 'price_vs_cost']
     >>> run_experiment("ntb", "/tmp/x", scale="huge")
     Traceback (most recent call last):
     ...
@@ -237,7 +237,7 @@ def _register_all() -> None:
     """Imports the experiment modules; each registers itself with :func:`register`."""
     import importlib
 
-    for module in ("buehler_heston", "cliquet", "kfac_lstm", "ntb", "price_vs_cost"):
+    for module in ("buehler_heston", "cliquet", "dhlnn", "kfac_lstm", "ntb", "price_vs_cost"):
         importlib.import_module(f"deephedge_tf.experiments.{module}")
 
 
