@@ -99,7 +99,7 @@ def test_lookback_premia_are_at_most_the_published_ones(experiment):
 
 def test_the_command_refuses_an_unknown_experiment_or_scale(tmp_path, capsys):
     assert main(["experiment", "nope", "--out", str(tmp_path / "o")]) == 2
-    assert "no experiment 'nope'; one of buehler_heston, cliquet, kfac_lstm, ntb, ntb_cost, price_vs_cost" in capsys.readouterr().err
+    assert "no experiment 'nope'; one of buehler_heston, cliquet, dhlnn, kfac_lstm, ntb, ntb_cost, price_vs_cost" in capsys.readouterr().err
     assert main(["experiment", "ntb", "--out", str(tmp_path / "o"), "--scale", "huge"]) == 2
     assert "scale must be one of 'small', 'full'; got 'huge'" in capsys.readouterr().err
     assert main(["experiment", "ntb", "--out", str(tmp_path / "o"), "--seeds", "-1"]) == 2
