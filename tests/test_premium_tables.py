@@ -131,3 +131,50 @@ def test_errors(kwargs, match):
 def test_rejects_integer_variance(table):
     with pytest.raises(ValueError, match="float32 or float64"):
         table(tf.constant([1], tf.int32))
+
+
+# -- fixed-strike table (HestonStrikeTable) -------------------------------------------------------------------
+
+STRIKE_MODELS = {  # Buehler et al.'s Heston (vol of vol 2) and the DH-KFAC reference model, 10 daily steps
+    "buehler": dict(s0=100.0, v0=0.04, kappa=1.0, theta=0.04, xi=2.0, rho=-0.7, steps=10, dt=1 / 365),
+    "dhkfac": dict(s0=100.0, v0=0.0625, kappa=8.0, theta=0.0625, xi=1.0, rho=-0.7, steps=10, dt=1 / 250),
+}
+STRIKES = np.array([85.0, 95.0, 100.0, 105.0, 115.0])
+
+
+@pytest.mark.parametrize("name", sorted(STRIKE_MODELS))
+def test_strike_table_matches_fourier_on_simulated_paths(name):
+    """A fixed grid's prices on simulated Heston paths (every step, five strikes), table against the Fourier
+    pricer.  Max errors on S ~ 100 measured on these paths: 3.8e-4 (vol of vol 2) and 2.1e-6 (reference model);
+    on 300 paths x 30 steps, 2.0e-3 and 9e-6 (2026-11-28).  Bounds: about 2.5x this test's."""
+    from deephedge_tf.instruments.hedges import FixedGrid
+    from deephedge_tf.market.models import Heston
+
+    p = STRIKE_MODELS[name]
+    market = Heston(**p, seed=11, dtype="float64")
+    grid = FixedGrid(strikes=tuple(STRIKES), expiry_step=p["steps"]).for_market(market)
+    assert type(grid.pricer).__name__ == "HestonStrikeTable"
+    paths = market.simulate(24)
+    tabled = grid.tensors(paths).premiums.numpy()                             # [T, B, J]
+    exact = FixedGrid(strikes=tuple(STRIKES), expiry_step=p["steps"],
+                      pricer=market.option_pricer()).for_market(market).tensors(paths).premiums.numpy()
+    bound = {"buehler": 1e-3, "dhkfac": 5e-6}[name]
+    assert np.abs(tabled - exact).max() < bound
+    assert np.abs(tabled - exact).mean() < bound / 10
+
+
+def test_strike_table_edges_intrinsic_and_unknown_maturities():
+    from deephedge_tf.pricing.tables import HestonStrikeTable
+
+    table = HestonStrikeTable([5 / 365, 10 / 365], kappa=1.0, theta=0.04, xi=2.0, rho=-0.7, v0=0.04)
+    spot = np.array([[90.0], [100.0], [110.0]])
+    is_call = np.array([True, False])
+    expired = table(spot, np.array([100.0, 100.0]), np.zeros((3, 1)), np.full((3, 1), 0.04), is_call).numpy()
+    np.testing.assert_allclose(expired, [[0.0, 10.0], [0.0, 0.0], [10.0, 0.0]])
+    # Variances beyond the grid, zero and negative: finite, inside the no-arbitrage bounds, puts by parity.
+    v = np.array([[-0.01], [0.0], [3.0 * table.v_max]])
+    prices = table(np.full((3, 1), 100.0), np.array([100.0, 100.0]), np.full((3, 1), 10 / 365), v, is_call).numpy()
+    assert np.all(np.isfinite(prices)) and np.all(prices >= 0) and np.all(prices[:, 0] <= 100.0)
+    np.testing.assert_allclose(prices[:, 0], prices[:, 1], atol=1e-9)          # ATM: call = put at zero rates
+    with pytest.raises(tf.errors.InvalidArgumentError, match="neither 0 nor one of the table's maturities"):
+        table(spot, np.array([100.0]), np.full((3, 1), 7 / 365), np.full((3, 1), 0.04), np.array([True]))

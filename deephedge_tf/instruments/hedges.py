@@ -224,9 +224,19 @@ class FixedGrid:
     cost: float = 1e-2
 
     def for_market(self, market) -> "FixedGrid":
-        """This grid with the market's option pricer (``market.option_pricer()``) and calls from its
-        ``s0`` up, where not given."""
-        pricer = self.pricer or _capability(market, "option_pricer", "FixedGrid", "an option pricer")()
+        """This grid with the market's option pricer and calls from its ``s0`` up, where not given.  The
+        pricer is the market's table for this grid's times to expiry where it has one
+        (``market.option_price_table(maturities, horizon)``: Heston's
+        :class:`~deephedge_tf.pricing.tables.HestonStrikeTable`, built here once instead of a Fourier
+        inversion per path and step), else ``market.option_pricer()``; pass ``pricer`` for another (e.g.
+        ``Heston.option_pricer()``, exact and slow)."""
+        pricer = self.pricer
+        if pricer is None and hasattr(market, "option_price_table"):
+            if not 1 <= self.expiry_step <= market.steps:
+                raise ValueError(f"FixedGrid: expiry_step {self.expiry_step} outside 1..{market.steps}")
+            maturities = (self.expiry_step - np.arange(self.expiry_step)) * float(market.dt)
+            pricer = market.option_price_table(maturities, horizon=market.steps * float(market.dt))
+        pricer = pricer or _capability(market, "option_pricer", "FixedGrid", "an option pricer")()
         call_from = float(market.s0) if self.call_from is None else self.call_from
         return dataclasses.replace(self, pricer=pricer, call_from=call_from)
 

@@ -183,7 +183,17 @@ class Heston(_Grid):
         return HestonPremiumTable(moneyness, years, kappa=self.kappa, theta=self.theta, xi=self.xi, rho=self.rho,
                                   v0=self.v0, num_nodes=self.premium_table_nodes)
 
+    def option_price_table(self, maturities, horizon: Optional[float] = None):
+        """Fixed-strike option prices at ``maturities`` (years) from a table of implied volatilities
+        (:class:`deephedge_tf.pricing.tables.HestonStrikeTable`; variance grid to the ``horizon``'s quantile)."""
+        from deephedge_tf.pricing.tables import HestonStrikeTable
+
+        return HestonStrikeTable(maturities, kappa=self.kappa, theta=self.theta, xi=self.xi, rho=self.rho,
+                                 v0=self.v0, horizon=horizon)
+
     def option_pricer(self):
+        """Exact per-path Fourier prices (:func:`deephedge_tf.pricing.heston.heston_price_tf`): slow on
+        many paths; fixed-grid options use :meth:`option_price_table`."""
         from deephedge_tf.pricing.heston import heston_price_tf
 
         kappa, theta, xi, rho = self.kappa, self.theta, self.xi, self.rho

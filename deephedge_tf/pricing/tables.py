@@ -24,7 +24,10 @@ from deephedge_tf.errors import DeepHedgeError
 from deephedge_tf.pricing.heston import heston_price_tf
 from deephedge_tf.validation import check_real
 
-__all__ = ["HestonPremiumTable", "default_v_max"]
+__all__ = ["HestonPremiumTable", "HestonStrikeTable", "default_v_max"]
+
+# Stretch of the strike table's moneyness grid: nodes dense near the money, sparse in the far wings.
+_STRETCH = 3.0
 
 _OWNER = "HestonPremiumTable"
 
@@ -198,3 +201,209 @@ def _read_only(x: np.ndarray) -> np.ndarray:
     x = np.array(x)
     x.setflags(write=False)
     return x
+
+
+def _implied_total_std(call_over_spot: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Black-Scholes implied total standard deviation ``s = sigma sqrt(tau)`` of calls with price / spot
+    ``call_over_spot`` and log-moneyness ``x = log(K / S)`` (zero rates), by bisection on [1e-8, 20]
+    (the call is increasing in ``s``); NaN where the time value is too small to invert (< 1e-14)."""
+    lo, hi = np.full(x.shape, 1e-8), np.full(x.shape, 20.0)
+    strike = np.exp(x)
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        d1 = -x / mid + 0.5 * mid
+        price = stats.norm.cdf(d1) - strike * stats.norm.cdf(d1 - mid)
+        above = price > call_over_spot
+        hi, lo = np.where(above, mid, hi), np.where(above, lo, mid)
+    s = 0.5 * (lo + hi)
+    return np.where(call_over_spot - np.maximum(1.0 - strike, 0.0) > 1e-14, s, np.nan)
+
+
+def _fill_nan_along(values: np.ndarray, axis: int) -> np.ndarray:
+    """NaNs replaced by the nearest finite value along ``axis`` (flat extrapolation of the implied std into
+    the far wings, where prices are at their intrinsic value to 1e-14 anyway)."""
+    moved = np.moveaxis(values, axis, -1).copy()
+    flat = moved.reshape(-1, moved.shape[-1])
+    idx = np.arange(flat.shape[1])
+    for row in flat:
+        ok = np.isfinite(row)
+        if not ok.any():
+            raise DeepHedgeError("HestonStrikeTable: no implied volatility could be computed for a maturity and "
+                                 "variance node; widen the variance grid or check the parameters")
+        row[~ok] = row[ok][np.abs(idx[~ok][:, None] - idx[ok][None, :]).argmin(axis=1)]
+    return np.moveaxis(flat.reshape(moved.shape), -1, axis)
+
+
+class HestonStrikeTable:
+    """Heston prices of fixed-strike options at a few times to maturity, from a table of Black-Scholes
+    implied volatilities: the fixed-grid options' pricer without a Fourier inversion per path and step.
+
+    By homogeneity (zero rates) a call is ``S c(tau, v, x)``, ``x = log(K / S)``; puts follow by parity
+    (``P = C - S + K``).  Prices are steep and kinked near expiry, implied volatilities are smooth and
+    bounded, so the table holds the implied total standard deviation ``s = sigma_imp sqrt(tau)`` for each
+    maturity ``tau_m`` on ``num_vol_nodes`` nodes uniform in ``v^(1/4)`` on ``[0, v_max^(1/4)]`` (dense at
+    small variances, where a large vol of vol bends the smile most) times
+    ``num_moneyness_nodes`` nodes uniform in the normalised moneyness ``z = x / sqrt(w(v))`` on ``[-z_max,
+    z_max]``, dense near the money (``z = z_max sinh(a u) / sinh(a)``, ``u`` uniform on [-1, 1], ``a =``
+    :data:`_STRETCH`; ``w(v)`` the expected integrated variance to ``tau_m`` from ``v``, so the grid follows
+    the distribution's width, and the wide ``z_max`` covers the wings a large vol of vol adds at small
+    variances), with cubic-spline slopes (zero slope at ``v = 0``) and
+    bicubic Hermite cells; the price is Black-Scholes at the interpolated ``s``.  Beyond ``z_max`` the
+    implied volatility is held flat (prices there are at their intrinsic value up to ~1e-7 of the spot);
+    beyond ``v_max`` it continues linearly in ``v^(1/4)``.
+
+    Accuracy: tests/test_premium_tables.py, against :func:`deephedge_tf.pricing.heston.heston_price_tf` off
+    the nodes on Buehler et al.'s Heston and the DH-KFAC reference model.
+
+    Args:
+      maturities: times to maturity in years, > 0 (the decision steps' ``(expiry - k) dt``).
+      kappa, theta, xi, rho: Heston parameters.
+      v_max: top variance node (default: the 1 - 1e-5 quantile of the variance at ``horizon`` from ``v0``,
+        a scaled noncentral chi-square, at least ``4 max(theta, v0)``); ``v0`` (default ``theta``) and
+        ``horizon`` (years, default the longest maturity) only enter that default.
+      num_vol_nodes, num_moneyness_nodes: table sizes (>= 4); ``z_max``: the moneyness range in units of
+        ``sqrt(w)``.
+
+    Calling it: ``table(spot [..., 1], strike [J], tau [..., 1], variance [..., 1], is_call [J]) -> [..., J]``
+    (:class:`deephedge_tf.instruments.hedges.FixedGrid`'s pricer); ``tau`` must be 0 (intrinsic value) or
+    one of the maturities, else a graph assertion fails.
+
+    >>> import numpy as np
+    >>> from deephedge_tf.pricing.heston import heston_price
+    >>> table = HestonStrikeTable([10 / 365, 30 / 365], kappa=1.0, theta=0.04, xi=2.0, rho=-0.7)
+    >>> direct = heston_price(100.0, 105.0, 30 / 365, 0.05, 1.0, 0.04, 2.0, -0.7)
+    >>> tabled = table(np.array([[100.0]]), np.array([105.0]), np.array([[30 / 365]]), np.array([[0.05]]),
+    ...                np.array([True]))                  # spot, tau, variance [1, 1]; one option
+    >>> bool(abs(float(tabled[0, 0]) - float(direct)) < 1e-3)
+    True
+    """
+
+    def __init__(self, maturities: Sequence[float], kappa: float, theta: float, xi: float, rho: float,
+                 v_max: Optional[float] = None, v0: Optional[float] = None, horizon: Optional[float] = None,
+                 num_vol_nodes: int = 32, num_moneyness_nodes: int = 48, z_max: float = 15.0):
+        owner = "HestonStrikeTable"
+        tau = _as_vector("maturities", maturities)
+        kappa = check_real(owner, "kappa", kappa, low=0.0)
+        theta = check_real(owner, "theta", theta, low=0.0)
+        xi = check_real(owner, "xi", xi, low=0.0, low_open=True)
+        rho = check_real(owner, "rho", rho, low=-1.0, high=1.0)
+        if v_max is None:
+            v_max = _horizon_v_max(kappa, theta, xi, theta if v0 is None else v0,
+                                   float(tau.max()) if horizon is None else horizon)
+        v_max = check_real(owner, "v_max", v_max, low=0.0, low_open=True)
+        z_max = check_real(owner, "z_max", z_max, low=0.0, low_open=True)
+        for name, n in (("num_vol_nodes", num_vol_nodes), ("num_moneyness_nodes", num_moneyness_nodes)):
+            if isinstance(n, bool) or int(n) != n or n < 4:
+                raise DeepHedgeError(f"{owner}: '{name}' must be an integer >= 4; got {n!r}")
+        vol = np.linspace(0.0, v_max ** 0.25, int(num_vol_nodes))              # v^(1/4) nodes
+        grid = np.linspace(-1.0, 1.0, int(num_moneyness_nodes))                  # uniform u
+        z = z_max * np.sinh(_STRETCH * grid) / np.sinh(_STRETCH)
+        w = _total_variance_np(tau[:, None], vol[None, :] ** 4, kappa, theta)      # [M, V]
+        x = z[None, None, :] * np.sqrt(w)[:, :, None]                              # [M, V, Z]
+        prices = heston_price_tf(1.0, np.exp(x), tau[:, None, None], (vol ** 4)[None, :, None],
+                                 kappa, theta, xi, rho, True).numpy()
+        s = _fill_nan_along(_implied_total_std(prices, x), axis=2)
+        # Slopes per unit of the local coordinates (spacings folded in) for the bicubic Hermite cells.
+        d_vol = interpolate.CubicSpline(vol, s, axis=1, bc_type=((1, np.zeros_like(s[:, 0])),
+                                                                   "not-a-knot"))(vol, 1) * vol[1]
+        dz = grid[1] - grid[0]
+        d_z = interpolate.CubicSpline(grid, s, axis=2)(grid, 1) * dz
+        d_vz = interpolate.CubicSpline(grid, d_vol, axis=2)(grid, 1) * dz
+        self.maturities = _read_only(tau)
+        self.v_max, self.z_max = float(v_max), float(z_max)
+        self.kappa, self.theta = kappa, theta
+        self._vol_step, self._z_step = float(vol[1]), float(dz)
+        corners = np.stack([s, d_vol, d_z, d_vz], axis=-1)                         # [M, V, Z, 4]
+        self._shape = corners.shape
+        self._tables = {dt: tf.constant(corners, dt) for dt in (tf.float32, tf.float64)}
+
+    def total_std(self, index, variance, log_moneyness):
+        """Implied ``sigma sqrt(tau)`` for maturity ``index`` (int32 ``[...]``), ``variance``, ``log_moneyness``."""
+        dt = variance.dtype
+        table = self._tables[dt]
+        n_vol, n_z = self._shape[1], self._shape[2]
+        v = tf.maximum(variance, 0.0)
+        a = tf.sqrt(tf.sqrt(v)) / tf.constant(self._vol_step, dt)
+        i = tf.clip_by_value(tf.floor(a), 0.0, float(n_vol - 2))
+        t = a - i                                                       # > 1 beyond v_max: linear
+        tau = tf.gather(tf.constant(self.maturities, dt), index)
+        w = _total_variance_tf(tau, v, self.kappa, self.theta)
+        z = log_moneyness / tf.sqrt(tf.maximum(w, tf.constant(1e-300 if dt == tf.float64 else 1e-30, dt)))
+        u = tf.asinh(z * float(np.sinh(_STRETCH) / self.z_max)) / _STRETCH      # in [-1, 1] inside
+        b = tf.clip_by_value((u + 1.0) / tf.constant(self._z_step, dt), 0.0, float(n_z - 1))
+        j = tf.clip_by_value(tf.floor(b), 0.0, float(n_z - 2))
+        r = b - j
+        i, j = tf.cast(i, tf.int32), tf.cast(j, tf.int32)
+
+        def corner(di, dj):
+            return tf.gather_nd(table, tf.stack([index, i + di, j + dj], axis=-1))   # [..., 4]
+
+        def hermite(y0, d0, y1, d1, u):
+            u2 = u * u
+            u3 = u2 * u
+            return (2 * u3 - 3 * u2 + 1) * y0 + (u3 - 2 * u2 + u) * d0 + (3 * u2 - 2 * u3) * y1 + (u3 - u2) * d1
+
+        c00, c01, c10, c11 = corner(0, 0), corner(0, 1), corner(1, 0), corner(1, 1)
+        # Along z at the two variance nodes (values and their variance slopes), then along sqrt(v).
+        y_lo = hermite(c00[..., 0], c00[..., 2], c01[..., 0], c01[..., 2], r)
+        y_hi = hermite(c10[..., 0], c10[..., 2], c11[..., 0], c11[..., 2], r)
+        dv_lo = hermite(c00[..., 1], c00[..., 3], c01[..., 1], c01[..., 3], r)
+        dv_hi = hermite(c10[..., 1], c10[..., 3], c11[..., 1], c11[..., 3], r)
+        inside = hermite(y_lo, dv_lo, y_hi, dv_hi, tf.minimum(t, 1.0))
+        return tf.maximum(tf.where(t > 1.0, y_hi + (t - 1.0) * dv_hi, inside), tf.constant(1e-8, dt))
+
+    def __call__(self, spot, strike, tau, variance, is_call):
+        spot = tf.convert_to_tensor(spot)
+        dt = spot.dtype
+        strike, tau, variance = (tf.cast(tf.convert_to_tensor(a), dt) for a in (strike, tau, variance))
+        is_call = tf.convert_to_tensor(is_call)
+        mats = tf.constant(self.maturities, dt)
+        nearest = tf.argmin(tf.abs(tau[..., None] - mats), axis=-1, output_type=tf.int32)
+        live = tau > 0.0
+        known = tf.reduce_all((tf.abs(tf.gather(mats, nearest) - tau) <= 1e-6 * tau + 1e-12) | ~live)
+        check = tf.debugging.Assert(known, ["HestonStrikeTable: a time to maturity is neither 0 nor one of the "
+                                            "table's maturities", self.maturities])
+        with tf.control_dependencies([check]):
+            x = tf.math.log(strike / spot)
+        shape = tf.broadcast_dynamic_shape(tf.shape(x), tf.shape(variance))
+        shape = tf.broadcast_dynamic_shape(shape, tf.shape(nearest))
+        x, v, index = (tf.broadcast_to(a, shape) for a in (x, variance, nearest))
+        s = self.total_std(index, v, x)
+        d1 = -x / s + 0.5 * s
+        normal = 0.5 * tf.math.erfc(-tf.stack([d1, d1 - s]) / np.sqrt(2.0))
+        call = spot * normal[0] - strike * normal[1]
+        call = tf.where(live, tf.clip_by_value(call, tf.nn.relu(spot - strike), spot + 0.0 * strike),
+                        tf.nn.relu(spot - strike))
+        return tf.where(is_call, call, call - spot + strike)
+
+
+def _horizon_v_max(kappa: float, theta: float, xi: float, v0: float, horizon: float) -> float:
+    """Top of the strike table's variance grid: the 1 - 1e-5 quantile of v at ``horizon`` from ``v0`` (a
+    scaled noncentral chi-square), at least 4 max(theta, v0); beyond it the implied volatility continues
+    linearly."""
+    floor = _MIN_MULTIPLE * max(theta, v0)
+    if not kappa > 0:
+        return max(floor, v0 + 10.0 * xi * np.sqrt(max(v0, theta, 1e-4) * horizon), 1e-4)
+    decay = np.exp(-kappa * horizon)
+    scale = xi**2 * (1.0 - decay) / (4.0 * kappa)
+    dof, noncentrality = 4.0 * kappa * theta / xi**2, v0 * decay / scale
+    if dof <= 0:
+        return max(floor, 1e-4)
+    return max(float(scale * stats.ncx2.ppf(1.0 - 1e-5, dof, noncentrality)), floor)
+
+
+def _total_variance_np(tau, v, kappa, theta):
+    """The moneyness scale of the strike table: ``E[int_0^tau v_t dt | v_0 = v]`` (numpy)."""
+    x = kappa * tau
+    ratio = np.where(x > 1e-8, -np.expm1(-np.maximum(x, 1e-8)) / np.maximum(x, 1e-8), 1.0 - 0.5 * x)
+    return np.maximum(theta * tau + (v - theta) * tau * ratio, 1e-12 * np.maximum(tau, 1e-12))
+
+
+def _total_variance_tf(tau, v, kappa, theta):
+    """:func:`_total_variance_np` in TensorFlow (``tau``, ``v`` of one float dtype)."""
+    dt = v.dtype
+    x = tf.constant(kappa, dt) * tau
+    safe = tf.maximum(x, tf.constant(1e-8, dt))
+    ratio = tf.where(x > 1e-8, -tf.math.expm1(-safe) / safe, 1.0 - 0.5 * x)
+    w = tf.constant(theta, dt) * tau + (v - tf.constant(theta, dt)) * tau * ratio
+    return tf.maximum(w, tf.constant(1e-12, dt) * tau)
