@@ -377,7 +377,8 @@ class KFACConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DHLNNConfig:
-    inner_steps: int = param(5, "inner Adam steps on the linearised objective per batch (1: plain Adam)", ge=1)
+    inner_steps: int = param(5, "inner Adam steps on the linearised objective per batch (1: plain Adam); the "
+                             "learning-rate schedule and reported step counts count inner steps", ge=1)
     tolerance: float = param(0.0, "stop the inner steps once one moves the weights by less than this (0: never)",
                              ge=0.0)
     cost_smoothing: Literal["majorizer", "square"] = param(

@@ -84,7 +84,9 @@ def test_pipeline_at_a_micro_size(tmp_path, monkeypatch):
     ctx = Context(tmp_path, "small", (0,), echo=lambda _: None)
     rows = pd.DataFrame(dhlnn._run_setting(ctx, "convergence", "european", 1.0, 2e-3, 0, (0.1,)))
     assert sorted(rows.epoch.unique()) == [1, 2]
-    assert set(rows.strategy) == {"dhlnn", "band_adam", "bs_delta"}
+    assert set(rows.strategy) == {"dhlnn", "band_adam", "bs_delta", "no_hedge"}
     assert np.isfinite(rows[["es", "entropic", "dhlnn_gap_es", "dhlnn_minus_band_adam"]].to_numpy()).all()
-    # bs_delta needs no training and is the same at every checkpoint
+    # the baselines need no training and are the same at every checkpoint; not trading costs nothing
     assert rows[rows.strategy == "bs_delta"].es.nunique() == 1
+    no_hedge = rows[rows.strategy == "no_hedge"]
+    assert no_hedge.es.nunique() == 1 and no_hedge.es.iloc[0] > 0

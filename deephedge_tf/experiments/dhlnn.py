@@ -19,10 +19,10 @@ derives; every network 4 x 64 ReLU; one epoch = one batch of fresh paths):
 * ``band_adam``: the same band trained by Adam 1e-3, one step per batch: what separates the optimiser's
   effect from the architecture's;
 * ``ntb`` (the band network anchored on the delta, as in experiment ``ntb``) and ``mlp``, Adam 1e-3;
-* ``bs_delta``: the Black-Scholes delta (no training).
+* ``bs_delta`` and ``no_hedge``: the Black-Scholes delta and not trading (no training).
 
-Settings: ``convergence`` (European and lookback call, strike 1.0, cost 2e-3: both metrics at each
-checkpoint epoch); ``costs`` (European, strike 1.0, each cost of :data:`COSTS`: after the last epoch);
+Settings: ``convergence`` (European and lookback call, strike 1.0, cost 2e-3) and ``costs`` (European,
+strike 1.0, each further cost of :data:`COSTS`): both metrics at each checkpoint epoch;
 ``volatility`` (European, strike 1.2, cost 5e-3, trained at sigma 0.1 and tested at each of
 :data:`TEST_SIGMAS`).  The paper's convergence and cost figures use strike 1.2 at sigma 0.1, but there
 the call is ~7 standard deviations out of the money (sigma sqrt(T) = 0.029): it never pays, every
@@ -64,7 +64,8 @@ TRAINED = {"dhlnn": ({"kind": "delta_band", **NET}, "dhlnn"),
            "band_adam": ({"kind": "delta_band", **NET}, "adam"),
            "ntb": ({"kind": "no_transaction_band", "band_anchor": "bs_delta", **NET}, "adam"),
            "mlp": ({"kind": "mlp", "activation": "relu", **NET}, "adam")}
-STRATEGIES = (*TRAINED, "bs_delta")
+BASELINES = ("bs_delta", "no_hedge")
+STRATEGIES = (*TRAINED, *BASELINES)
 EVAL_SEED = 24_680
 BOOTSTRAP_DRAWS = 100
 
@@ -142,10 +143,11 @@ def train_strategy(strategy: str, cfg, batches: list, checkpoints) -> tuple:
     return hedger, scored, time.perf_counter() - start - clock["eval"]
 
 
-def _delta_hedger(cfg):
+def _baseline_hedgers(cfg) -> dict:
     from deephedge_tf.training import build_parts, make_hedger
 
-    return make_hedger(cfg, build_parts(cfg), policy_kind="bs_delta", compile=False)
+    parts = build_parts(cfg)
+    return {name: make_hedger(cfg, parts, policy_kind=name, compile=False) for name in BASELINES}
 
 
 def _rows(setting: str, payoff: str, strike: float, cost: float, sigma: float, seed: int, pnls: dict,
@@ -196,7 +198,7 @@ def _run_setting(ctx, setting: str, payoff: str, strike: float, cost: float, see
         hedgers[name], scored[name], walls[name] = train_strategy(name, cfg, first, checkpoints)
         ctx.echo(f"dhlnn: {setting}: trained {name} ({payoff}, strike {strike:g}, cost {cost:g}, seed {seed}) "
                  f"in {walls[name]:.0f} s")
-    delta = _delta_hedger(experiment_config("bs_delta", payoff, strike, cost, seed, ctx.scale))
+    baselines = _baseline_hedgers(experiment_config("bs_delta", payoff, strike, cost, seed, ctx.scale))
     rows = []
     for sigma, batches in tests.items():
         for epoch in checkpoints:
@@ -204,7 +206,7 @@ def _run_setting(ctx, setting: str, payoff: str, strike: float, cost: float, see
                 pnls = {name: scored[name][epoch] for name in TRAINED}
             else:  # only the last checkpoint is scored on other volatilities: the trained hedgers as they are
                 pnls = {name: _pnl(hedgers[name], batches) for name in TRAINED}
-            pnls["bs_delta"] = _pnl(delta, batches)
+            pnls.update({name: _pnl(hedger, batches) for name, hedger in baselines.items()})
             rows += _rows(setting, payoff, strike, cost, sigma, seed, pnls, epoch, walls)
     return rows
 

@@ -20,7 +20,8 @@ One *outer* iteration on a batch (the paper's Algorithm 1, in the library's term
 * ``"majorizer"`` (default): the quadratic that touches ``|u|`` from above at the outer trades,
   ``s(u) = (u^2 + a^2) / (2 a)``, ``a = sqrt(u_r^2 + eps^2)`` (``eps`` a small multiple of the mean
   ``|u_r|`` per instrument, as :class:`~deephedge_tf.hedger.CostMajorizerCurvature`): the first inner step
-  is the exact gradient step, and the inner problem is a Gauss-Newton-like quadratic model.
+  is the exact gradient step up to ``eps`` (0.05-0.5% relative at the default floor 0.1; exact as the floor
+  goes to 0, tested), and the inner problem is a Gauss-Newton-like quadratic model.
 * ``"square"``: the paper's eq. 13 taken literally, ``s(u) = u^2`` on each trade.  Note the paper's eq. 14
   differentiates ``(f_{i+1} - f_i)^2`` as if it were ``f_{i+1}^2 - f_i^2``; the gradient here is the exact
   one of eq. 13 (our trades ``u_k`` are its ``delta_{k+1} - delta_k``).
@@ -29,7 +30,12 @@ One *outer* iteration on a batch (the paper's Algorithm 1, in the library's term
 ``<J^T v, d>`` (a backward pass through the backward pass), which works with either time loop of the
 hedger (forward-mode accumulators do not pass the graph loop's ``tf.while_loop``).  An inner step costs
 two backward passes and one backward-of-backward (about 2-3 Adam steps); the outer pass one forward and one
-backward.  ``iterations`` counts inner steps (Adam's bias correction sees every one).
+backward.  ``iterations`` counts inner steps (Adam's bias correction sees every one), and so do a
+learning-rate schedule and the step counts a training run reports.
+
+One reading of the paper differs: its section 5.1 computes an Adam-adjusted gradient in the outer
+iteration and keeps it fixed for plain steps (its eq. 15) inside; here every inner step is an Adam step on
+the linearised objective's gradient, which moves with the smoothed costs.
 
 Only :class:`~deephedge_tf.hedger.Hedger` runs the nested step (it knows the trades and the costs); a plain
 Keras model compiled with this optimizer fails with a clear error at its first step.  Example: the
@@ -143,6 +149,9 @@ class LinearizedObjective:
 
         self.variables = list(hedger.trainable_variables)
         self._objective_ids = {id(v) for v in hedger.objective.trainable_variables}
+        # The trades depend on the policy's weights only: J^T is taken over those (asking TensorFlow for
+        # zeros of unconnected Keras variables fails on their string dtype).
+        self._policy_variables = [v for v in self.variables if id(v) not in self._objective_ids]
         self._scale = scale
         tm = time_major(batch)
         with tf.GradientTape(persistent=True) as tape:
@@ -152,8 +161,7 @@ class LinearizedObjective:
         with tf.GradientTape(persistent=True) as lin:
             self._probe = tf.zeros_like(self.outputs["actions"])
             lin.watch(self._probe)
-            self._jt_probe = tape.gradient(self.outputs["actions"], self.variables, output_gradients=self._probe,
-                                           unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            self._jt_probe = self._policy_vjp(tape, self._probe)
         self._tape, self._lin = tape, lin
         u_r = self.u_r = self.outputs["actions"]
         dtype = u_r.dtype
@@ -187,11 +195,23 @@ class LinearizedObjective:
             raise DeepHedgeError(f"LinearizedObjective: cost_smoothing must be one of {', '.join(COST_SMOOTHINGS)}; "
                                  f"got {cost_smoothing!r}")
 
+    def _policy_vjp(self, tape, cotangent) -> list:
+        """``J^T cotangent`` per variable of :attr:`variables` (``None`` for the objective's own)."""
+        g = iter(tape.gradient(self.outputs["actions"], self._policy_variables, output_gradients=cotangent))
+        out = []
+        for v in self.variables:
+            if id(v) in self._objective_ids:
+                out.append(None)
+            else:
+                gi = next(g)
+                out.append(tf.zeros_like(v) if gi is None else gi)
+        return out
+
     def jvp(self, delta) -> tf.Tensor:
         """``J delta`` ``[T, B, N]``: the trades' change to first order for weight changes ``delta``."""
         # J^T v is linear in v: its vector-Jacobian product with ``delta`` is J delta.
-        return self._lin.gradient(self._jt_probe, self._probe,
-                                  output_gradients=[tf.cast(d, j.dtype) for j, d in zip(self._jt_probe, delta)],
+        pairs = [(j, tf.cast(d, j.dtype)) for j, d in zip(self._jt_probe, delta) if j is not None]
+        return self._lin.gradient([j for j, _ in pairs], self._probe, output_gradients=[d for _, d in pairs],
                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
     def cotangent(self, u_hat) -> tf.Tensor:
@@ -202,10 +222,7 @@ class LinearizedObjective:
     def gradient(self, delta=None) -> list:
         """The linearised objective's gradient at ``w_r + delta`` (``None``: at ``w_r``), one per variable."""
         u_hat = self.u_r if delta is None else self.u_r + self.jvp(delta)
-        g = self._tape.gradient(self.u_r, self.variables, output_gradients=self.cotangent(u_hat),
-                                unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        return _add([None if id(v) in self._objective_ids else gi for v, gi in zip(self.variables, g)],
-                    self._fixed)
+        return _add(self._policy_vjp(self._tape, self.cotangent(u_hat)), self._fixed)
 
 
 def linearized_nested_step(hedger, batch, scale: float = 1.0):
@@ -229,6 +246,8 @@ def linearized_nested_step(hedger, batch, scale: float = 1.0):
                     grads = first
                 else:
                     grads = lin.gradient([tf.convert_to_tensor(v) - w for v, w in zip(variables, w_r)])
+                # Made in this branch's graph: Keras' apply needs all its gradients from one graph.
+                grads = [None if g is None else tf.identity(g) for g in grads]
                 ok = _all_finite(grads)
 
                 def apply():
