@@ -197,27 +197,28 @@ def build_optimizer(cfg: Config):
     return _built("Keras optimizer", obj, "training.optimizer_callable", ("apply",))
 
 
-def adam_optimizer(cfg: Config):
-    import keras
-
+def _adam_settings(cfg: Config) -> dict:
+    """Adam's keyword arguments from ``training``: the warm-up / decay schedule and the clipping."""
     from deephedge_tf.training import WarmupExponentialDecay
 
     t = cfg.training
     lr = WarmupExponentialDecay(t.learning_rate, t.warmup_steps, t.decay_rate, t.decay_steps)
-    kwargs = {} if t.clipnorm is None else {"clipnorm": t.clipnorm}
-    return keras.optimizers.Adam(learning_rate=lr, **kwargs)
+    return {"learning_rate": lr, **({} if t.clipnorm is None else {"clipnorm": t.clipnorm})}
+
+
+def adam_optimizer(cfg: Config):
+    import keras
+
+    return keras.optimizers.Adam(**_adam_settings(cfg))
 
 
 def dhlnn_optimizer(cfg: Config):
     from deephedge_tf.optimizers import LinearizedNested
-    from deephedge_tf.training import WarmupExponentialDecay
 
     # Adam's schedule and clipping apply to every inner step (the schedule counts inner steps).
-    t, n = cfg.training, cfg.training.dhlnn
-    lr = WarmupExponentialDecay(t.learning_rate, t.warmup_steps, t.decay_rate, t.decay_steps)
-    kwargs = {} if t.clipnorm is None else {"clipnorm": t.clipnorm}
-    return LinearizedNested(learning_rate=lr, inner_steps=n.inner_steps, tolerance=n.tolerance,
-                            cost_smoothing=n.cost_smoothing, majorizer_floor=n.majorizer_floor, **kwargs)
+    n = cfg.training.dhlnn
+    return LinearizedNested(inner_steps=n.inner_steps, tolerance=n.tolerance, cost_smoothing=n.cost_smoothing,
+                            majorizer_floor=n.majorizer_floor, **_adam_settings(cfg))
 
 
 def dhkfac_optimizer(cfg: Config):

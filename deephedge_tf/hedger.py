@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from deephedge_tf.features import time_major
 from deephedge_tf.optimizers.losses import OutputCurvature, rademacher
+from deephedge_tf.optimizers.steps import all_finite
 from deephedge_tf.policies.base import check_time_loop, policy_rollout
 from deephedge_tf.validation import check_real
 
@@ -356,10 +357,7 @@ class Hedger(keras.Model):
                 # Under a multi-replica strategy the replicas' gradients are summed: each scaled by 1 / replicas.
                 scaled = loss / _replicas()
             grads = tape.gradient(scaled, variables)
-            finite = tf.reduce_all(tf.math.is_finite(loss))
-            for g in grads:
-                if g is not None:
-                    finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(g)))
+            finite = all_finite([loss, *grads])
 
             def apply():
                 self.optimizer.apply(grads, variables)

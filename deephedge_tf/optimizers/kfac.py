@@ -150,13 +150,6 @@ def _from_eigenbasis(state, y):
                      tf.convert_to_tensor(state.basis_g))
 
 
-def _all_finite(tensors):
-    flags = [tf.reduce_all(tf.math.is_finite(t)) for t in tensors]
-    if not flags:
-        return tf.constant(True)
-    return tf.reduce_all(tf.stack(flags))
-
-
 def multi_replica_context():
     """The replica context when running on several replicas (e.g. MirroredStrategy), else ``None``."""
     ctx = tf.distribute.get_replica_context()
@@ -692,7 +685,7 @@ class DHKFAC(keras.optimizers.Optimizer):
         for k, a, g in prepared:
             factors = [estimator.pooled_factors(x, y) for x, y in zip(a, g)]
             stats.append((k, a, g, _mean([f[0] for f in factors]), _mean([f[1] for f in factors])))
-        finite = _all_finite([t for _, a, g, fa, fg in stats for t in a + g + [fa, fg]] + list(rows.values()))
+        finite = steps.all_finite([t for _, a, g, fa, fg in stats for t in a + g + [fa, fg]] + list(rows.values()))
 
         def skip():
             self.assign_add(self.skipped_curvature_updates, tf.constant(1, tf.int64))
@@ -902,7 +895,7 @@ class DHKFAC(keras.optimizers.Optimizer):
         self._statistics_source = True
         prepared = self._rows_by_index(rows, "DHKFAC.set_jacobian_rows")
         self._fed_blocks.update(rows)
-        finite = _all_finite(list(prepared.values()))
+        finite = steps.all_finite(list(prepared.values()))
         self.assign_add(self.skipped_curvature_updates, tf.cast(~finite, tf.int64))
         self._rows = {k: tf.where(finite, r, tf.zeros_like(r)) for k, r in prepared.items()}
         turned, self._turned_rows, self._basis_rows = self._turned_rows, None, None
@@ -1048,7 +1041,7 @@ class DHKFAC(keras.optimizers.Optimizer):
     def _set_model(self, matrix, rhs):
         m = tf.reshape(tf.cast(matrix, self._scalar_dtype), (2, 2))
         b = tf.reshape(tf.cast(rhs, self._scalar_dtype), (2,))
-        finite = _all_finite([m, b])
+        finite = steps.all_finite([m, b])
         usable = finite & (m[0, 0] > 0) & (m[1, 1] >= 0)
         ok = usable & (b[0] > 0)
         one = tf.ones((), self._scalar_dtype)
@@ -1125,7 +1118,7 @@ class DHKFAC(keras.optimizers.Optimizer):
         return self._apply_once(list(grads), trainable_variables)
 
     def _apply_once(self, grads, trainable_variables):
-        finite = _all_finite([_dense(g) for g in grads if g is not None])
+        finite = steps.all_finite([_dense(g) for g in grads if g is not None])
         parent = super(DHKFAC, self)
 
         def run():

@@ -48,6 +48,8 @@ import keras
 import tensorflow as tf
 
 from deephedge_tf.errors import DeepHedgeError
+from deephedge_tf.optimizers.steps import all_finite
+from deephedge_tf.optimizers.train_step import tree_dot
 from deephedge_tf.validation import check_int, check_real
 
 __all__ = ["COST_SMOOTHINGS", "LinearizedNested", "LinearizedObjective", "linearized_nested_step"]
@@ -88,10 +90,7 @@ class LinearizedNested(keras.optimizers.Adam):
         super().__init__(learning_rate=learning_rate, epsilon=epsilon, name=name, **kwargs)
         self.inner_steps = check_int("LinearizedNested", "inner_steps", inner_steps, low=1)
         self.tolerance = check_real("LinearizedNested", "tolerance", tolerance, low=0.0)
-        if cost_smoothing not in COST_SMOOTHINGS:
-            raise DeepHedgeError(f"LinearizedNested: cost_smoothing must be one of {', '.join(COST_SMOOTHINGS)}; "
-                                 f"got {cost_smoothing!r}")
-        self.cost_smoothing = cost_smoothing
+        self.cost_smoothing = _check_smoothing("LinearizedNested", cost_smoothing)
         self.majorizer_floor = check_real("LinearizedNested", "majorizer_floor", majorizer_floor, low=0.0,
                                           low_open=True)
         self._inside_nested_step = False
@@ -118,12 +117,10 @@ class LinearizedNested(keras.optimizers.Adam):
                 "cost_smoothing": self.cost_smoothing, "majorizer_floor": self.majorizer_floor}
 
 
-def _all_finite(tensors) -> tf.Tensor:
-    ok = tf.constant(True)
-    for t in tensors:
-        if t is not None:
-            ok = tf.logical_and(ok, tf.reduce_all(tf.math.is_finite(t)))
-    return ok
+def _check_smoothing(owner: str, value: str) -> str:
+    if value not in COST_SMOOTHINGS:
+        raise DeepHedgeError(f"{owner}: cost_smoothing must be one of {', '.join(COST_SMOOTHINGS)}; got {value!r}")
+    return value
 
 
 def _add(xs, ys):
@@ -147,11 +144,13 @@ class LinearizedObjective:
         from deephedge_tf.features import time_major
         from deephedge_tf.hedger import CostMajorizerCurvature
 
+        _check_smoothing("LinearizedObjective", cost_smoothing)
         self.variables = list(hedger.trainable_variables)
         self._objective_ids = {id(v) for v in hedger.objective.trainable_variables}
         # The trades depend on the policy's weights only: J^T is taken over those (asking TensorFlow for
         # zeros of unconnected Keras variables fails on their string dtype).
         self._policy_variables = [v for v in self.variables if id(v) not in self._objective_ids]
+        objective_variables = [v for v in self.variables if id(v) in self._objective_ids]
         self._scale = scale
         tm = time_major(batch)
         with tf.GradientTape(persistent=True) as tape:
@@ -178,9 +177,8 @@ class LinearizedObjective:
 
         # The gradient held fixed: the objective's own weights and any regularisation loss, at w_r.
         fixed = [None] * len(self.variables)
-        obj_vars = [v for v in self.variables if id(v) in self._objective_ids]
-        if obj_vars:
-            g_obj = iter(tape.gradient(self.loss, obj_vars))
+        if objective_variables:
+            g_obj = iter(tape.gradient(self.loss, objective_variables))
             fixed = [next(g_obj) if id(v) in self._objective_ids else None for v in self.variables]
         if hedger.losses:
             fixed = _add(fixed, tape.gradient(tf.add_n(hedger.losses), self.variables))
@@ -189,11 +187,8 @@ class LinearizedObjective:
         if cost_smoothing == "majorizer":
             # d s / du = u / a: the weights c P / a of the costs' majorizer at u_r.
             self._slope_weight = CostMajorizerCurvature(majorizer_floor).weights(u_r, cost_weight)
-        elif cost_smoothing == "square":
+        else:  # "square"
             self._slope_weight = 2.0 * cost_weight
-        else:
-            raise DeepHedgeError(f"LinearizedObjective: cost_smoothing must be one of {', '.join(COST_SMOOTHINGS)}; "
-                                 f"got {cost_smoothing!r}")
 
     def _policy_vjp(self, tape, cotangent) -> list:
         """``J^T cotangent`` per variable of :attr:`variables` (``None`` for the objective's own)."""
@@ -233,7 +228,7 @@ def linearized_nested_step(hedger, batch, scale: float = 1.0):
     lin = LinearizedObjective(hedger, batch, opt.cost_smoothing, opt.majorizer_floor, scale)
     variables = lin.variables
     first = lin.gradient()
-    finite = tf.logical_and(tf.reduce_all(tf.math.is_finite(lin.loss)), _all_finite(first))
+    finite = all_finite([lin.loss, *first])
     w_r = [tf.identity(v) for v in variables]
 
     def inner_loop():
@@ -248,7 +243,7 @@ def linearized_nested_step(hedger, batch, scale: float = 1.0):
                     grads = lin.gradient([tf.convert_to_tensor(v) - w for v, w in zip(variables, w_r)])
                 # Made in this branch's graph: Keras' apply needs all its gradients from one graph.
                 grads = [None if g is None else tf.identity(g) for g in grads]
-                ok = _all_finite(grads)
+                ok = all_finite(grads)
 
                 def apply():
                     opt.inner_apply(grads, variables)
@@ -257,8 +252,8 @@ def linearized_nested_step(hedger, batch, scale: float = 1.0):
                 applied = tf.cond(ok, apply, lambda: tf.constant(False))
                 if opt.tolerance <= 0:
                     return tf.logical_not(applied)
-                moved = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(tf.cast(tf.convert_to_tensor(v) - b, tf.float64)))
-                                          for v, b in zip(variables, before)]))
+                change = [tf.convert_to_tensor(v) - b for v, b in zip(variables, before)]
+                moved = tf.sqrt(tree_dot(change, change))
                 return tf.logical_or(tf.logical_not(applied), moved < opt.tolerance)
 
             done = tf.cond(done, lambda: tf.constant(True), step)

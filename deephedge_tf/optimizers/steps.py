@@ -9,6 +9,15 @@ from deephedge_tf.dtypes import to_float
 from deephedge_tf.optimizers.estimator import finfo
 
 
+def all_finite(tensors) -> tf.Tensor:
+    """Whether every tensor of ``tensors`` (``None`` entries skipped) is finite everywhere: a boolean scalar
+    (True for none), the guard of every step that must not write a non-finite value."""
+    flags = [tf.reduce_all(tf.math.is_finite(t)) for t in tensors if t is not None]
+    if not flags:
+        return tf.constant(True)
+    return tf.reduce_all(tf.stack(flags))
+
+
 def trust_radius(step, radius0: float, decay: float, radius_min: float, dtype):
     """``delta_k = max(radius0 * decay**k, radius_min)`` for the integer step ``k`` (a tensor)."""
     k = tf.cast(step, dtype)
