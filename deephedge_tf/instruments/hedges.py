@@ -232,13 +232,16 @@ class FixedGrid:
         ``Heston.option_pricer()``, exact and slow)."""
         pricer = self.pricer
         if pricer is None and hasattr(market, "option_price_table"):
-            if not 1 <= self.expiry_step <= market.steps:
-                raise ValueError(f"FixedGrid: expiry_step {self.expiry_step} outside 1..{market.steps}")
+            self._check_expiry(market.steps)
             maturities = (self.expiry_step - np.arange(self.expiry_step)) * float(market.dt)
             pricer = market.option_price_table(maturities, horizon=market.steps * float(market.dt))
         pricer = pricer or _capability(market, "option_pricer", "FixedGrid", "an option pricer")()
         call_from = float(market.s0) if self.call_from is None else self.call_from
         return dataclasses.replace(self, pricer=pricer, call_from=call_from)
+
+    def _check_expiry(self, steps: int) -> None:
+        if not 1 <= self.expiry_step <= steps:
+            raise ValueError(f"FixedGrid: expiry_step {self.expiry_step} outside 1..{steps}")
 
     @property
     def is_call(self) -> np.ndarray:
@@ -253,8 +256,7 @@ class FixedGrid:
         _require_bound(self, "pricer")
         s = paths.spot
         steps, dt = paths.num_steps, s.dtype
-        if not 1 <= self.expiry_step <= steps:
-            raise ValueError(f"FixedGrid: expiry_step {self.expiry_step} outside 1..{steps}")
+        self._check_expiry(steps)
         k = _decision_steps(steps, dt)[..., None]  # [T, 1, 1]
         tau = tf.maximum(self.expiry_step - k, 0.0) * to_float(paths.dt, dt)
         strikes = tf.constant(self.strikes, dt)

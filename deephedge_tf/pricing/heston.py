@@ -61,7 +61,7 @@ import tensorflow as tf
 
 from deephedge_tf.errors import DeepHedgeError
 
-__all__ = ["heston_price", "heston_price_tf"]
+__all__ = ["expected_total_variance", "heston_price", "heston_price_tf"]
 
 # --- quadrature settings (tuned against QuantLib's adaptive engine and scipy quad) --------------
 _GL_ORDER = 16  # Gauss-Legendre nodes per panel
@@ -165,8 +165,15 @@ def _heston_log_cf_lewis(u, tau, v0, kappa, theta, xi, rho):
     return ccoef + dcoef * c(v0)
 
 
-def _expected_total_variance(tau, v0, kappa, theta):
-    """E[int_0^tau v_t dt] = theta tau + (v0 - theta) (1 - exp(-kappa tau)) / kappa."""
+def expected_total_variance(tau, v0, kappa, theta):
+    """E[int_0^tau v_t dt] = theta tau + (v0 - theta) (1 - exp(-kappa tau)) / kappa (a tensor; the limit
+    v0 tau as kappa tau -> 0).
+
+        >>> round(float(expected_total_variance(2.0, 0.04, 0.0, 0.09)), 6)     # no reversion: v0 tau
+        0.08
+        >>> round(float(expected_total_variance(100.0, 0.04, 5.0, 0.09)) / 100.0, 4)   # long run: ~theta
+        0.0899
+    """
     x = kappa * tau
     safe_x = tf.where(x > 1e-8, x, tf.ones_like(x))
     ratio = tf.where(x > 1e-8, -tf.math.expm1(-safe_x) / safe_x, 1.0 - 0.5 * x)
@@ -272,7 +279,7 @@ def _probe(w, params):
 def _call_prices(spot, strike, tau, v0, kappa, theta, xi, rho):
     """Heston calls for flattened [B] float64 inputs with tau > 0 and some variance."""
     k = tf.math.log(spot / strike)
-    w = _expected_total_variance(tau, v0, kappa, theta)
+    w = expected_total_variance(tau, v0, kappa, theta)
     u_max, phase_speed = _probe(w, (tau, v0, kappa, theta, xi, rho))
     # Panel widths: at most _RADIANS_PER_PANEL of phase, that of exp(i u k) plus that of phi
     # (with a margin for the secant estimate).  Decay needs no cap of its own: with geometric

@@ -21,7 +21,7 @@ import tensorflow as tf
 from scipy import interpolate, stats
 
 from deephedge_tf.errors import DeepHedgeError
-from deephedge_tf.pricing.heston import heston_price_tf
+from deephedge_tf.pricing.heston import expected_total_variance, heston_price_tf
 from deephedge_tf.validation import check_real
 
 __all__ = ["HestonPremiumTable", "HestonStrikeTable", "default_v_max"]
@@ -37,15 +37,33 @@ _STATIONARY_QUANTILE = 1.0 - 1e-6
 _MIN_MULTIPLE = 4.0
 
 
-def _as_vector(name: str, values) -> np.ndarray:
+def _as_vector(owner: str, name: str, values) -> np.ndarray:
     arr = np.asarray(values, dtype=np.float64)
     if arr.ndim != 1 or arr.size == 0:
-        raise DeepHedgeError(f"HestonPremiumTable: '{name}' must be a non-empty 1-D sequence; "
-                             f"got shape {arr.shape}")
+        raise DeepHedgeError(f"{owner}: '{name}' must be a non-empty 1-D sequence; got shape {arr.shape}")
     if not np.all(np.isfinite(arr) & (arr > 0)):
-        raise DeepHedgeError(
-            f"HestonPremiumTable: '{name}' must be finite and > 0; got {arr.tolist()}")
+        raise DeepHedgeError(f"{owner}: '{name}' must be finite and > 0; got {arr.tolist()}")
     return arr
+
+
+def _model(owner: str, kappa, theta, xi, rho, v0=None) -> tuple:
+    """The Heston parameters ``(kappa, theta, xi, rho, v0)`` checked (``v0`` may be None)."""
+    return (check_real(owner, "kappa", kappa, low=0.0), check_real(owner, "theta", theta, low=0.0),
+            check_real(owner, "xi", xi, low=0.0, low_open=True), check_real(owner, "rho", rho, low=-1.0, high=1.0),
+            None if v0 is None else check_real(owner, "v0", v0, low=0.0))
+
+
+def _node_count(owner: str, name: str, n) -> int:
+    if isinstance(n, bool) or int(n) != n or n < 4:
+        raise DeepHedgeError(f"{owner}: '{name}' must be an integer >= 4; got {n!r}")
+    return int(n)
+
+
+def _hermite(y0, d0, y1, d1, t):
+    """Cubic Hermite on [0, 1] in the local coordinate ``t`` (slopes ``d`` pre-scaled by the spacing)."""
+    t2 = t * t
+    t3 = t2 * t
+    return (2.0 * t3 - 3.0 * t2 + 1.0) * y0 + (t3 - 2.0 * t2 + t) * d0 + (3.0 * t2 - 2.0 * t3) * y1 + (t3 - t2) * d1
 
 
 def default_v_max(kappa: float, theta: float, xi: float, v0: Optional[float] = None) -> float:
@@ -98,7 +116,7 @@ class HestonPremiumTable:
     Against the direct Fourier pricer, off the nodes:
 
     >>> import tensorflow as tf
-    >>> from deephedge_tf.pricing.heston import heston_price_tf
+    >>> from deephedge_tf.pricing.heston import expected_total_variance, heston_price_tf
     >>> table = HestonPremiumTable([1.0], [30 / 365], kappa=1.0, theta=0.04, xi=0.5, rho=-0.7)
     >>> direct = heston_price_tf(1.0, 1.0, 30 / 365, 0.05, 1.0, 0.04, 0.5, -0.7)
     >>> bool(abs(float(table(tf.constant([0.05]))[0, 0]) - float(direct)) < 1e-6)
@@ -117,25 +135,17 @@ class HestonPremiumTable:
         num_nodes: int = 64,
         v0: Optional[float] = None,
     ):
-        m = _as_vector("moneyness", moneyness)
-        tau = _as_vector("maturities", maturities)
+        m = _as_vector(_OWNER, "moneyness", moneyness)
+        tau = _as_vector(_OWNER, "maturities", maturities)
         if m.shape != tau.shape:
             raise DeepHedgeError(
                 f"HestonPremiumTable: 'moneyness' and 'maturities' must have the same length (one "
                 f"entry per option); got {m.size} and {tau.size}")
-        kappa = check_real(_OWNER, "kappa", kappa, low=0.0)
-        theta = check_real(_OWNER, "theta", theta, low=0.0)
-        xi = check_real(_OWNER, "xi", xi, low=0.0, low_open=True)
-        rho = check_real(_OWNER, "rho", rho, low=-1.0, high=1.0)
-        if v0 is not None:
-            v0 = check_real(_OWNER, "v0", v0, low=0.0)
+        kappa, theta, xi, rho, v0 = _model(_OWNER, kappa, theta, xi, rho, v0)
         if v_max is None:
             v_max = default_v_max(kappa, theta, xi, v0)
         v_max = check_real(_OWNER, "v_max", v_max, low=0.0, low_open=True)
-        if isinstance(num_nodes, bool) or int(num_nodes) != num_nodes or num_nodes < 4:
-            raise DeepHedgeError(
-                f"HestonPremiumTable: 'num_nodes' must be an integer >= 4; got {num_nodes!r}")
-        num_nodes = int(num_nodes)
+        num_nodes = _node_count(_OWNER, "num_nodes", num_nodes)
 
         is_call = m >= 1.0
         vol_nodes = np.linspace(0.0, np.sqrt(v_max), num_nodes)
@@ -187,11 +197,7 @@ class HestonPremiumTable:
         i = tf.cast(i, tf.int32)
         y0, y1 = tf.gather(values, i), tf.gather(values, i + 1)
         d0, d1 = tf.gather(scaled_slopes, i), tf.gather(scaled_slopes, i + 1)
-        # Cubic Hermite on [0, 1] in the local coordinate t (slopes pre-scaled by the spacing).
-        t2 = t * t
-        t3 = t2 * t
-        inside = ((2.0 * t3 - 3.0 * t2 + 1.0) * y0 + (t3 - 2.0 * t2 + t) * d0
-                  + (3.0 * t2 - 2.0 * t3) * y1 + (t3 - t2) * d1)
+        inside = _hermite(y0, d0, y1, d1, t)
         beyond = y1 + (t - 1.0) * d1  # linear continuation from the last node
         out = tf.where(t > 1.0, beyond, inside)
         return tf.clip_by_value(out, tf.zeros_like(upper), upper)
@@ -285,23 +291,17 @@ class HestonStrikeTable:
                  v_max: Optional[float] = None, v0: Optional[float] = None, horizon: Optional[float] = None,
                  num_vol_nodes: int = 32, num_moneyness_nodes: int = 48, z_max: float = 15.0):
         owner = "HestonStrikeTable"
-        tau = _as_vector("maturities", maturities)
-        kappa = check_real(owner, "kappa", kappa, low=0.0)
-        theta = check_real(owner, "theta", theta, low=0.0)
-        xi = check_real(owner, "xi", xi, low=0.0, low_open=True)
-        rho = check_real(owner, "rho", rho, low=-1.0, high=1.0)
+        tau = _as_vector(owner, "maturities", maturities)
+        kappa, theta, xi, rho, v0 = _model(owner, kappa, theta, xi, rho, v0)
         if v_max is None:
             v_max = _horizon_v_max(kappa, theta, xi, theta if v0 is None else v0,
                                    float(tau.max()) if horizon is None else horizon)
         v_max = check_real(owner, "v_max", v_max, low=0.0, low_open=True)
         z_max = check_real(owner, "z_max", z_max, low=0.0, low_open=True)
-        for name, n in (("num_vol_nodes", num_vol_nodes), ("num_moneyness_nodes", num_moneyness_nodes)):
-            if isinstance(n, bool) or int(n) != n or n < 4:
-                raise DeepHedgeError(f"{owner}: '{name}' must be an integer >= 4; got {n!r}")
-        vol = np.linspace(0.0, v_max ** 0.25, int(num_vol_nodes))              # v^(1/4) nodes
-        grid = np.linspace(-1.0, 1.0, int(num_moneyness_nodes))                  # uniform u
+        vol = np.linspace(0.0, v_max ** 0.25, _node_count(owner, "num_vol_nodes", num_vol_nodes))  # v^(1/4)
+        grid = np.linspace(-1.0, 1.0, _node_count(owner, "num_moneyness_nodes", num_moneyness_nodes))  # u
         z = z_max * np.sinh(_STRETCH * grid) / np.sinh(_STRETCH)
-        w = _total_variance_np(tau[:, None], vol[None, :] ** 4, kappa, theta)      # [M, V]
+        w = _moneyness_scale(tau[:, None], vol[None, :] ** 4, kappa, theta).numpy()   # [M, V]
         x = z[None, None, :] * np.sqrt(w)[:, :, None]                              # [M, V, Z]
         prices = heston_price_tf(1.0, np.exp(x), tau[:, None, None], (vol ** 4)[None, :, None],
                                  kappa, theta, xi, rho, True).numpy()
@@ -330,7 +330,7 @@ class HestonStrikeTable:
         i = tf.clip_by_value(tf.floor(a), 0.0, float(n_vol - 2))
         t = a - i                                                       # > 1 beyond v_max: linear
         tau = tf.gather(tf.constant(self.maturities, dt), index)
-        w = _total_variance_tf(tau, v, self.kappa, self.theta)
+        w = _moneyness_scale(tau, v, self.kappa, self.theta)
         z = log_moneyness / tf.sqrt(tf.maximum(w, tf.constant(1e-300 if dt == tf.float64 else 1e-30, dt)))
         u = tf.asinh(z * float(np.sinh(_STRETCH) / self.z_max)) / _STRETCH      # in [-1, 1] inside
         b = tf.clip_by_value((u + 1.0) / tf.constant(self._z_step, dt), 0.0, float(n_z - 1))
@@ -341,18 +341,13 @@ class HestonStrikeTable:
         def corner(di, dj):
             return tf.gather_nd(table, tf.stack([index, i + di, j + dj], axis=-1))   # [..., 4]
 
-        def hermite(y0, d0, y1, d1, u):
-            u2 = u * u
-            u3 = u2 * u
-            return (2 * u3 - 3 * u2 + 1) * y0 + (u3 - 2 * u2 + u) * d0 + (3 * u2 - 2 * u3) * y1 + (u3 - u2) * d1
-
         c00, c01, c10, c11 = corner(0, 0), corner(0, 1), corner(1, 0), corner(1, 1)
         # Along z at the two variance nodes (values and their variance slopes), then along sqrt(v).
-        y_lo = hermite(c00[..., 0], c00[..., 2], c01[..., 0], c01[..., 2], r)
-        y_hi = hermite(c10[..., 0], c10[..., 2], c11[..., 0], c11[..., 2], r)
-        dv_lo = hermite(c00[..., 1], c00[..., 3], c01[..., 1], c01[..., 3], r)
-        dv_hi = hermite(c10[..., 1], c10[..., 3], c11[..., 1], c11[..., 3], r)
-        inside = hermite(y_lo, dv_lo, y_hi, dv_hi, tf.minimum(t, 1.0))
+        y_lo = _hermite(c00[..., 0], c00[..., 2], c01[..., 0], c01[..., 2], r)
+        y_hi = _hermite(c10[..., 0], c10[..., 2], c11[..., 0], c11[..., 2], r)
+        dv_lo = _hermite(c00[..., 1], c00[..., 3], c01[..., 1], c01[..., 3], r)
+        dv_hi = _hermite(c10[..., 1], c10[..., 3], c11[..., 1], c11[..., 3], r)
+        inside = _hermite(y_lo, dv_lo, y_hi, dv_hi, tf.minimum(t, 1.0))
         return tf.maximum(tf.where(t > 1.0, y_hi + (t - 1.0) * dv_hi, inside), tf.constant(1e-8, dt))
 
     def __call__(self, spot, strike, tau, variance, is_call):
@@ -395,18 +390,8 @@ def _horizon_v_max(kappa: float, theta: float, xi: float, v0: float, horizon: fl
     return max(float(scale * stats.ncx2.ppf(1.0 - 1e-5, dof, noncentrality)), floor)
 
 
-def _total_variance_np(tau, v, kappa, theta):
-    """The moneyness scale of the strike table: ``E[int_0^tau v_t dt | v_0 = v]`` (numpy)."""
-    x = kappa * tau
-    ratio = np.where(x > 1e-8, -np.expm1(-np.maximum(x, 1e-8)) / np.maximum(x, 1e-8), 1.0 - 0.5 * x)
-    return np.maximum(theta * tau + (v - theta) * tau * ratio, 1e-12 * np.maximum(tau, 1e-12))
-
-
-def _total_variance_tf(tau, v, kappa, theta):
-    """:func:`_total_variance_np` in TensorFlow (``tau``, ``v`` of one float dtype)."""
-    dt = v.dtype
-    x = tf.constant(kappa, dt) * tau
-    safe = tf.maximum(x, tf.constant(1e-8, dt))
-    ratio = tf.where(x > 1e-8, -tf.math.expm1(-safe) / safe, 1.0 - 0.5 * x)
-    w = tf.constant(theta, dt) * tau + (v - tf.constant(theta, dt)) * tau * ratio
-    return tf.maximum(w, tf.constant(1e-12, dt) * tau)
+def _moneyness_scale(tau, v, kappa: float, theta: float) -> tf.Tensor:
+    """The strike table's moneyness scale ``w``: the expected integrated variance to ``tau`` from ``v``
+    (:func:`deephedge_tf.pricing.heston.expected_total_variance`), floored at ``1e-12 tau``."""
+    w = expected_total_variance(tau, v, kappa, theta)
+    return tf.maximum(w, 1e-12 * tau)
