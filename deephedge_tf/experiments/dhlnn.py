@@ -95,19 +95,13 @@ def experiment_config(strategy: str, payoff: str, strike: float, cost: float, se
     })
 
 
-def _test_batches(cfg, paths: int) -> list:
-    """Batch-major evaluation batches of ``paths`` paths of ``cfg``'s market (stream :data:`EVAL_SEED`)."""
-    from deephedge_tf.features import make_batch
-    from deephedge_tf.training import build_parts
+def _pnls(models: dict, parts, paths: int) -> dict:
+    """``{name: PnL [paths]}`` of each model on the same test paths of ``parts``' market (stream
+    :data:`EVAL_SEED`)."""
+    from deephedge_tf.evaluation.compare import strategy_outputs
 
-    parts = build_parts(cfg)
-    chunk = 16_384
-    return [make_batch(parts.market.simulate(min(chunk, paths - start), start=start, seed=EVAL_SEED),
-                       parts.derivative, parts.instruments) for start in range(0, paths, chunk)]
-
-
-def _pnl(model, batches) -> np.ndarray:
-    return np.concatenate([model(b, training=False)["pnl"].numpy() for b in batches])
+    outputs = strategy_outputs(models, parts.market, parts.derivative, parts.instruments, paths, EVAL_SEED)
+    return {name: o["pnl"] for name, o in outputs.items()}
 
 
 def _metrics(pnl) -> dict:
@@ -117,10 +111,10 @@ def _metrics(pnl) -> dict:
             "entropic": entropic_risk(pnl, A), "entropic_se": entropic_risk_se(pnl, A)}
 
 
-def train_strategy(strategy: str, cfg, batches: list, checkpoints) -> tuple:
+def train_strategy(strategy: str, cfg, test_parts, paths: int, checkpoints) -> tuple:
     """Fits ``strategy``'s hedger of ``cfg`` (one batch of fresh paths per epoch, no validation passes) and
-    scores it on ``batches`` after each checkpoint epoch: ``(hedger, {epoch: pnl}, wall seconds of
-    training alone)``."""
+    scores it on ``paths`` test paths of ``test_parts``' market after each checkpoint epoch: ``(hedger,
+    {epoch: pnl}, wall seconds of training alone)``."""
     import keras
 
     from deephedge_tf.data import SyncEpoch
@@ -135,7 +129,7 @@ def train_strategy(strategy: str, cfg, batches: list, checkpoints) -> tuple:
         def on_epoch_end(self, epoch, logs=None):
             if epoch + 1 in checkpoints:
                 start = time.perf_counter()
-                scored[epoch + 1] = _pnl(hedger, batches)
+                scored[epoch + 1] = _pnls({strategy: hedger}, test_parts, paths)[strategy]
                 clock["eval"] += time.perf_counter() - start
 
     start = time.perf_counter()
@@ -153,13 +147,13 @@ def _baseline_hedgers(cfg) -> dict:
 def _rows(setting: str, payoff: str, strike: float, cost: float, sigma: float, seed: int, pnls: dict,
           epoch: int, walls: dict) -> list:
     """Table rows of one cell (every strategy's metrics) plus DHLNN's paired gap to the best rival."""
+    from deephedge_tf.evaluation import paired_entropic_difference
+
     rows = []
     for name, pnl in pnls.items():
         rows.append({"setting": setting, "payoff": payoff, "strike": strike, "cost": cost, "test_sigma": sigma,
                      "seed": seed, "epoch": epoch, "strategy": name, **_metrics(pnl),
                      "train_wall_s": walls.get(name)})
-    from deephedge_tf.evaluation import paired_entropic_difference
-
     # The optimiser's effect alone: the same band trained by Adam, on the training objective, paired.
     vs_adam, vs_adam_se = paired_entropic_difference(pnls["dhlnn"], pnls["band_adam"], A)
     for row in rows:
@@ -187,27 +181,30 @@ def _entropic(pnl) -> float:
 
 def _run_setting(ctx, setting: str, payoff: str, strike: float, cost: float, seed: int, test_sigmas) -> list:
     """Trains every strategy at sigma 0.1 and scores it on each test volatility's paths: table rows."""
+    from deephedge_tf.training import build_parts
+
     size = SIZES[ctx.scale]
+    paths = size["eval_paths"]
     checkpoints = size["checkpoints"] if len(test_sigmas) == 1 else size["checkpoints"][-1:]
-    tests = {s: _test_batches(experiment_config("dhlnn", payoff, strike, cost, seed, ctx.scale, s),
-                              size["eval_paths"]) for s in test_sigmas}
-    first = tests[test_sigmas[0]]
+    tests = {s: build_parts(experiment_config("dhlnn", payoff, strike, cost, seed, ctx.scale, s))
+             for s in test_sigmas}
     scored, walls, hedgers = {}, {}, {}
     for name in TRAINED:
         cfg = experiment_config(name, payoff, strike, cost, seed, ctx.scale)
-        hedgers[name], scored[name], walls[name] = train_strategy(name, cfg, first, checkpoints)
+        hedgers[name], scored[name], walls[name] = train_strategy(name, cfg, tests[test_sigmas[0]], paths,
+                                                                  checkpoints)
         ctx.echo(f"dhlnn: {setting}: trained {name} ({payoff}, strike {strike:g}, cost {cost:g}, seed {seed}) "
                  f"in {walls[name]:.0f} s")
     baselines = _baseline_hedgers(experiment_config("bs_delta", payoff, strike, cost, seed, ctx.scale))
     rows = []
-    for sigma, batches in tests.items():
+    for sigma, parts in tests.items():
+        fixed = _pnls(baselines, parts, paths)
         for epoch in checkpoints:
             if sigma == test_sigmas[0]:
                 pnls = {name: scored[name][epoch] for name in TRAINED}
             else:  # only the last checkpoint is scored on other volatilities: the trained hedgers as they are
-                pnls = {name: _pnl(hedgers[name], batches) for name in TRAINED}
-            pnls.update({name: _pnl(hedger, batches) for name, hedger in baselines.items()})
-            rows += _rows(setting, payoff, strike, cost, sigma, seed, pnls, epoch, walls)
+                pnls = _pnls(hedgers, parts, paths)
+            rows += _rows(setting, payoff, strike, cost, sigma, seed, {**pnls, **fixed}, epoch, walls)
     return rows
 
 
