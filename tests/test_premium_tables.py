@@ -194,3 +194,16 @@ def test_strike_table_without_mean_reversion_or_long_run_variance(kappa, theta):
     got = table(spot, strikes, np.full((3, 1), mats[1]), v, strikes >= 100).numpy()
     want = heston_price_tf(spot, strikes, mats[1], v, kappa, theta, 0.5, -0.7, strikes >= 100).numpy()
     assert np.abs(got - want).max() < 2e-5
+
+
+def test_strike_table_names_itself_and_the_bad_argument():
+    from deephedge_tf.errors import DeepHedgeError
+    from deephedge_tf.pricing.tables import HestonStrikeTable
+
+    model = dict(kappa=1.0, theta=0.04, xi=0.5, rho=-0.7)
+    with pytest.raises(DeepHedgeError, match="HestonStrikeTable: 'maturities' must be finite and > 0"):
+        HestonStrikeTable([0.0, 0.1], **model)
+    with pytest.raises(DeepHedgeError, match="HestonStrikeTable: 'num_moneyness_nodes' must be an integer >= 4"):
+        HestonStrikeTable([0.1], **model, num_moneyness_nodes=3)
+    with pytest.raises(DeepHedgeError, match="HestonStrikeTable: v0 must be >= 0"):
+        HestonStrikeTable([0.1], **model, v0=-0.01)
