@@ -10,6 +10,11 @@
 
 Paths come from the market's split-invariant stream, so batch ``i`` is reproducible from the seed
 alone, and validation data can use another seed or a disjoint range of paths.
+
+``Hedger.fit`` and ``Hedger.evaluate`` feed a ``PathBatches`` through :meth:`PathBatches.dataset`, a
+``tf.data`` pipeline that hands the batch tensors over without Keras' ``PyDataset`` adapter (a generator
+that copies every batch through numpy and draws two extra batches for its signature: ~0.1-0.5 s per
+step of 50,000 paths, BENCHMARKS.md) and prepares the next batch while the current step runs.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ class PathBatches(keras.utils.PyDataset):
         self.fresh, self.seed, self.offset = fresh, seed, int(offset)
         self.epoch = 0
         self._assemble = None  # make_batch traced on the first batch (see _batch)
+        self._structure = None  # the first batch drawn: its nesting, shapes and dtypes (see dataset)
 
     def __len__(self):
         return self.batches_per_epoch
@@ -78,7 +84,41 @@ class PathBatches(keras.utils.PyDataset):
         if not 0 <= index < self.batches_per_epoch:
             raise IndexError(index)
         paths = self.market.simulate(self.batch_size, start=self.start_of(index), seed=self.seed)
-        return self._batch(paths)
+        batch = self._batch(paths)
+        if self._structure is None:
+            self._structure = batch
+        return batch
+
+    def dataset(self) -> tf.data.Dataset:
+        """This epoch's batches as a ``tf.data.Dataset`` (what ``Hedger.fit`` trains on).
+
+        Item ``i`` is drawn when the pipeline reaches it, with the epoch current then: ``Hedger.fit``
+        adds :class:`SyncEpoch` so that a new epoch draws new paths (Keras calls ``on_epoch_end`` only on a
+        ``PyDataset`` it iterates itself).  Batches are the same as ``self[i]``, one ahead of the step.
+
+            >>> import deephedge_tf as dh
+            >>> market = dh.GBM(s0=100.0, sigma=0.2, steps=10, dt=1 / 365)
+            >>> data = PathBatches(market, dh.EuropeanOption(strike=100.0), [dh.Spot()], batch_size=64,
+            ...                    batches_per_epoch=2)
+            >>> batches = list(data.dataset())
+            >>> len(batches), bool(tf.reduce_all(batches[1]["payoff"] == data[1]["payoff"]))
+            (2, True)
+        """
+        structure = self[0] if self._structure is None else self._structure
+        flat = tf.nest.flatten(structure)
+        dtypes = [t.dtype for t in flat]
+
+        def draw(index):
+            return tf.nest.flatten(self[int(index)])
+
+        def item(index):
+            # py_function hands the traced batch's tensors over as they are (no numpy round trip).
+            tensors = tf.py_function(draw, [index], Tout=dtypes)
+            for tensor, like in zip(tensors, flat):
+                tensor.set_shape(like.shape)
+            return tf.nest.pack_sequence_as(structure, tensors)
+
+        return tf.data.Dataset.range(len(self)).map(item).prefetch(1)
 
     def _batch(self, paths: MarketPaths) -> dict:
         """``make_batch(paths, ...)`` as one traced graph: run eagerly it dispatches ~1000 small ops per

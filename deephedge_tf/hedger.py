@@ -24,9 +24,12 @@ skipped (no variable changes, the optimizer's iteration count included) and coun
 
 from __future__ import annotations
 
+import inspect
+
 import keras
 import tensorflow as tf
 
+from deephedge_tf.data import PathBatches, SyncEpoch
 from deephedge_tf.features import time_major
 from deephedge_tf.optimizers.losses import OutputCurvature, rademacher
 from deephedge_tf.optimizers.steps import all_finite
@@ -132,6 +135,15 @@ class MarketStep(keras.layers.Layer):
 def _replicas() -> float:
     """Replicas in sync under the current tf.distribute strategy (1 without one)."""
     return float(tf.distribute.get_strategy().num_replicas_in_sync)
+
+
+def _fit_arguments(method, x, args, kwargs) -> dict:
+    """``method(self, x, *args, **kwargs)``'s arguments by name (to find and replace the data)."""
+    bound = inspect.signature(method).bind(None, x, *args, **kwargs)
+    named = dict(bound.arguments)
+    named.pop("self")
+    named.update(named.pop("kwargs", {}))
+    return named
 
 
 def _first_batch(x):
@@ -280,13 +292,28 @@ class Hedger(keras.Model):
         self.policy.instrument_units.assign(tf.cast(units, self.policy.instrument_units.dtype))
 
     def fit(self, x=None, *args, **kwargs):
+        kwargs = _fit_arguments(keras.Model.fit, x, args, kwargs)
         # Keras shuffles the order of a dataset's batches by default, from an unseeded generator: a
         # resumed run would then see the batches in another order.  Batches of fresh paths need no
         # shuffling, so the default here is off.
         kwargs.setdefault("shuffle", False)
         if not self.policy.built:
-            self.build_from_batch(_first_batch(x))
-        return super().fit(x, *args, **kwargs)
+            self.build_from_batch(_first_batch(kwargs.get("x")))
+        # PathBatches train through their tf.data pipeline (deephedge_tf.data); SyncEpoch does what Keras
+        # did for a PyDataset it iterates itself: a new epoch draws new paths.
+        synced = [data for data in (kwargs.get("x"), kwargs.get("validation_data"))
+                  if isinstance(data, PathBatches) and data.fresh]
+        kwargs["callbacks"] = [SyncEpoch(data) for data in synced] + list(kwargs.get("callbacks") or [])
+        for key in ("x", "validation_data"):
+            if isinstance(kwargs.get(key), PathBatches):
+                kwargs[key] = kwargs[key].dataset()
+        return super().fit(**kwargs)
+
+    def evaluate(self, x=None, *args, **kwargs):
+        kwargs = _fit_arguments(keras.Model.evaluate, x, args, kwargs)
+        if isinstance(kwargs.get("x"), PathBatches):
+            kwargs["x"] = kwargs["x"].dataset()
+        return super().evaluate(**kwargs)
 
     # -- training --------------------------------------------------------------------------
     def _loss(self, out):

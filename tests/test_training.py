@@ -152,6 +152,32 @@ def test_path_batches_are_make_batch_of_the_same_paths_traced_once():
     assert ds._assemble.experimental_get_tracing_count() == 1
 
 
+def test_fit_on_path_batches_trains_on_each_epochs_fresh_paths():
+    # Hedger.fit feeds PathBatches through its tf.data pipeline: the same weights as a fit on the batches
+    # the epochs must see, drawn by hand (epoch e, item i: PathBatches.start_of after on_epoch_end).
+    cfg = tiny_cfg("training.optimizer=adam")
+    parts = build_parts(cfg)
+    data = PathBatches(parts.market, parts.derivative, parts.instruments, 64, 2, fresh=True, seed=3)
+    by_hand = PathBatches(parts.market, parts.derivative, parts.instruments, 64, 2, fresh=True, seed=3)
+    batches = [by_hand[i] for i in range(2)]
+    by_hand.on_epoch_end()
+    batches += [by_hand[i] for i in range(2)]
+    assert not np.array_equal(batches[0]["payoff"].numpy(), batches[2]["payoff"].numpy())
+    explicit = tf.data.Dataset.from_tensors(batches[0])
+    for batch in batches[1:]:
+        explicit = explicit.concatenate(tf.data.Dataset.from_tensors(batch))
+
+    a, b = make_hedger(cfg, parts), make_hedger(cfg, parts)
+    a.build_from_batch(batches[0])
+    b.build_from_batch(batches[0])
+    b.set_weights(a.get_weights())
+    history = a.fit(data, validation_data=data, epochs=2, verbose=0)
+    b.fit(explicit, epochs=1, verbose=0)
+    for x, y in zip(weights(a), weights(b)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+    assert int(a.optimizer.iterations.numpy()) == 4 and len(history.history["val_loss"]) == 2
+
+
 def test_train_job_writes_the_run_directory(tmp_path):
     cfg = tiny_cfg("hedges.floating_grid.moneyness=[1.0]", "hedges.floating_grid.maturities=[4]")
     report = train_job(cfg, tmp_path, echo=lambda *_: None, verbose=0)
