@@ -68,7 +68,7 @@ import keras
 import tensorflow as tf
 
 from deephedge_tf.errors import DeepHedgeError
-from deephedge_tf.policies.base import Policy, check_time_loop, policy_rollout, policy_step
+from deephedge_tf.policies.base import DEFAULT_TIME_LOOP, Policy, check_time_loop, policy_rollout, policy_step
 
 #: Per-step observation keys a caller supplies (``holdings`` is derived in ``whole_path``).
 PATH_INPUTS = ("features", "mask", "spot", "variance", "tau", "bs_delta", "bs_gamma")
@@ -154,7 +154,7 @@ def _names(names, count, what):
 
 def export_policy(policy, path, *, num_steps: int, num_features: int, num_instruments: int | None = None,
                   dtype=None, feature_names=None, instrument_names=None, overwrite: bool = False,
-                  time_loop: str = "python") -> Path:
+                  time_loop: str = DEFAULT_TIME_LOOP) -> Path:
     """Writes ``policy`` (a :class:`Policy`, or a Hedger whose ``.policy`` is used) as a SavedModel.
 
     Args:
@@ -168,9 +168,9 @@ def export_policy(policy, path, *, num_steps: int, num_features: int, num_instru
       feature_names, instrument_names: optional names (``F`` and ``N`` entries) stored as metadata.
       overwrite: replace an existing ``path`` (the old model stays in place until the new one is
         complete).
-      time_loop: how ``whole_path`` runs its ``T`` decisions (:func:`policy_rollout`): ``"python"``
-        unrolled in the graph, ``"graph"`` one ``tf.while_loop`` (a graph whose size does not grow
-        with ``T``).  Same actions.
+      time_loop: how ``whole_path`` runs its ``T`` decisions (:func:`policy_rollout`): ``"graph"`` (the
+        default) one ``tf.while_loop`` (a graph whose size does not grow with ``T``), ``"python"`` unrolled
+        in the graph.  Same actions.
 
     Returns the ``Path`` written.  See the module docstring for the endpoints.
 
@@ -237,7 +237,7 @@ def export_hedger(hedger, batch, path, *, feature_names=None, instrument_names=N
     return export_policy(policy, path, num_steps=steps, num_features=num_features,
                          num_instruments=num_instruments, dtype=dtype, feature_names=feature_names,
                          instrument_names=instrument_names, overwrite=overwrite,
-                         time_loop=getattr(hedger, "time_loop", "python"))
+                         time_loop=getattr(hedger, "time_loop", DEFAULT_TIME_LOOP))
 
 
 # -- the endpoints and writing -----------------------------------------------------------------------

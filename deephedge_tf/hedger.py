@@ -33,7 +33,7 @@ from deephedge_tf.data import PathBatches, SyncEpoch
 from deephedge_tf.features import time_major
 from deephedge_tf.optimizers.losses import OutputCurvature, rademacher
 from deephedge_tf.optimizers.steps import all_finite
-from deephedge_tf.policies.base import check_time_loop, policy_rollout
+from deephedge_tf.policies.base import DEFAULT_TIME_LOOP, check_time_loop, policy_rollout
 from deephedge_tf.validation import check_real
 
 OUTPUT_KEYS = ("pnl", "costs", "gains", "turnover", "actions")
@@ -175,8 +175,8 @@ class Hedger(keras.Model):
         (None: all).  The Gauss-Newton step takes its statistics from its ``jacobian_rows`` paths.
       natural_units: measure the policy's trades in natural units of each instrument (set from the
         first batch by :meth:`set_instrument_units` when the hedger is built); ``False``: contracts.
-      time_loop: ``"python"`` (the decision loop unrolled when traced) or ``"graph"`` (one
-        ``tf.while_loop``: compile time independent of ``T``, for long horizons); see
+      time_loop: ``"graph"`` (the default: the decision loop as one ``tf.while_loop``, compile time
+        independent of ``T``) or ``"python"`` (unrolled when traced: compile time grows with ``T``); see
         :func:`deephedge_tf.policies.base.policy_rollout`.
 
     With an optimizer that takes curvature statistics (:class:`deephedge_tf.optimizers.DHKFAC`) the train
@@ -198,7 +198,7 @@ class Hedger(keras.Model):
 
     def __init__(self, policy, objective, ggn_mode: str = "majorizer", ggn_cost_l2: float = 0.0,
                  curvature_paths: int | None = None, natural_units: bool = True, ggn_cost_floor: float = 1.0,
-                 time_loop: str = "python", **kwargs):
+                 time_loop: str = DEFAULT_TIME_LOOP, **kwargs):
         super().__init__(**kwargs)
         self.time_loop = check_time_loop(time_loop, "Hedger")
         self.natural_units = bool(natural_units)

@@ -168,6 +168,9 @@ def policy_step(policy, obs, holdings, prev_action, state, training=None):
 
 
 TIME_LOOPS = ("python", "graph")
+# The default everywhere (Hedger, export, config): the graph loop compiles in a fraction of the unrolled
+# loop's time at the same step time (BENCHMARKS.md, "Hedger train step: compile time of the time loop").
+DEFAULT_TIME_LOOP = "graph"
 
 
 def check_time_loop(time_loop, owner: str) -> str:
@@ -177,16 +180,16 @@ def check_time_loop(time_loop, owner: str) -> str:
     return time_loop
 
 
-def policy_rollout(policy, obs, mask, training=None, time_loop="python"):
+def policy_rollout(policy, obs, mask, training=None, time_loop=DEFAULT_TIME_LOOP):
     """The decision loop shared by :meth:`Hedger.unroll` and the exported ``whole_path``: actions ``[T, B, N]`` (time-major, masked).
 
     ``obs``: dict of time-major observations (features ``[T, B, F]``, the others ``[T, B]``);
     ``mask``: ``[T, B, N]``, whose dtype is the state's and holdings' dtype, as in the hedger.
-    ``T`` must be static.  ``time_loop``: ``"python"`` unrolls the ``T`` decisions when the graph is
-    traced (trace and compile time grow with ``T``: about a second per step for a train step with
-    curvature); ``"graph"`` runs them as one ``tf.while_loop`` (:func:`deephedge_tf.optimizers.capture.scan`,
-    which also captures the policy's layers for curvature optimizers), so the compile time does not
-    grow with ``T``.  Both give the same actions.
+    ``T`` must be static.  ``time_loop``: ``"graph"`` (the default) runs the ``T`` decisions as one
+    ``tf.while_loop`` (:func:`deephedge_tf.optimizers.capture.scan`, which also captures the policy's layers
+    for curvature optimizers), so the compile time does not grow with ``T``; ``"python"`` unrolls them when
+    the graph is traced (trace and compile time grow with ``T``: about a second per step for a train step
+    with curvature).  Both give the same actions.
 
         >>> import tensorflow as tf
         >>> from deephedge_tf.policies import MLPPolicy
