@@ -139,11 +139,11 @@ class PathBatches(keras.utils.PyDataset):
 
 
 class SyncEpoch(keras.callbacks.Callback):
-    """Keeps a fresh-path dataset's epoch equal to Keras' epoch.
+    """Keeps a fresh-path dataset's epoch equal to Keras' epoch (``Hedger.fit`` adds it for its PathBatches).
 
-    A run resumed by ``BackupAndRestore`` restarts at epoch ``e > 0`` with a new dataset object: this
-    makes it draw the paths the interrupted run would have drawn, so the resumed run ends at the same
-    weights as an uninterrupted one.
+    Through :meth:`PathBatches.dataset` nothing else moves the epoch on; and a run resumed by
+    ``BackupAndRestore`` restarts at epoch ``e > 0`` with a new dataset object: this makes it draw the paths
+    the interrupted run would have drawn, so the resumed run ends at the same weights as an uninterrupted one.
     """
 
     def __init__(self, dataset: PathBatches):

@@ -23,7 +23,7 @@ import tensorflow as tf
 from deephedge_tf.builders import (build_derivative, build_hedges, build_market, build_objective, build_optimizer,
                                    build_policy)
 from deephedge_tf.config import Config
-from deephedge_tf.data import PathBatches, SyncEpoch
+from deephedge_tf.data import PathBatches
 from deephedge_tf.features import has_greeks
 from deephedge_tf.hedger import Hedger
 from deephedge_tf.errors import ConfigError
@@ -198,4 +198,4 @@ def fit_hedger(cfg: Config, hedger: Hedger, parts: RunParts, callbacks=(), verbo
     """``hedger.fit`` on the config's datasets; returns the Keras History."""
     train, valid = datasets(cfg, parts)
     return hedger.fit(train, validation_data=valid, epochs=cfg.training.epochs,
-                      callbacks=[SyncEpoch(train)] + standard_callbacks(cfg) + list(callbacks), verbose=verbose)
+                      callbacks=standard_callbacks(cfg) + list(callbacks), verbose=verbose)

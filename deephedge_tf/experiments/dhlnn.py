@@ -117,7 +117,6 @@ def train_strategy(strategy: str, cfg, test_parts, paths: int, checkpoints) -> t
     {epoch: pnl}, wall seconds of training alone)``."""
     import keras
 
-    from deephedge_tf.data import SyncEpoch
     from deephedge_tf.training import build_parts, datasets, make_hedger
 
     parts = build_parts(cfg)
@@ -133,7 +132,7 @@ def train_strategy(strategy: str, cfg, test_parts, paths: int, checkpoints) -> t
                 clock["eval"] += time.perf_counter() - start
 
     start = time.perf_counter()
-    hedger.fit(train, epochs=cfg.training.epochs, callbacks=[SyncEpoch(train), Checkpoints()], verbose=0)
+    hedger.fit(train, epochs=cfg.training.epochs, callbacks=[Checkpoints()], verbose=0)
     return hedger, scored, time.perf_counter() - start - clock["eval"]
 
 
