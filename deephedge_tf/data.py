@@ -13,7 +13,7 @@ alone, and validation data can use another seed or a disjoint range of paths.
 
 ``Hedger.fit`` and ``Hedger.evaluate`` feed a ``PathBatches`` through :meth:`PathBatches.dataset`, a
 ``tf.data`` pipeline that hands the batch tensors over without Keras' ``PyDataset`` adapter (a generator
-that copies every batch through numpy and draws two extra batches for its signature: ~0.1-0.5 s per
+that copies every batch through numpy and draws two extra batches for its signature: ~0.2 s per
 step of 50,000 paths, BENCHMARKS.md) and prepares the next batch while the current step runs.
 """
 
@@ -70,7 +70,7 @@ class PathBatches(keras.utils.PyDataset):
         self.fresh, self.seed, self.offset = fresh, seed, int(offset)
         self.epoch = 0
         self._assemble = None  # make_batch traced on the first batch (see _batch)
-        self._structure = None  # the first batch drawn: its nesting, shapes and dtypes (see dataset)
+        self._specs = None  # nesting, shapes and dtypes of the first batch drawn (see dataset)
 
     def __len__(self):
         return self.batches_per_epoch
@@ -85,8 +85,8 @@ class PathBatches(keras.utils.PyDataset):
             raise IndexError(index)
         paths = self.market.simulate(self.batch_size, start=self.start_of(index), seed=self.seed)
         batch = self._batch(paths)
-        if self._structure is None:
-            self._structure = batch
+        if self._specs is None:
+            self._specs = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), batch)
         return batch
 
     def dataset(self) -> tf.data.Dataset:
@@ -104,9 +104,11 @@ class PathBatches(keras.utils.PyDataset):
             >>> len(batches), bool(tf.reduce_all(batches[1]["payoff"] == data[1]["payoff"]))
             (2, True)
         """
-        structure = self[0] if self._structure is None else self._structure
-        flat = tf.nest.flatten(structure)
-        dtypes = [t.dtype for t in flat]
+        if self._specs is None:
+            self[0]  # noqa: B018 - drawn for its specs
+        specs = self._specs
+        flat = tf.nest.flatten(specs)
+        dtypes = [spec.dtype for spec in flat]
 
         def draw(index):
             return tf.nest.flatten(self[int(index)])
@@ -114,9 +116,9 @@ class PathBatches(keras.utils.PyDataset):
         def item(index):
             # py_function hands the traced batch's tensors over as they are (no numpy round trip).
             tensors = tf.py_function(draw, [index], Tout=dtypes)
-            for tensor, like in zip(tensors, flat):
-                tensor.set_shape(like.shape)
-            return tf.nest.pack_sequence_as(structure, tensors)
+            for tensor, spec in zip(tensors, flat):
+                tensor.set_shape(spec.shape)
+            return tf.nest.pack_sequence_as(specs, tensors)
 
         return tf.data.Dataset.range(len(self)).map(item).prefetch(1)
 
