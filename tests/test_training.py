@@ -176,6 +176,10 @@ def test_fit_on_path_batches_trains_on_each_epochs_fresh_paths():
     for x, y in zip(weights(a), weights(b)):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
     assert int(a.optimizer.iterations.numpy()) == 4 and len(history.history["val_loss"]) == 2
+    # Hedger.evaluate takes the same pipeline: the loss of the batches themselves.
+    held = PathBatches(parts.market, parts.derivative, parts.instruments, 64, 2, fresh=False, seed=9)
+    by_batches = tf.data.Dataset.from_tensors(held[0]).concatenate(tf.data.Dataset.from_tensors(held[1]))
+    assert a.evaluate(held, verbose=0) == pytest.approx(a.evaluate(by_batches, verbose=0), rel=1e-6)
 
 
 def test_train_job_writes_the_run_directory(tmp_path):
