@@ -10,9 +10,10 @@ from deephedge_tf.optimizers.estimator import finfo
 
 
 def all_finite(tensors) -> tf.Tensor:
-    """Whether every tensor of ``tensors`` (``None`` entries skipped) is finite everywhere: a boolean scalar
-    (True for none), the guard of every step that must not write a non-finite value."""
-    flags = [tf.reduce_all(tf.math.is_finite(t)) for t in tensors if t is not None]
+    """Whether every tensor of ``tensors`` (``None`` entries skipped, ``IndexedSlices`` made dense) is finite
+    everywhere: a boolean scalar (True for none), the guard of every step that must not write a non-finite
+    value."""
+    flags = [tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(t))) for t in tensors if t is not None]
     if not flags:
         return tf.constant(True)
     return tf.reduce_all(tf.stack(flags))

@@ -38,6 +38,7 @@ import tensorflow as tf
 from deephedge_tf.optimizers.capture import Recorder, per_path_gradients
 from deephedge_tf.optimizers.kfac import multi_replica_context
 from deephedge_tf.optimizers.losses import OutputCurvature, loss_curvature
+from deephedge_tf.optimizers.steps import all_finite
 
 _LOG = logging.getLogger("deephedge_tf")
 
@@ -190,10 +191,7 @@ def curvature_train_step(model, compute, forward_on_paths, max_paths=None):
         probe_grads = tape.gradient([t.output for t in terms], recorder.probes, output_gradients=pseudo)
         return recorder.statistics(probe_grads, max_paths)
 
-    finite = tf.reduce_all(tf.math.is_finite(loss))
-    for g in grads:
-        if g is not None:
-            finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(g))))
+    finite = all_finite([loss, *grads])
     replica = multi_replica_context()
     replicated = replica is not None
     if replicated:

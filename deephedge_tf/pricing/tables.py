@@ -116,7 +116,7 @@ class HestonPremiumTable:
     Against the direct Fourier pricer, off the nodes:
 
     >>> import tensorflow as tf
-    >>> from deephedge_tf.pricing.heston import expected_total_variance, heston_price_tf
+    >>> from deephedge_tf.pricing.heston import heston_price_tf
     >>> table = HestonPremiumTable([1.0], [30 / 365], kappa=1.0, theta=0.04, xi=0.5, rho=-0.7)
     >>> direct = heston_price_tf(1.0, 1.0, 30 / 365, 0.05, 1.0, 0.04, 0.5, -0.7)
     >>> bool(abs(float(table(tf.constant([0.05]))[0, 0]) - float(direct)) < 1e-6)
