@@ -417,7 +417,7 @@ class TrainingConfig:
     jit_compile: Optional[bool] = param(None, "XLA-compile the train step (null: auto = on GPU, off on CPU)")
     time_loop: str = param("graph", "the decision loop over time steps: graph (one tf.while_loop: compile "
                            "time independent of time.steps) or python (unrolled when traced: compile time "
-                           "grows with time.steps, steps 1.1-1.5x faster: for long runs at short horizons); "
+                           "grows with time.steps, steps up to 1.5x faster: for long runs at short horizons); "
                            "also the exported whole_path's",
                            choices=("python", "graph"))  # policies.base.TIME_LOOPS (no TensorFlow import here)
     kfac: KFACConfig = section(KFACConfig, "DH-KFAC settings (optimizer = dhkfac)")

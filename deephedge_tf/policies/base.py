@@ -169,7 +169,7 @@ def policy_step(policy, obs, holdings, prev_action, state, training=None):
 
 TIME_LOOPS = ("python", "graph")
 # The default everywhere (Hedger, export, config): the graph loop compiles in a fraction of the unrolled
-# loop's time (minutes at long horizons), its steps cost 1.1-1.55x (BENCHMARKS.md, "The quickstart by time loop").
+# loop's time (minutes at long horizons), its steps cost 1.0-1.55x (BENCHMARKS.md, "The quickstart by time loop").
 DEFAULT_TIME_LOOP = "graph"
 
 
