@@ -23,10 +23,10 @@ def tiny_cfg(*extra):
                           *extra])
 
 
-def tiny_hedger_on_three_paths():
+def tiny_hedger_on_three_paths(*extra):
     """(built float64 hedger, batch-major batch of 3 paths, the same batch time-major).  The objective's
     GGN alone (``ggn_mode: exact``): the brute-force references below are the variance term's."""
-    cfg = tiny_cfg("training.kfac.ggn_mode=exact")
+    cfg = tiny_cfg("training.kfac.ggn_mode=exact", *extra)
     parts = build_parts(cfg)
     hedger = make_hedger(cfg, parts)
     batch = make_batch(parts.market.simulate(3), parts.derivative, parts.instruments)
@@ -51,10 +51,15 @@ def pnl_jacobians(hedger, batch, variables):
     return [j.numpy() for j in jt.jacobian(pnl, variables, experimental_use_pfor=False)]
 
 
-def test_captured_statistics_give_the_exact_per_path_ggn_factor():
+BAND_POLICY = ("policy.kind=no_transaction_band", "policy.num_layers=2", "policy.band_anchor=bs_delta")
+
+
+@pytest.mark.parametrize("extra", [(), BAND_POLICY], ids=["recurrent", "band"])
+def test_captured_statistics_give_the_exact_per_path_ggn_factor(extra):
     """sum_t a_t g_t^T of each path equals sqrt(2 gamma) dPnL_b/dW for every block (the per-path GGN
-    factor of the paper's fixed-mean variance surrogate), with dPnL_b/dW by brute force (float64)."""
-    hedger, batch, _ = tiny_hedger_on_three_paths()
+    factor of the paper's fixed-mean variance surrogate), with dPnL_b/dW by brute force (float64); for the
+    recurrent policy and the band network (whose gradient reaches its layers only through the clamp)."""
+    hedger, batch, _ = tiny_hedger_on_three_paths(*extra)
     stats = hedger_statistics(hedger, batch)
     opt = hedger.optimizer
     opt.build(hedger.trainable_variables)
@@ -64,6 +69,7 @@ def test_captured_statistics_give_the_exact_per_path_ggn_factor():
         weights = opt.block_variables(name)
         jac = pnl_jacobians(hedger, batch, weights)
         stacked = np.concatenate([j.reshape(3, -1, block.d_out) for j in jac], axis=1)  # [B, dim_a, d_out]
+        assert np.abs(stacked).max() > 1e-7, name  # a block the PnL depends on (atol below: 1e-12)
         got = np.einsum("tbi,tbj->bij", a.numpy(), g.numpy())
         np.testing.assert_allclose(got, math.sqrt(20.0) * stacked, rtol=1e-9, atol=1e-12,
                                    err_msg=name)

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from deephedge_tf.errors import DeepHedgeError
+from deephedge_tf.policies.base import policy_rollout, policy_step
 from deephedge_tf.policies import (
     OBS_KEYS,
     POLICY_KINDS,
@@ -347,3 +348,25 @@ def test_policy_without_num_instruments_or_mask_is_refused():
     obs = {k: v for k, v in make_obs().items() if k != "mask"}
     with pytest.raises(ValueError, match="number of instruments is unknown"):
         MLPPolicy(width=4, dtype="float64").build({k: tuple(v.shape) for k, v in obs.items()})
+
+
+@pytest.mark.parametrize("time_loop", ["python", "graph"])
+@pytest.mark.parametrize("kind", list(POLICY_KINDS))
+def test_rollout_gives_the_day_by_day_actions(kind, time_loop):
+    """policy_rollout (the hedger's and the exported whole_path's loop) and policy_step called day by day
+    (the exported one-step signature, as a risk system calls it) give the same actions, holdings threaded
+    through four steps."""
+    steps = 4
+    obs_t = [make_obs(seed=t) for t in range(steps)]
+    obs = {k: tf.stack([o[k] for o in obs_t]) for k in OBS_KEYS if k not in ("mask", "holdings")}
+    mask = tf.stack([o["mask"] for o in obs_t])
+    policy = POLICY_KINDS[kind](dtype="float64", **SMALL[kind])
+    rolled = policy_rollout(policy, obs, mask, time_loop=time_loop)
+    holdings, prev, state = tf.zeros_like(mask[0]), tf.zeros_like(mask[0]), policy.initial_state(B, tf.float64)
+    for t in range(steps):
+        step_obs = {k: v[t] for k, v in obs.items()}
+        step_obs["mask"] = mask[t]
+        action, state = policy_step(policy, step_obs, holdings, prev, state)
+        np.testing.assert_allclose(rolled[t].numpy(), action.numpy(), rtol=1e-12, atol=1e-14, err_msg=f"step {t}")
+        holdings, prev = holdings + action, action
+    assert np.abs(rolled.numpy()).max() > 0 or kind == "no_hedge"
