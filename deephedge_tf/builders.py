@@ -234,4 +234,5 @@ def dhkfac_optimizer(cfg: Config):
                   jvp_method=k.jvp_method, diagonal_learning_rate=k.diagonal_learning_rate,
                   preconditioner=k.preconditioner, jacobian_rows=k.jacobian_rows, damping_floor=k.damping_floor,
                   max_relative_change=k.max_relative_change, metric=k.metric,
-                  metric_shrinkage=k.metric_shrinkage, metric_power=k.metric_power)
+                  metric_shrinkage=k.metric_shrinkage, metric_power=k.metric_power, use_ema=k.use_ema,
+                  ema_momentum=k.ema_momentum, ema_warmup=k.ema_warmup)

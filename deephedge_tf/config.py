@@ -317,6 +317,13 @@ class KFACConfig:
                                     "mean diagonal", gt=0.0, le=1.0)
     metric_power: float = param(0.75, "gauss_newton with metric kronecker: the metric is M^p (p < 1 compresses "
                                 "its spread between blocks)", gt=0.0, le=1.0)
+    use_ema: Optional[bool] = param(
+        None, "keep a moving average of the iterates; fit ends on it and validates it (null: on for gauss_newton, "
+        "off for kronecker)")
+    ema_momentum: float = param(0.9, "the average's largest momentum (window about 1 / (1 - ema_momentum) steps)",
+                                ge=0.0, lt=1.0)
+    ema_warmup: float = param(10.0, "the average's momentum at step k is min(ema_momentum, k / (k + ema_warmup)): "
+                              "the window grows with the run (0: fixed momentum)", units="steps", ge=0.0)
     ekfac: bool = param(True, "re-estimate the diagonal in the Kronecker eigenbasis (EKFAC)")
     statistics_decay: float = param(0.95, "EMA decay of the curvature statistics", ge=0.0, lt=1.0)
     curvature_period: int = param(1, "steps between curvature statistics updates", units="steps", ge=1)

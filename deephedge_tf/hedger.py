@@ -30,6 +30,7 @@ import keras
 import tensorflow as tf
 
 from deephedge_tf.data import PathBatches, SyncEpoch
+from deephedge_tf.optimizers.averaging import ValidateAveragedWeights
 from deephedge_tf.features import time_major
 from deephedge_tf.optimizers.losses import OutputCurvature, rademacher
 from deephedge_tf.optimizers.steps import all_finite
@@ -304,6 +305,8 @@ class Hedger(keras.Model):
         synced = [data for data in (kwargs.get("x"), kwargs.get("validation_data"))
                   if isinstance(data, PathBatches) and data.fresh]
         kwargs["callbacks"] = [SyncEpoch(data) for data in synced] + list(kwargs.get("callbacks") or [])
+        if getattr(self.optimizer, "use_ema", False):  # validate the weights fit will end on: the average
+            kwargs["callbacks"].insert(0, ValidateAveragedWeights())
         for key in ("x", "validation_data"):
             if isinstance(kwargs.get(key), PathBatches):
                 kwargs[key] = kwargs[key].dataset()

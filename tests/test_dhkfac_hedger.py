@@ -12,7 +12,7 @@ from deephedge_tf.errors import ConfigError
 from deephedge_tf.features import make_batch, time_major
 from deephedge_tf.hedger import CostL2Curvature, CostMajorizerCurvature
 from deephedge_tf.optimizers import Recorder, train_step
-from deephedge_tf.training import build_parts, fit_hedger, make_hedger
+from deephedge_tf.training import build_parts, datasets, fit_hedger, make_hedger
 
 
 def tiny_cfg(*extra):
@@ -217,6 +217,28 @@ def test_fit_with_dhkfac_lowers_the_validation_loss(extra):
     assert history.history["val_loss"][-1] < 0.8 * history.history["val_loss"][0]
     assert history.history["skipped_steps"] == [0.0] * 3
     assert int(hedger.optimizer.skipped_curvature_updates.numpy()) == 0
+
+
+def test_fit_validates_and_ends_on_the_average_of_the_iterates():
+    """With the default (Gauss-Newton, use_ema) fit's validation sees the weights fit ends on, the
+    average of the iterates: the last epoch's val_loss is the loss of the trained hedger on the same
+    paths.  Without ValidateAveragedWeights it would be the last iterate's."""
+    cfg = tiny_cfg("dtype=float32", "time.steps=6", "policy.width=8", "training.batch_size=256",
+                   "training.batches_per_epoch=4", "training.epochs=2", "training.validation_paths=512")
+    parts = build_parts(cfg)
+    hedger = make_hedger(cfg, parts)
+    assert hedger.optimizer.use_ema
+    _, valid = datasets(cfg, parts)
+    last_iterate = []
+
+    class KeepLastIterate(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            last_iterate[:] = [v.numpy() for v in hedger.trainable_variables]
+
+    history = fit_hedger(cfg, hedger, parts, verbose=0, callbacks=[KeepLastIterate()])
+    trained = hedger.evaluate(valid, verbose=0, return_dict=True)["loss"]
+    assert history.history["val_loss"][-1] == pytest.approx(trained, rel=1e-6)
+    assert not np.allclose(last_iterate[0], hedger.trainable_variables[0].numpy(), rtol=1e-4)
 
 
 def test_subspace_step_model_excludes_heavy_ball_momentum():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deephedge_tf.optimizers import DHKFAC, with_curvature
+from deephedge_tf.optimizers import DHKFAC, averaged_weights, with_curvature
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(512, 4)).astype("float32")
@@ -159,3 +159,30 @@ def test_step_model_describes_the_clipped_step():
     step = w0 - np.concatenate([v.numpy().ravel() for v in net.trainable_variables])
     assert np.abs(step).max() > 0
     assert g @ step == pytest.approx(step @ ggn @ step, rel=1e-6)
+
+
+def test_the_average_of_the_iterates_follows_its_growing_window():
+    """The Gauss-Newton default keeps Keras' moving average of its iterates with momentum
+    min(0.9, k / (k + 10)) at iteration k (0: the first iterate itself), checked against the iterates
+    recorded step by step; averaged_weights swaps it in and back.  The paper's rule keeps none."""
+    model = with_curvature(regression_net())
+    model.compile(optimizer=DHKFAC(), loss="mse")
+    iterates = []
+    for _ in range(4):
+        model.train_on_batch(X[:64], Y[:64])
+        iterates.append([v.numpy() for v in model.trainable_variables])
+    expected = iterates[0]
+    for k in range(1, 4):
+        m = min(0.9, k / (k + 10.0))
+        expected = [m * e + (1 - m) * w for e, w in zip(expected, iterates[k])]
+    with averaged_weights(model):
+        got = [v.numpy() for v in model.trainable_variables]
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(got[0], iterates[-1][0], rtol=1e-3)  # the average is not the last iterate
+    np.testing.assert_array_equal(model.trainable_variables[0].numpy(), iterates[-1][0])  # restored
+    assert int(model.optimizer.rejected_steps.numpy()) >= 1  # an undone step: the average takes it back too
+    assert DHKFAC().use_ema and not DHKFAC(preconditioner="kronecker").use_ema
+    assert DHKFAC.from_config(DHKFAC(ema_warmup=3.0).get_config()).ema_warmup == 3.0
+    with pytest.raises(ValueError, match="ema_warmup must be >= 0"):
+        DHKFAC(ema_warmup=-1.0)

@@ -364,8 +364,12 @@ class _Runner:
         return outs, tf.concat([o[0] for o in outs], axis=0), tf.concat([o[1] for o in outs], axis=0)
 
     def validate(self, batches) -> tuple[float, float]:
-        """(objective on all validation paths, its standard error from the per-batch losses)."""
-        outs, pnl, costs = self._outputs(batches)
+        """(objective on all validation paths, its standard error from the per-batch losses), of the
+        weights the optimizer hands out: its average of the iterates when it keeps one (``use_ema``)."""
+        from deephedge_tf.optimizers.averaging import averaged_weights
+
+        with averaged_weights(self.hedger):
+            outs, pnl, costs = self._outputs(batches)
         # Hedger._loss is the training loss (objective plus any layer losses): the same quantity fit's
         # val_loss reports, here on the pooled set rather than averaged over batches.
         loss = float(self.hedger._loss({"pnl": pnl, "costs": costs}))
@@ -373,6 +377,13 @@ class _Runner:
             return loss, math.nan
         per_batch = np.array([float(self.hedger._loss({"pnl": p, "costs": c})) for p, c in outs])
         return loss, float(np.std(per_batch, ddof=1) / math.sqrt(len(per_batch)))
+
+    def output_weights(self) -> list:
+        """The hedger's weights as the optimizer hands them out (its average of the iterates, if any)."""
+        from deephedge_tf.optimizers.averaging import averaged_weights
+
+        with averaged_weights(self.hedger):
+            return self.hedger.get_weights()
 
     def chunk_losses(self, batches) -> np.ndarray:
         """The objective on consecutive chunks of :func:`paired_chunk_paths` validation paths (a
@@ -453,7 +464,7 @@ def _train(runner: _Runner, cfg: Config, parts, weights, peak, steps: int, eval_
     n = len(train)
     val, se = runner.validate(valid_batches)
     curve = [dict(step=0, wall_s=0.0, val_loss=val, val_loss_se=se, train_loss=None)]
-    best_val, best_weights = val, (runner.hedger.get_weights() if keep_best else None)
+    best_val, best_weights = val, (runner.output_weights() if keep_best else None)
     step_s, data_s = [], []
     skipped = 0.0
     wall = 0.0
@@ -485,10 +496,12 @@ def _train(runner: _Runner, cfg: Config, parts, weights, peak, steps: int, eval_
                 stopped = "diverged"
                 break
             if keep_best and not val >= best_val:  # also replaces a non-finite initial loss
-                best_val, best_weights = val, runner.hedger.get_weights()
+                best_val, best_weights = val, runner.output_weights()
             if target is not None and val <= target:
                 stopped = "target"
                 break
+    # As fit ends: the model takes the weights the optimizer hands out (its average, if it keeps one).
+    runner.optimizer.finalize_variable_values(runner.hedger.trainable_variables)
     if hasattr(runner.optimizer, "uphill_steps"):  # DH-KFAC steps its exact model blocked
         extra = dict(uphill_steps=int(runner.optimizer.uphill_steps.numpy()))
     else:

@@ -21,9 +21,11 @@ Modules, one concept each:
   (``preconditioner="gauss_newton"``; pure functions);
 * ``kfac``: the Keras optimizer (direction, step size, momentum, state);
 * ``nested``: the DHLNN paper's linearised nested optimiser (:class:`LinearizedNested`; hedgers only);
-* ``train_step``: the generic train step and :func:`~deephedge_tf.optimizers.train_step.with_curvature`.
+* ``train_step``: the generic train step and :func:`~deephedge_tf.optimizers.train_step.with_curvature`;
+* ``averaging``: validating on the optimizer's average of its iterates (:func:`averaged_weights`).
 """
 
+from deephedge_tf.optimizers.averaging import ValidateAveragedWeights, averaged_weights
 from deephedge_tf.optimizers.blocks import KroneckerBlock, find_blocks, layer_path, with_bias_column
 from deephedge_tf.optimizers.capture import Recorder, register_capture
 from deephedge_tf.optimizers.kfac import DHKFAC
@@ -32,6 +34,6 @@ from deephedge_tf.optimizers.nested import LinearizedNested
 from deephedge_tf.optimizers.train_step import CurvatureModel, curvature_train_step, with_curvature
 
 __all__ = ["DHKFAC", "CurvatureModel", "KroneckerBlock", "LinearizedNested", "OutputCurvature", "Recorder",
-           "curvature_train_step",
+           "ValidateAveragedWeights", "averaged_weights", "curvature_train_step",
            "find_blocks", "layer_path", "loss_curvature", "register_capture", "with_bias_column",
            "with_curvature"]

@@ -118,6 +118,10 @@ _LOG = logging.getLogger("deephedge_tf")
 _DAMPING_MODES = ("shrinkage", "tikhonov", "levenberg_marquardt")
 PRECONDITIONERS = ("kronecker", "gauss_newton")
 METRICS = ("identity", "kronecker")
+# The average of the Gauss-Newton iterates (class doc, use_ema): chosen on the suite's seeds 0 and 1
+# (BENCHMARKS.md, "Iterate averaging").
+EMA_MOMENTUM = 0.9
+EMA_WARMUP = 10.0
 STEP_MODELS = ("kronecker", "line", "subspace")
 JVP_METHODS = ("forward_mode", "finite_difference")
 TRUST_RADIUS_MODES = ("relative", "absolute")
@@ -259,6 +263,14 @@ class DHKFAC(keras.optimizers.Optimizer):
         the variables outside Kronecker blocks.
       epsilon: relative floor of the damped diagonal, ``s_d >= epsilon * mean(s)`` (only matters with
         ``damping = 0``).
+      use_ema: keep a moving average of the iterates (Keras' ``use_ema``), which ``fit`` copies into the
+        model at its end (``finalize_variable_values``) and ``Hedger.fit`` validates
+        (:mod:`deephedge_tf.optimizers.averaging`).  ``None`` (default): on for ``"gauss_newton"``, off for
+        the paper's ``"kronecker"`` rule.
+      ema_momentum, ema_warmup: the average's momentum at iteration ``k`` (0 for the first step) is
+        ``min(ema_momentum, k / (k + ema_warmup))``: the first step's iterate, then a window that grows
+        with the run (about the last ``k / ema_warmup`` steps) up to ``1 / (1 - ema_momentum)`` steps, so
+        the average does not lag the fast first steps.  ``ema_warmup=0`` is Keras' fixed momentum.
       **kwargs: Keras optimizer arguments (``name``, ``clipnorm``, ``weight_decay``, ...).
 
     State (all Keras optimizer variables, so checkpoints hold them): per block ``A``, ``G``, ``U_A``,
@@ -298,15 +310,24 @@ class DHKFAC(keras.optimizers.Optimizer):
         metric=None,
         metric_shrinkage=0.1,
         metric_power=0.75,
+        use_ema=None,
+        ema_momentum=EMA_MOMENTUM,
+        ema_warmup=EMA_WARMUP,
         name="dhkfac",
         **kwargs,
     ):
         if isinstance(learning_rate, int) and not isinstance(learning_rate, bool):
             learning_rate = float(learning_rate)  # Keras accepts only float constants
-        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         if preconditioner not in PRECONDITIONERS:
             raise ValueError(f"DHKFAC: preconditioner must be one of {PRECONDITIONERS}; got {preconditioner!r}")
         gauss_newton = preconditioner == "gauss_newton"
+        if use_ema is None:  # the Gauss-Newton default averages its iterates; the paper's rule does not
+            use_ema = gauss_newton
+        if not float(ema_warmup) >= 0.0:
+            raise ValueError(f"DHKFAC: ema_warmup must be >= 0 (steps); got {ema_warmup}")
+        super().__init__(learning_rate=learning_rate, name=name, use_ema=bool(use_ema), ema_momentum=ema_momentum,
+                         **kwargs)
+        self.ema_warmup = float(ema_warmup)
         if damping_mode is None:
             damping_mode = "levenberg_marquardt" if gauss_newton else "shrinkage"
         if damping_mode not in _DAMPING_MODES:
@@ -518,10 +539,14 @@ class DHKFAC(keras.optimizers.Optimizer):
     def _members(self, k) -> list:
         return [self._trainable_variables[i] for i in self._kfac_blocks[k].indices]
 
+    def _block_parts(self, k, stacked):
+        """``(variable, its part of stacked)`` for block ``k``'s variables (``stacked`` ``[da, dg]``)."""
+        members = self._members(k)
+        return zip(members, unstack(self._kfac_blocks[k], stacked, [v.shape for v in members]))
+
     def _move_block(self, k, stacked, sign=-1.0):
         """``W_k <- W_k + sign * stacked`` for block ``k``'s variables (``stacked`` ``[da, dg]``)."""
-        members = self._members(k)
-        for variable, part in zip(members, unstack(self._kfac_blocks[k], stacked, [v.shape for v in members])):
+        for variable, part in self._block_parts(k, stacked):
             if sign < 0:
                 self.assign_sub(variable, part)
             else:
@@ -993,10 +1018,18 @@ class DHKFAC(keras.optimizers.Optimizer):
         rejected = rejected & taken
         self.assign(self.rejection_streak, tf.where(rejected, streak + 1, tf.where(taken, tf.zeros_like(streak),
                                                                                     streak)))
+        # The average of the iterates took in the step being undone (Keras updates it in apply): it gets the
+        # restored weights' share instead, (1 - m) x the undo at the momentum m of that step.
+        average_share = 1.0 - self._average_momentum(self.iterations - 1)
         for k in self._stepped_blocks:
             state = self._kfac_states[k]
             velocity = tf.convert_to_tensor(state.velocity)
-            self._move_block(k, tf.where(rejected, velocity, tf.zeros_like(velocity)), sign=1.0)
+            undo = tf.where(rejected, velocity, tf.zeros_like(velocity))
+            self._move_block(k, undo, sign=1.0)
+            if self.use_ema:
+                for variable, part in self._block_parts(k, undo):
+                    average = self._model_variables_moving_average[self._get_variable_index(variable)]
+                    average.assign_add(tf.cast(average_share, part.dtype) * part)
             # The velocity holds the last applied step (what an undo takes back); an undone step leaves none.
             self.assign(state.velocity, tf.where(rejected, tf.zeros_like(velocity), velocity))
         self.assign(self.lm_damping, tf.where(taken, new_lam, lam))
@@ -1279,6 +1312,22 @@ class DHKFAC(keras.optimizers.Optimizer):
 
     # ------------------------------------------------------------------ config
 
+    def _average_momentum(self, iteration):
+        """``min(ema_momentum, k / (k + ema_warmup))`` at iteration ``k`` (0 at the first step), float32."""
+        k = tf.cast(iteration, tf.float32)
+        return tf.minimum(tf.constant(self.ema_momentum, tf.float32), k / tf.maximum(k + self.ema_warmup, 1.0))
+
+    def _update_model_variables_moving_average(self, trainable_variables):
+        # Keras' hook (called after each applied update, before the iteration count moves on), with the
+        # momentum growing from 0 (see ema_warmup in the class doc) instead of fixed from the second step.
+        if not self.use_ema:
+            return
+        momentum = self._average_momentum(self.iterations)
+        for var, average in zip(trainable_variables, self._model_variables_moving_average):
+            if average is not None:
+                m = tf.cast(momentum, var.dtype)
+                average.assign(m * average + (1.0 - m) * var)
+
     def get_config(self):
         return {
             **super().get_config(),
@@ -1307,4 +1356,5 @@ class DHKFAC(keras.optimizers.Optimizer):
             "metric": self.metric,
             "metric_shrinkage": self.metric_shrinkage,
             "metric_power": self.metric_power,
+            "ema_warmup": self.ema_warmup,
         }
