@@ -74,6 +74,13 @@ adapts to how well the model predicted the last step.  The damping metric ``M``:
   task (BENCHMARKS.md).
 * ``metric="identity"``: ``M = I``, no Kronecker statistics (the outside-span step is ``g / lambda``).
 
+The Gauss-Newton default also keeps an average of its iterates (``use_ema``: Keras' moving average,
+momentum ``min(ema_momentum, k / (k + ema_warmup))`` at iteration ``k``, 0.9 and 10 by default; an undone
+step is taken back out of it), which ``fit`` ends on and ``Hedger.fit`` validates
+(:mod:`deephedge_tf.optimizers.averaging`).  Each step fits the Gauss-Newton model of one batch: near the
+minimum the last iterate moves by that batch's noise, the average much less; the window grows with the
+run, so the first, fast steps are not held back (BENCHMARKS.md, "Iterate averaging").
+
 Variables outside any block (RMSNorm scales, trainable weights of an objective, ...) are *diagonal*: they take
 an Adam step (``diagonal_learning_rate``, ``diagonal_beta_1/2``, ``diagonal_epsilon``) of their own.
 No curvature estimate exists for them, so they neither enter ``q`` nor use ``eta``: the GGN-scaled
@@ -90,7 +97,7 @@ the factors are identities: the update is a trust-region-limited gradient step.
 
 Keras' ``apply`` machinery is kept: ``clipnorm`` / ``clipvalue`` / ``global_clipnorm`` act on the raw
 gradients *before* preconditioning, ``weight_decay`` is decoupled (``w -= weight_decay * eta_max * w``),
-``use_ema`` and ``gradient_accumulation_steps`` work as for any Keras optimizer.  A step whose
+``use_ema`` (see above for its window) and ``gradient_accumulation_steps`` work as for any Keras optimizer.  A step whose
 gradients are not all finite writes nothing (no variable, iteration count included) and increments
 ``skipped_steps``.
 
