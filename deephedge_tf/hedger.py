@@ -305,8 +305,9 @@ class Hedger(keras.Model):
         synced = [data for data in (kwargs.get("x"), kwargs.get("validation_data"))
                   if isinstance(data, PathBatches) and data.fresh]
         kwargs["callbacks"] = [SyncEpoch(data) for data in synced] + list(kwargs.get("callbacks") or [])
-        if getattr(self.optimizer, "use_ema", False):  # validate the weights fit will end on: the average
-            kwargs["callbacks"].insert(0, ValidateAveragedWeights())
+        averaging = getattr(self.optimizer, "use_ema", False)
+        if averaging and not any(isinstance(c, ValidateAveragedWeights) for c in kwargs["callbacks"]):
+            kwargs["callbacks"].insert(0, ValidateAveragedWeights())  # validate the weights fit ends on
         for key in ("x", "validation_data"):
             if isinstance(kwargs.get(key), PathBatches):
                 kwargs[key] = kwargs[key].dataset()

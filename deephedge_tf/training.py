@@ -28,6 +28,7 @@ from deephedge_tf.features import has_greeks
 from deephedge_tf.hedger import Hedger
 from deephedge_tf.errors import ConfigError
 from deephedge_tf.files import write_atomic
+from deephedge_tf.optimizers.averaging import AveragedEarlyStopping
 
 VALIDATION_SEED_OFFSET = 1
 
@@ -187,8 +188,9 @@ def standard_callbacks(cfg: Config) -> list:
     t = cfg.training
     out = [keras.callbacks.TerminateOnNaN()]
     if t.early_stopping_patience is not None:
-        out.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=t.early_stopping_patience,
-                                                 restore_best_weights=True))
+        # The best epoch's validated weights: the optimizer's average of its iterates when it keeps one.
+        out.append(AveragedEarlyStopping(monitor="val_loss", patience=t.early_stopping_patience,
+                                         restore_best_weights=True))
     if t.target_loss is not None:
         out.append(TargetLossStopping(t.target_loss))
     return out

@@ -241,6 +241,20 @@ def test_fit_validates_and_ends_on_the_average_of_the_iterates():
     assert not np.allclose(last_iterate[0], hedger.trainable_variables[0].numpy(), rtol=1e-4)
 
 
+def test_early_stopping_keeps_the_best_epochs_average():
+    """training.early_stopping_patience restores the best epoch's validated weights: the average of the
+    iterates (Keras' EarlyStopping would keep that epoch's last iterate, whose loss was never reported)."""
+    cfg = tiny_cfg("dtype=float32", "time.steps=6", "policy.width=8", "training.batch_size=256",
+                   "training.batches_per_epoch=3", "training.epochs=3", "training.validation_paths=512",
+                   "training.early_stopping_patience=5")
+    parts = build_parts(cfg)
+    hedger = make_hedger(cfg, parts)
+    _, valid = datasets(cfg, parts)
+    history = fit_hedger(cfg, hedger, parts, verbose=0)
+    restored = hedger.evaluate(valid, verbose=0, return_dict=True)["loss"]
+    assert restored == pytest.approx(min(history.history["val_loss"]), rel=1e-6)
+
+
 def test_subspace_step_model_excludes_heavy_ball_momentum():
     with pytest.raises(ConfigError, match="training.kfac.momentum"):
         tiny_cfg("training.kfac.preconditioner=kronecker", "training.kfac.step_model=subspace",

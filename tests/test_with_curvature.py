@@ -186,3 +186,7 @@ def test_the_average_of_the_iterates_follows_its_growing_window():
     assert DHKFAC.from_config(DHKFAC(ema_warmup=3.0).get_config()).ema_warmup == 3.0
     with pytest.raises(ValueError, match="ema_warmup must be >= 0"):
         DHKFAC(ema_warmup=-1.0)
+    for key in ("gradient_accumulation_steps", "ema_overwrite_frequency"):
+        with pytest.raises(ValueError, match=f"{key} is not supported with preconditioner='gauss_newton'"):
+            DHKFAC(**{key: 2})
+        assert getattr(DHKFAC(preconditioner="kronecker", use_ema=True, **{key: 2}), key) == 2

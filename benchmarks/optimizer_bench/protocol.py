@@ -29,7 +29,9 @@ training set must hold at least :data:`MIN_FIXED_TRAINING_PATHS` paths.
 
 The validation loss is the objective on the whole validation set of ``datasets(cfg)`` (seed
 ``cfg.seed + 1``, ``training.validation_paths`` rounded up to whole batches), so it is a deterministic
-function of the weights; its Monte Carlo standard error (from the spread of the per-batch losses) is
+function of the weights; the weights scored are those the optimizer hands out (its average of the
+iterates where it keeps one, ``use_ema``: DH-KFAC's Gauss-Newton default; Adam keeps Keras' default, no
+average), and a run ends on them as ``fit`` does.  Its Monte Carlo standard error (from the spread of the per-batch losses) is
 recorded next to it.  Both optimizers are scored on the same validation paths, so most of that error is
 common to both and cancels when their losses are compared: the noise that decides "reached the target"
 is that of the difference.  After each DH-KFAC run its weights (where it stopped) and Adam's best

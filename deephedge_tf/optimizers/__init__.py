@@ -25,7 +25,7 @@ Modules, one concept each:
 * ``averaging``: validating on the optimizer's average of its iterates (:func:`averaged_weights`).
 """
 
-from deephedge_tf.optimizers.averaging import ValidateAveragedWeights, averaged_weights
+from deephedge_tf.optimizers.averaging import AveragedEarlyStopping, ValidateAveragedWeights, averaged_weights
 from deephedge_tf.optimizers.blocks import KroneckerBlock, find_blocks, layer_path, with_bias_column
 from deephedge_tf.optimizers.capture import Recorder, register_capture
 from deephedge_tf.optimizers.kfac import DHKFAC
@@ -33,7 +33,7 @@ from deephedge_tf.optimizers.losses import OutputCurvature, loss_curvature
 from deephedge_tf.optimizers.nested import LinearizedNested
 from deephedge_tf.optimizers.train_step import CurvatureModel, curvature_train_step, with_curvature
 
-__all__ = ["DHKFAC", "CurvatureModel", "KroneckerBlock", "LinearizedNested", "OutputCurvature", "Recorder",
+__all__ = ["AveragedEarlyStopping", "DHKFAC", "CurvatureModel", "KroneckerBlock", "LinearizedNested", "OutputCurvature", "Recorder",
            "ValidateAveragedWeights", "averaged_weights", "curvature_train_step",
            "find_blocks", "layer_path", "loss_curvature", "register_capture", "with_bias_column",
            "with_curvature"]

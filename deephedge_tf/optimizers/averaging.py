@@ -4,8 +4,9 @@ An optimizer built with ``use_ema=True`` (Keras' moving average of the iterates;
 :class:`~deephedge_tf.optimizers.kfac.DHKFAC`) keeps an average of the weights beside the weights it
 steps, and ``fit`` ends by copying the average into the model (``finalize_variable_values``).  During
 training the model holds the last iterate.  Validation should see the weights a run would end with:
-:func:`averaged_weights` swaps the average in for a block of code, and :class:`ValidateAveragedWeights`
-does so for every validation pass of ``fit`` (``Hedger.fit`` adds it).
+:func:`averaged_weights` swaps the average in for a block of code, :class:`ValidateAveragedWeights`
+does so for every validation pass of ``fit`` (``Hedger.fit`` adds it), and :class:`AveragedEarlyStopping`
+keeps the averaged weights of the best epoch (the config's ``training.early_stopping_patience`` uses it).
 
 Why average at all: a step fitted to one batch of simulated paths moves the weights by that batch's
 noise as well as its signal; once the loss is near its floor the last iterate wanders around the
@@ -68,8 +69,10 @@ def averaged_weights(model):
 class ValidateAveragedWeights(keras.callbacks.Callback):
     """Runs ``fit``'s validation passes on the optimizer's averaged weights (see the module doc).
 
-    Callbacks that read the weights at the end of an epoch (``ModelCheckpoint``) still see the last
-    iterate; ``fit`` itself ends on the average.
+    Between validation passes the model holds the last iterate, the state training goes on from (so
+    ``BackupAndRestore`` resumes a run where it stopped).  Callbacks that keep weights at the end of an
+    epoch see that iterate: use :class:`AveragedEarlyStopping` rather than Keras' ``EarlyStopping``
+    (``ModelCheckpoint(save_best_only=True)`` would save an iterate chosen by its average's loss).
     """
 
     def __init__(self):
@@ -77,6 +80,8 @@ class ValidateAveragedWeights(keras.callbacks.Callback):
         self._block = None
 
     def on_test_begin(self, logs=None):
+        if self._block is not None:  # already swapped in (a second pass begun without an end)
+            return
         self._block = averaged_weights(self.model)
         self._block.__enter__()
 
@@ -84,3 +89,17 @@ class ValidateAveragedWeights(keras.callbacks.Callback):
         if self._block is not None:
             block, self._block = self._block, None
             block.__exit__(None, None, None)
+
+
+class AveragedEarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras' ``EarlyStopping`` whose kept best weights (``restore_best_weights``) are the weights that were
+    validated, the optimizer's average of its iterates when it keeps one (else Keras' own behaviour).
+
+        >>> stop = AveragedEarlyStopping(monitor="val_loss", patience=3, restore_best_weights=True)
+        >>> stop.patience
+        3
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        with averaged_weights(self.model):
+            super().on_epoch_end(epoch, logs)

@@ -97,7 +97,9 @@ the factors are identities: the update is a trust-region-limited gradient step.
 
 Keras' ``apply`` machinery is kept: ``clipnorm`` / ``clipvalue`` / ``global_clipnorm`` act on the raw
 gradients *before* preconditioning, ``weight_decay`` is decoupled (``w -= weight_decay * eta_max * w``),
-``use_ema`` (see above for its window) and ``gradient_accumulation_steps`` work as for any Keras optimizer.  A step whose
+``use_ema`` (see above for its window) works as for any Keras optimizer, and so does
+``gradient_accumulation_steps`` with the Kronecker rule (the Gauss-Newton rule refuses it and
+``ema_overwrite_frequency``: its Levenberg-Marquardt judgement needs each applied step as taken).  A step whose
 gradients are not all finite writes nothing (no variable, iteration count included) and increments
 ``skipped_steps``.
 
@@ -330,6 +332,12 @@ class DHKFAC(keras.optimizers.Optimizer):
         gauss_newton = preconditioner == "gauss_newton"
         if use_ema is None:  # the Gauss-Newton default averages its iterates; the paper's rule does not
             use_ema = gauss_newton
+        for key in ("gradient_accumulation_steps", "ema_overwrite_frequency"):
+            # judge_step compares the loss before and after the step apply just took: a micro-step that
+            # applies nothing, or weights overwritten by their average inside apply, would be judged wrongly.
+            if gauss_newton and kwargs.get(key):
+                raise ValueError(f"DHKFAC: {key} is not supported with preconditioner='gauss_newton' (its "
+                                 f"Levenberg-Marquardt judgement needs each applied step as taken); got {kwargs[key]}")
         if not float(ema_warmup) >= 0.0:
             raise ValueError(f"DHKFAC: ema_warmup must be >= 0 (steps); got {ema_warmup}")
         super().__init__(learning_rate=learning_rate, name=name, use_ema=bool(use_ema), ema_momentum=ema_momentum,
@@ -1027,7 +1035,7 @@ class DHKFAC(keras.optimizers.Optimizer):
                                                                                     streak)))
         # The average of the iterates took in the step being undone (Keras updates it in apply): it gets the
         # restored weights' share instead, (1 - m) x the undo at the momentum m of that step.
-        average_share = 1.0 - self._average_momentum(self.iterations - 1)
+        momentum = self._average_momentum(self.iterations - 1)
         for k in self._stepped_blocks:
             state = self._kfac_states[k]
             velocity = tf.convert_to_tensor(state.velocity)
@@ -1036,7 +1044,7 @@ class DHKFAC(keras.optimizers.Optimizer):
             if self.use_ema:
                 for variable, part in self._block_parts(k, undo):
                     average = self._model_variables_moving_average[self._get_variable_index(variable)]
-                    average.assign_add(tf.cast(average_share, part.dtype) * part)
+                    average.assign_add((1.0 - tf.cast(momentum, part.dtype)) * part)
             # The velocity holds the last applied step (what an undo takes back); an undone step leaves none.
             self.assign(state.velocity, tf.where(rejected, tf.zeros_like(velocity), velocity))
         self.assign(self.lm_damping, tf.where(taken, new_lam, lam))
