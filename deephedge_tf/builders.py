@@ -209,7 +209,9 @@ def _adam_settings(cfg: Config) -> dict:
 def adam_optimizer(cfg: Config):
     import keras
 
-    return keras.optimizers.Adam(**_adam_settings(cfg))
+    average = cfg.training.ema_momentum
+    extra = {} if average is None else {"use_ema": True, "ema_momentum": average}
+    return keras.optimizers.Adam(**_adam_settings(cfg), **extra)
 
 
 def dhlnn_optimizer(cfg: Config):

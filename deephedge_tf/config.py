@@ -411,6 +411,9 @@ class TrainingConfig:
     decay_steps: int = param(1000, "steps over which the learning rate decays by decay_rate", units="steps",
                              ge=1)
     clipnorm: Optional[float] = param(None, "Adam: clip each gradient to this norm (null: no clipping)", gt=0.0)
+    ema_momentum: Optional[float] = param(
+        None, "Adam: keep a moving average of the iterates with this momentum (Keras' use_ema), which fit "
+        "validates and ends on (null: none; dhkfac: training.kfac.use_ema)", ge=0.0, lt=1.0)
     batch_size: int = param(2048, "paths per training step", ge=1)
     batches_per_epoch: int = param(10, "training steps per epoch", ge=1)
     epochs: int = param(20, "epochs", ge=1)
@@ -431,6 +434,9 @@ class TrainingConfig:
     dhlnn: DHLNNConfig = section(DHLNNConfig, "linearised nested optimiser settings (optimizer = dhlnn)")
 
     def check(self, key):
+        if self.ema_momentum is not None and self.optimizer != "adam":
+            raise ConfigError(f"{key}.ema_momentum", self.ema_momentum, "null unless training.optimizer is adam "
+                              "(dhkfac averages by training.kfac.use_ema / ema_momentum)")
         if (self.optimizer == registry.PYTHON) != bool(self.optimizer_callable):
             raise ConfigError(f"{key}.optimizer_callable", self.optimizer_callable,
                               f"'package.module:name' when {key}.optimizer is python, else empty")

@@ -146,3 +146,13 @@ def test_registration_and_binding_errors_are_named():
     with pytest.raises(ConfigError) as info:
         builders.build_hedges(cfg)
     assert info.value.key == "hedges" and "has no variance_reversion" in info.value.allowed
+
+
+def test_adam_averages_its_iterates_when_the_config_asks():
+    """training.ema_momentum gives Adam Keras' moving average of its iterates (which Hedger.fit validates);
+    with another optimizer it is refused by name (DH-KFAC averages through training.kfac)."""
+    adam = builders.build_optimizer(from_dict({}, ["training.ema_momentum=0.9"]))
+    assert isinstance(adam, keras.optimizers.Adam) and adam.use_ema and adam.ema_momentum == 0.9
+    assert not builders.build_optimizer(from_dict({}, [])).use_ema
+    with pytest.raises(ConfigError, match="training.ema_momentum"):
+        from_dict({}, ["training.optimizer=dhkfac", "training.ema_momentum=0.9"])

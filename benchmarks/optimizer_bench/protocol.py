@@ -246,7 +246,7 @@ def _check_protocol(cfg: Config) -> None:
 # Training keys that may differ between the two optimizers' runs; anything else (paths, batch size,
 # policy, objective, market) must be the same, or the comparison is not on the same task.
 _OPTIMIZER_KEYS = ("optimizer", "learning_rate", "warmup_steps", "decay_rate", "decay_steps", "clipnorm",
-                   "kfac", "jit_compile")
+                   "ema_momentum", "kfac", "jit_compile")
 
 
 def _check_same_task(base: Config, kfac: Config, kfac_overrides, flag: str = "--kfac-set") -> None:
@@ -302,7 +302,7 @@ def _checked_compare(compare: Optional[dict]) -> dict:
 
 def _kfac_overrides(kfac_lr: float, extra: Sequence[str]) -> list[str]:
     # DH-KFAC takes no Adam schedule or clipping (training.kfac.max_step caps its step).  --kfac-set wins.
-    return ["training.optimizer=dhkfac", f"training.kfac.max_step={kfac_lr!r}", *extra]
+    return ["training.optimizer=dhkfac", f"training.kfac.max_step={kfac_lr!r}", "training.ema_momentum=null", *extra]
 
 
 # -- one optimizer, traced once ----------------------------------------------------------------------
@@ -442,6 +442,8 @@ def _adam(cfg: Config, schedule):
 
     # As builders.adam_optimizer's Adam, with the variable-peak schedule.
     kwargs = {} if cfg.training.clipnorm is None else {"clipnorm": cfg.training.clipnorm}
+    if cfg.training.ema_momentum is not None:  # --set training.ema_momentum=M: Adam averages its iterates
+        kwargs.update(use_ema=True, ema_momentum=cfg.training.ema_momentum)
     return keras.optimizers.Adam(learning_rate=schedule, **kwargs)
 
 
@@ -679,7 +681,8 @@ def _protocol(cfg: Config, kfac_cfg: Config) -> dict:
     return dict(batch_size=t.batch_size, fresh_paths=t.fresh_paths,
                 fixed_training_paths=None if t.fresh_paths else t.batch_size * t.batches_per_epoch,
                 validation_paths=n_valid, adam=dict(warmup_steps=t.warmup_steps, decay_rate=t.decay_rate,
-                                                     decay_steps=t.decay_steps, clipnorm=t.clipnorm),
+                                                     decay_steps=t.decay_steps, clipnorm=t.clipnorm,
+                                                     ema_momentum=t.ema_momentum),
                 dhkfac=dataclasses.asdict(k),
                 jit_compile=t.jit_compile, dtype=cfg.dtype)
 
