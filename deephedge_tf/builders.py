@@ -197,21 +197,29 @@ def build_optimizer(cfg: Config):
     return _built("Keras optimizer", obj, "training.optimizer_callable", ("apply",))
 
 
+def adam_keywords(cfg: Config) -> dict:
+    """Adam's keyword arguments from ``training`` other than the learning rate: the clipping and the
+    average of the iterates (``ema_momentum``, which the config allows for Adam only)."""
+    t = cfg.training
+    out = {} if t.clipnorm is None else {"clipnorm": t.clipnorm}
+    if t.ema_momentum is not None:
+        out.update(use_ema=True, ema_momentum=t.ema_momentum)
+    return out
+
+
 def _adam_settings(cfg: Config) -> dict:
-    """Adam's keyword arguments from ``training``: the warm-up / decay schedule and the clipping."""
+    """Adam's keyword arguments from ``training``: the warm-up / decay schedule and :func:`adam_keywords`."""
     from deephedge_tf.training import WarmupExponentialDecay
 
     t = cfg.training
     lr = WarmupExponentialDecay(t.learning_rate, t.warmup_steps, t.decay_rate, t.decay_steps)
-    return {"learning_rate": lr, **({} if t.clipnorm is None else {"clipnorm": t.clipnorm})}
+    return {"learning_rate": lr, **adam_keywords(cfg)}
 
 
 def adam_optimizer(cfg: Config):
     import keras
 
-    average = cfg.training.ema_momentum
-    extra = {} if average is None else {"use_ema": True, "ema_momentum": average}
-    return keras.optimizers.Adam(**_adam_settings(cfg), **extra)
+    return keras.optimizers.Adam(**_adam_settings(cfg))
 
 
 def dhlnn_optimizer(cfg: Config):

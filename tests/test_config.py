@@ -1,12 +1,13 @@
 """Config loading: defaults, overrides, and every validation error path names its key."""
 
+import dataclasses
 import textwrap
 from pathlib import Path
 
 import pytest
 import yaml
 
-from deephedge_tf.config import Config, config_reference, dump_config, from_dict, load_config
+from deephedge_tf.config import Config, KFACConfig, config_reference, dump_config, from_dict, load_config
 from deephedge_tf.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -156,3 +157,17 @@ def test_reference_doc_is_in_sync():
     `deephedge config doc --write docs/configuration.md`."""
     doc = (REPO / "docs" / "configuration.md").read_text()
     assert config_reference() in doc
+
+
+def test_kfac_section_defaults_are_the_optimizers_defaults():
+    """training.kfac repeats DHKFAC's defaults (the config module imports no TensorFlow): every key that is
+    also a DHKFAC argument has the same default, so a YAML run and DHKFAC() are the same optimizer."""
+    import inspect
+
+    from deephedge_tf.optimizers import DHKFAC
+
+    arguments = inspect.signature(DHKFAC.__init__).parameters
+    shared = [f for f in dataclasses.fields(KFACConfig) if f.name in arguments]
+    assert len(shared) >= 20
+    for field in shared:
+        assert field.default == arguments[field.name].default, field.name

@@ -440,11 +440,10 @@ def _make_scaled_schedule(cfg: Config):
 def _adam(cfg: Config, schedule):
     import keras
 
-    # As builders.adam_optimizer's Adam, with the variable-peak schedule.
-    kwargs = {} if cfg.training.clipnorm is None else {"clipnorm": cfg.training.clipnorm}
-    if cfg.training.ema_momentum is not None:  # --set training.ema_momentum=M: Adam averages its iterates
-        kwargs.update(use_ema=True, ema_momentum=cfg.training.ema_momentum)
-    return keras.optimizers.Adam(learning_rate=schedule, **kwargs)
+    from deephedge_tf.builders import adam_keywords
+
+    # As builders.adam_optimizer's Adam (clipping, average of the iterates), with the variable-peak schedule.
+    return keras.optimizers.Adam(learning_rate=schedule, **adam_keywords(cfg))
 
 
 def _initial_weights(cfg: Config, parts, batch):
