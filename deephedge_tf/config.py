@@ -425,6 +425,8 @@ class TrainingConfig:
     target_loss: Optional[float] = param(None, "stop when the validation loss reaches this value "
                                          "(null: never)")
     jit_compile: Optional[bool] = param(None, "XLA-compile the train step (null: auto = on GPU, off on CPU)")
+    tensorboard: bool = param(False, "deephedge train: write TensorBoard logs to RUN_DIR/tensorboard (losses "
+                              "and the optimizer's diagnostics per epoch; tensorboard --logdir RUN_DIR/tensorboard)")
     time_loop: str = param("graph", "the decision loop over time steps: graph (one tf.while_loop: compile "
                            "time independent of time.steps) or python (unrolled when traced: compile time "
                            "grows with time.steps, steps up to 1.5x faster: for long runs at short horizons); "

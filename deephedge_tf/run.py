@@ -227,7 +227,8 @@ def check_run_directory(cfg: Config, out: Path, overwrite: bool = False) -> None
 
 def train_job(cfg: Config, out: Path, echo=print, verbose="auto", overwrite: bool = False) -> dict:
     """Trains the configured policy, evaluates it against baselines, writes the run directory:
-    config.yaml, report.json, metrics.csv, history.csv, plots/*.png, saved_model/, checkpoints/.
+    config.yaml, report.json, metrics.csv, history.csv (losses and the optimizer's diagnostics per epoch,
+    ``opt_*``), plots/*.png, saved_model/, checkpoints/, and tensorboard/ with ``training.tensorboard``.
 
     Killed and started again with the same command, the run resumes from its last epoch backup, ends at
     the weights of an uninterrupted run and keeps the whole history (``training.RunHistory``); a directory
@@ -235,7 +236,7 @@ def train_job(cfg: Config, out: Path, echo=print, verbose="auto", overwrite: boo
     import keras
 
     from deephedge_tf.evaluation import plot_learning_curves
-    from deephedge_tf.training import RunHistory, build_parts, fit_hedger, make_hedger
+    from deephedge_tf.training import OptimizerDiagnostics, RunHistory, build_parts, fit_hedger, make_hedger
 
     check_run_directory(cfg, out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
@@ -244,7 +245,10 @@ def train_job(cfg: Config, out: Path, echo=print, verbose="auto", overwrite: boo
     hedger = make_hedger(cfg, parts)
     ckpt = out / "checkpoints"
     history = RunHistory(out / "history.csv")
-    callbacks = [keras.callbacks.BackupAndRestore(str(ckpt / "backup")), history]  # restore first
+    # Restore first; the optimizer's diagnostics go into the epoch's logs before anything records them.
+    callbacks = [keras.callbacks.BackupAndRestore(str(ckpt / "backup")), OptimizerDiagnostics(), history]
+    if cfg.training.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(str(out / "tensorboard"), write_graph=False))
     fit_hedger(cfg, hedger, parts, callbacks=callbacks, verbose=verbose)
     hedger.save_weights(str(ckpt / WEIGHTS_FILE))
     curves = history.history()
@@ -254,7 +258,11 @@ def train_job(cfg: Config, out: Path, echo=print, verbose="auto", overwrite: boo
              "final_val_loss": float(curves["val_loss"][-1]),
              "skipped_steps": float(sum(curves.get("skipped_steps", [0.0])))}
     if cfg.evaluation.plots:
-        plot_learning_curves(curves, out / "plots" / "learning_curves.png")
+        losses = {k: v for k, v in curves.items() if not k.startswith("opt_")}
+        plot_learning_curves(losses, out / "plots" / "learning_curves.png")
+        diagnostics = {k[len("opt_"):]: v for k, v in curves.items() if k.startswith("opt_")}
+        if diagnostics:
+            plot_learning_curves(diagnostics, out / "plots" / "optimizer.png", title="Optimizer diagnostics")
     export_run(cfg, hedger, parts, out / "saved_model")
     report = evaluate_run(cfg, hedger, parts, out, train, echo)
     echo(f"trained {train['steps']} steps in {wall:.1f} s")

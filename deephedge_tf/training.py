@@ -184,6 +184,36 @@ class RunHistory(keras.callbacks.Callback):
         return {k: [r.get(k, float("nan")) for r in self.rows] for k in keys}
 
 
+class OptimizerDiagnostics(keras.callbacks.Callback):
+    """Adds the optimizer's own state to each epoch's logs, as ``opt_<name>``: ``opt_learning_rate`` for a
+    Keras optimizer, and whatever ``optimizer.diagnostics()`` reports (DH-KFAC: step size, damping or trust
+    radius, reduction ratio, rejected and skipped steps; :meth:`DHKFAC.diagnostics`).  Callbacks after it
+    (``RunHistory``'s history.csv, Keras' ``History`` and ``TensorBoard``) record them with the losses, so
+    put it before those.
+
+        >>> import deephedge_tf as dh
+        >>> market = dh.GBM(s0=1.0, steps=5, dt=1 / 365)
+        >>> data = dh.PathBatches(market, dh.EuropeanOption(strike=1.0), [dh.Spot()], batch_size=64,
+        ...                       batches_per_epoch=2)
+        >>> hedger = dh.Hedger(dh.MLPPolicy(num_layers=1, width=4), dh.MeanVariance(gamma=1.0))
+        >>> hedger.compile(optimizer=dh.DHKFAC())
+        >>> history = hedger.fit(data, epochs=1, verbose=0, callbacks=[OptimizerDiagnostics()])
+        >>> sorted(k for k in history.history if k.startswith("opt_"))[:3]
+        ['opt_damping', 'opt_learning_rate', 'opt_predicted_decrease']
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        optimizer = self.model.optimizer
+        rate = getattr(optimizer, "learning_rate", None)
+        if rate is not None:
+            logs["opt_learning_rate"] = float(keras.ops.convert_to_numpy(rate))
+        diagnostics = getattr(optimizer, "diagnostics", None)
+        if callable(diagnostics):
+            logs.update({f"opt_{name}": value for name, value in diagnostics().items()})
+
+
 def standard_callbacks(cfg: Config) -> list:
     t = cfg.training
     out = [keras.callbacks.TerminateOnNaN()]

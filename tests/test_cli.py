@@ -121,6 +121,9 @@ def test_train_with_dhkfac_on_a_band_policy_from_the_cli(tmp_path):
     assert code == 0
     history = (out / "history.csv").read_text().splitlines()
     assert len(history) == 2 and "nan" not in history[1]
+    # The Gauss-Newton rule's own state is logged next to the losses, and plotted.
+    assert {"opt_damping", "opt_reduction_ratio", "opt_rejected_steps"} <= set(history[0].split(","))
+    assert (out / "plots" / "optimizer.png").is_file()
 
 
 def test_benchmark_command_without_the_source_trees_harness_says_so(tmp_path, monkeypatch, capsys):

@@ -183,12 +183,20 @@ def test_fit_on_path_batches_trains_on_each_epochs_fresh_paths():
 
 
 def test_train_job_writes_the_run_directory(tmp_path):
-    cfg = tiny_cfg("hedges.floating_grid.moneyness=[1.0]", "hedges.floating_grid.maturities=[4]")
+    cfg = tiny_cfg("hedges.floating_grid.moneyness=[1.0]", "hedges.floating_grid.maturities=[4]",
+                   "training.tensorboard=true")
     report = train_job(cfg, tmp_path, echo=lambda *_: None, verbose=0)
     for name in ("config.yaml", "report.json", "metrics.csv", "history.csv", "plots/pnl_histograms.png",
                  "plots/positions.png", "plots/learning_curves.png", "checkpoints/final.weights.h5",
                  "saved_model/saved_model.pb"):
         assert (tmp_path / name).is_file(), name
+    # TensorBoard: per-epoch scalars of the losses and of the optimizer (here Adam's learning rate).
+    tags = set()
+    for events in (tmp_path / "tensorboard").rglob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(events)):
+            tags.update(v.tag for v in event.summary.value)
+    assert {"epoch_loss", "epoch_opt_learning_rate"} <= tags, tags
+    assert "opt_learning_rate" in (tmp_path / "history.csv").read_text().splitlines()[0]
     on_disk = json.loads((tmp_path / "report.json").read_text())
     assert set(on_disk["strategies"]) == {"hedged", "unhedged", "bs_delta"}
     for s in on_disk["strategies"].values():

@@ -525,6 +525,38 @@ class DHKFAC(keras.optimizers.Optimizer):
 
     # ------------------------------------------------------------------ introspection
 
+    def diagnostics(self) -> dict:
+        """The optimizer's own state after the last step, as Python floats: what a training log or
+        TensorBoard shows next to the loss (:class:`deephedge_tf.training.OptimizerDiagnostics`).
+
+        Every rule: ``step_size`` (the last ``eta``), ``skipped_steps`` and ``skipped_curvature_updates``
+        (non-finite values, counted since the start).  Gauss-Newton: ``damping`` (``lambda``),
+        ``reduction_ratio`` and ``predicted_decrease`` of the last step, ``rejected_steps``.  Kronecker:
+        ``trust_radius`` (``delta_k`` in loss units; absent without a trust region) and ``uphill_steps``.
+        Empty before the optimizer is built.
+
+            >>> opt = DHKFAC()
+            >>> opt.diagnostics()
+            {}
+            >>> opt.build([keras.Variable(tf.zeros((2, 1)))])
+            >>> report = opt.diagnostics()
+            >>> report["damping"], report["rejected_steps"], "trust_radius" in report
+            (0.0, 0.0, False)
+        """
+        if not self.built:
+            return {}
+        values = {"step_size": self.step_size, "skipped_steps": self.skipped_steps,
+                  "skipped_curvature_updates": self.skipped_curvature_updates}
+        if self.gauss_newton:
+            values.update(damping=self.lm_damping, reduction_ratio=self.reduction_ratio,
+                          predicted_decrease=self.predicted_decrease, rejected_steps=self.rejected_steps)
+        else:
+            values["uphill_steps"] = self.uphill_steps
+            radius = self.current_trust_radius()
+            if radius is not None:
+                values["trust_radius"] = radius
+        return {name: float(keras.ops.convert_to_numpy(v)) for name, v in values.items()}
+
     @property
     def gauss_newton(self) -> bool:
         """Whether the direction is the sample-space Gauss-Newton step (``preconditioner="gauss_newton"``)."""
