@@ -258,9 +258,10 @@ def train_job(cfg: Config, out: Path, echo=print, verbose="auto", overwrite: boo
              "final_val_loss": float(curves["val_loss"][-1]),
              "skipped_steps": float(sum(curves.get("skipped_steps", [0.0])))}
     if cfg.evaluation.plots:
-        losses = {k: v for k, v in curves.items() if not k.startswith("opt_")}
+        prefix = OptimizerDiagnostics.PREFIX
+        losses = {k: v for k, v in curves.items() if not k.startswith(prefix)}
         plot_learning_curves(losses, out / "plots" / "learning_curves.png")
-        diagnostics = {k[len("opt_"):]: v for k, v in curves.items() if k.startswith("opt_")}
+        diagnostics = {k[len(prefix):]: v for k, v in curves.items() if k.startswith(prefix)}
         if diagnostics:
             plot_learning_curves(diagnostics, out / "plots" / "optimizer.png", title="Optimizer diagnostics")
     export_run(cfg, hedger, parts, out / "saved_model")

@@ -185,9 +185,10 @@ class RunHistory(keras.callbacks.Callback):
 
 
 class OptimizerDiagnostics(keras.callbacks.Callback):
-    """Adds the optimizer's own state to each epoch's logs, as ``opt_<name>``: ``opt_learning_rate`` for a
-    Keras optimizer, and whatever ``optimizer.diagnostics()`` reports (DH-KFAC: step size, damping or trust
-    radius, reduction ratio, rejected and skipped steps; :meth:`DHKFAC.diagnostics`).  Callbacks after it
+    """Adds the optimizer's own state to each epoch's logs, as ``opt_<name>`` (:attr:`PREFIX`):
+    ``opt_learning_rate`` for a Keras optimizer, and whatever ``optimizer.diagnostics()`` reports (DH-KFAC:
+    step size, damping or trust radius, reduction ratio, rejected and skipped steps;
+    :meth:`DHKFAC.diagnostics`).  Callbacks after it
     (``RunHistory``'s history.csv, Keras' ``History`` and ``TensorBoard``) record them with the losses, so
     put it before those.
 
@@ -202,16 +203,18 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         ['opt_damping', 'opt_learning_rate', 'opt_predicted_decrease']
     """
 
+    PREFIX = "opt_"  # what tells a diagnostic from a loss or metric in the logs and history.csv
+
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
         optimizer = self.model.optimizer
         rate = getattr(optimizer, "learning_rate", None)
         if rate is not None:
-            logs["opt_learning_rate"] = float(keras.ops.convert_to_numpy(rate))
+            logs[f"{self.PREFIX}learning_rate"] = float(keras.ops.convert_to_numpy(rate))
         diagnostics = getattr(optimizer, "diagnostics", None)
         if callable(diagnostics):
-            logs.update({f"opt_{name}": value for name, value in diagnostics().items()})
+            logs.update({f"{self.PREFIX}{name}": value for name, value in diagnostics().items()})
 
 
 def standard_callbacks(cfg: Config) -> list:

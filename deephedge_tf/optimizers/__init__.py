@@ -33,7 +33,7 @@ from deephedge_tf.optimizers.losses import OutputCurvature, loss_curvature
 from deephedge_tf.optimizers.nested import LinearizedNested
 from deephedge_tf.optimizers.train_step import CurvatureModel, curvature_train_step, with_curvature
 
-__all__ = ["AveragedEarlyStopping", "DHKFAC", "CurvatureModel", "KroneckerBlock", "LinearizedNested", "OutputCurvature", "Recorder",
-           "ValidateAveragedWeights", "averaged_weights", "curvature_train_step",
+__all__ = ["AveragedEarlyStopping", "DHKFAC", "CurvatureModel", "KroneckerBlock", "LinearizedNested", "OutputCurvature",
+           "Recorder", "ValidateAveragedWeights", "averaged_weights", "curvature_train_step",
            "find_blocks", "layer_path", "loss_curvature", "register_capture", "with_bias_column",
            "with_curvature"]
