@@ -9,6 +9,8 @@ Commands:
   benchmark kfac-vs-adam --config C --out D  DH-KFAC vs a tuned Adam: steps and wall time to a target
   experiment NAME --out DIR                  reproduce a seed paper's figures (summary.json, CSV, PNG;
         [--scale small|full] [--seeds ...]   deephedge_tf.experiments): small in minutes, full at its size
+  calibrate CHAIN --out DIR                  Heston calibrated to an option-chain CSV (params.json for
+        [--expiries 1m 2m ...]               market.calibration, fit.csv, summary.csv, fit.png)
   simulate CONFIG --out DIR [--set k=v ...]  simulate the market, price the derivative (Monte Carlo
                                              vs reference) and check the hedging instruments
   config show CONFIG [--set k=v ...]     print the resolved config (every value, defaults included)
@@ -69,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", required=True, help="output directory (created)")
     exp.add_argument("--scale", default="small", help="small (minutes on 2 CPU cores) or full (the paper's sizes)")
     exp.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: the experiment's for the scale)")
+
+    cal = sub.add_parser("calibrate", help="calibrate Heston to an option chain")
+    cal.add_argument("chain", help="option-chain CSV (format: deephedge_tf.market.option_chain), e.g. "
+                     "data/spy_chain_2022-07-15.csv")
+    cal.add_argument("--out", required=True, help="output directory (created)")
+    cal.add_argument("--expiries", nargs="+", help="expiry labels to fit (default: all)")
 
     sim = sub.add_parser("simulate", help="market and pricing report")
     _add_config_args(sim)
@@ -177,6 +185,11 @@ def main(argv=None) -> int:
             from deephedge_tf.experiments import format_summary, run_experiment
 
             print(format_summary(run_experiment(args.name, Path(args.out), args.scale, args.seeds)))
+            return 0
+        if args.command == "calibrate":
+            from deephedge_tf.run import calibrate_job
+
+            calibrate_job(Path(args.chain), Path(args.out), args.expiries)
             return 0
         if args.command == "export":
             from deephedge_tf.run import export_job

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from pathlib import Path
 from typing import Literal, Optional, Sequence, Tuple
 
@@ -112,6 +113,8 @@ class MarketConfig:
     heston: HestonConfig = section(HestonConfig, "Heston parameters (used when model = heston)")
     gbm: GBMConfig = section(GBMConfig, "GBM parameters (used when model = gbm)")
     historical: HistoricalConfig = section(HistoricalConfig, "historical data (model = historical)")
+    calibration: str = param("", "model = heston: params.json written by `deephedge calibrate`; its v0, kappa, "
+                             "theta, xi, rho replace market.heston's (which must then be unset or equal)")
     sampling: SamplingConfig = section(SamplingConfig, "variance reduction for simulated paths")
 
     def check(self, key):
@@ -120,6 +123,8 @@ class MarketConfig:
             raise ConfigError(f"{key}.heston.scheme", "exact",
                               "'qe' when sampling.antithetic or sampling.sobol is on")
         _check_python(self, self.model, key, f"{key}.model")
+        if self.calibration and self.model != "heston":
+            raise ConfigError(f"{key}.calibration", self.calibration, "empty unless market.model is heston")
         if self.model == "historical" and (self.sampling.antithetic or self.sampling.sobol):
             raise ConfigError(f"{key}.sampling", to_dict(self.sampling),
                               "antithetic and sobol off for historical data")
@@ -544,7 +549,28 @@ def from_dict(data: Optional[dict], overrides: Sequence[str] = ()) -> Config:
     for text in overrides:
         key, value = parse_override(text)
         set_by_path(data, key, value)
+    _apply_calibration(data)
     return build(Config, data)
+
+
+def _apply_calibration(data: dict) -> None:
+    """Copies the parameters of ``market.calibration`` into ``market.heston`` (in place), so that the
+    resolved config, and a run directory's config.yaml, show the numbers the market is built from.  A
+    value set in both places must agree: otherwise it is unclear which one the user meant."""
+    market = data.get("market")
+    name = market.get("calibration") if isinstance(market, dict) else None
+    if not name or not isinstance(name, str) or not isinstance(market.get("heston", {}), dict):
+        return  # nothing to apply, or a type error that building the config reports by key
+    from deephedge_tf.builders import resolve_data_file
+    from deephedge_tf.pricing.calibration import load_heston_params
+
+    params = load_heston_params(resolve_data_file(name, "market.calibration"))
+    heston = market.setdefault("heston", {})
+    for key, value in params.as_dict().items():
+        given = heston.get(key)
+        if given is not None and not (isinstance(given, (int, float)) and math.isclose(given, value, rel_tol=1e-12)):
+            raise ConfigError(f"market.heston.{key}", given, f"unset, or {value!r} as in market.calibration ({name})")
+        heston[key] = value
 
 
 def load_config(path, overrides: Sequence[str] = ()) -> Config:

@@ -5,6 +5,8 @@
 * :func:`evaluate_job` (``deephedge evaluate``): re-evaluate a finished run from its final weights.
 * :func:`export_job` (``deephedge export``): the SavedModel of a finished run (whole-path and
   one-step serving signatures; see :mod:`deephedge_tf.export`).
+* :func:`calibrate_job` (``deephedge calibrate``): Heston calibrated to an option chain (parameters for
+  ``market.calibration``, fit table and plot).
 * :func:`simulate_job` (``deephedge simulate``): simulate the market, price the derivative by Monte Carlo
   next to its closed-form or Fourier reference where one exists, and tabulate the hedging instruments
   (premium, mean return per unit with its standard error: under the pricing model every return is a
@@ -308,6 +310,30 @@ def export_job(run_dir: Path, path: Path, echo=print) -> Path:
     written = export_run(cfg, hedger, parts, path)
     echo(f"wrote {written}")
     return written
+
+
+def calibrate_job(chain: Path, out: Path, expiries=None, echo=print) -> dict:
+    """``deephedge calibrate``: Heston fitted to an option-chain CSV (:mod:`deephedge_tf.pricing.calibration`);
+    writes ``out/params.json`` (for ``market.calibration``), fit.csv, summary.csv and fit.png; returns the
+    params.json record."""
+    from deephedge_tf.market.option_chain import load_option_chain
+    from deephedge_tf.pricing.calibration import calibrate_heston
+
+    option_chain = load_option_chain(chain)
+    if expiries:
+        option_chain = option_chain.select(expiries)
+    fit = calibrate_heston(option_chain)
+    written = fit.write(out)
+    echo(", ".join(f"{name} = {value:.6g}" for name, value in fit.params.as_dict().items()))
+    table = fit.by_expiry[["quotes", "rmse_vol_points", "median_spread_vol_points", "inside_spread_share",
+                           "within_one_spread_share"]]
+    echo(table.to_string(float_format=lambda v: f"{v:.3f}"))
+    echo(f"{100 * fit.inside_share:.1f}% of {len(fit.quotes)} quotes inside the bid/ask spread; rmse "
+         f"{fit.rmse_vol_points:.3f} vol points; {fit.iterations} L-BFGS iterations in {fit.seconds:.1f} s "
+         f"({'converged' if fit.converged else 'NOT converged'})")
+    echo(f"wrote {out}: {', '.join(Path(p).name for p in written.values())}; use it with "
+         f"market.calibration: {Path(written['params.json'])}")
+    return json.loads(Path(written["params.json"]).read_text())
 
 
 def evaluate_job(run_dir: Path, num_paths: int | None = None, echo=print) -> dict:

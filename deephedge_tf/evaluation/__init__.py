@@ -9,7 +9,7 @@
 * Comparing two strategies' mean PnL: :func:`paired_t_test` (same paths) and
   :func:`welch_t_test` (independent paths).
 * PNG plots: :func:`plot_pnl_histograms`, :func:`plot_hedges_over_time`,
-  :func:`plot_learning_curves` (matplotlib Agg, no pyplot state touched).
+  :func:`plot_learning_curves`, :func:`plot_implied_vol_fit` (matplotlib Agg, no pyplot state touched).
 * A trained hedger against the baselines on fresh paths: :func:`evaluate` (a DataFrame, one row per
   strategy; :mod:`deephedge_tf.evaluation.compare`).
 
@@ -22,7 +22,8 @@ from deephedge_tf.evaluation.metrics import (
     metrics_table, paired_entropic_difference,
     paired_t_test, strategy_metrics, value_at_risk, welch_t_test)
 from deephedge_tf.evaluation.compare import evaluate
-from deephedge_tf.evaluation.plots import plot_hedges_over_time, plot_learning_curves, plot_pnl_histograms
+from deephedge_tf.evaluation.plots import (plot_hedges_over_time, plot_implied_vol_fit, plot_learning_curves,
+                                          plot_pnl_histograms)
 
 __all__ = [
     "DEFAULT_LEVELS",
@@ -35,6 +36,7 @@ __all__ = [
     "paired_entropic_difference",
     "paired_t_test",
     "plot_hedges_over_time",
+    "plot_implied_vol_fit",
     "plot_learning_curves",
     "plot_pnl_histograms",
     "strategy_metrics",

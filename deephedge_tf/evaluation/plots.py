@@ -28,7 +28,7 @@ from deephedge_tf.errors import DeepHedgeError
 from deephedge_tf.files import write_atomic
 from deephedge_tf.evaluation.metrics import _as_samples
 
-__all__ = ["plot_hedges_over_time", "plot_learning_curves", "plot_pnl_histograms"]
+__all__ = ["plot_hedges_over_time", "plot_implied_vol_fit", "plot_learning_curves", "plot_pnl_histograms"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -271,5 +271,54 @@ def plot_learning_curves(history, path: PathLike, log_y: bool = False,
     axes[-1].set_xlabel("epoch")
     axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title if title is not None else "Learning curves")
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+# --------------------------------------------------------------------------------------------
+# implied-vol fit of a calibration
+
+
+def plot_implied_vol_fit(quotes, path: PathLike, title: Optional[str] = None) -> str:
+    """Model implied vols against each maturity's bid/ask quotes, one subplot per expiry.
+
+    Args:
+      quotes: a table (``pandas.DataFrame``) with columns ``expiry``, ``strike``, ``forward``,
+        ``bid_iv``, ``ask_iv`` and ``model_iv`` (annualised vols), such as
+        :attr:`deephedge_tf.pricing.calibration.HestonCalibration.quotes`.  The x axis is
+        log-moneyness log(K / F); the spread is drawn as a vertical bar per quote, in vol points.
+      path: output .png file; parent directories are created.
+      title: figure title; default "Implied-vol fit".
+
+    Returns:
+      `path` as a string.
+    """
+    out = _check_path(path)
+    needed = ("expiry", "strike", "forward", "bid_iv", "ask_iv", "model_iv")
+    missing = [c for c in needed if c not in getattr(quotes, "columns", ())]
+    if missing:
+        raise DeepHedgeError(f"'quotes' must be a table with columns {list(needed)}; missing {missing}")
+    expiries = list(dict.fromkeys(quotes["expiry"]))
+    if not expiries:
+        raise DeepHedgeError("'quotes' holds no rows to plot")
+    cols = min(2, len(expiries))
+    rows = math.ceil(len(expiries) / cols)
+    fig = Figure(figsize=(5.0 * cols, 3.4 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, expiry in zip(axes, expiries):
+        q = quotes[quotes["expiry"] == expiry].sort_values("strike")
+        x = np.log(q["strike"].to_numpy() / q["forward"].to_numpy())
+        bid, ask = 100 * q["bid_iv"].to_numpy(), 100 * q["ask_iv"].to_numpy()
+        ax.vlines(x, bid, ask, color="0.35", linewidth=2.0, label="bid/ask")
+        ax.plot(x, 100 * q["model_iv"].to_numpy(), color="C3", linewidth=1.3, label="model")
+        inside = float(np.mean((q["model_iv"] >= q["bid_iv"]) & (q["model_iv"] <= q["ask_iv"])))
+        ax.set_title(f"{expiry}: {100 * inside:.0f}% of {len(q)} quotes inside the spread", fontsize="small")
+        ax.set_xlabel("log(K / F)")
+        ax.set_ylabel("implied vol (%)")
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(loc="best", fontsize="small")
+    for ax in axes[len(expiries):]:
+        ax.set_visible(False)
+    fig.suptitle(title if title is not None else "Implied-vol fit", fontsize="medium")
     fig.tight_layout()
     return _save(fig, out)
