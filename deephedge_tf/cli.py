@@ -9,6 +9,8 @@ Commands:
   benchmark kfac-vs-adam --config C --out D  DH-KFAC vs a tuned Adam: steps and wall time to a target
   experiment NAME --out DIR                  reproduce a seed paper's figures (summary.json, CSV, PNG;
         [--scale small|full] [--seeds ...]   deephedge_tf.experiments): small in minutes, full at its size
+  backtest RUN_DIR --data PRICES.csv         a trained run's hedger on rolling windows of real closes next
+        [--out DIR] [--stride DAYS]          to Black-Scholes delta at realised vol (out-of-model test)
   calibrate CHAIN --out DIR                  Heston calibrated to an option-chain CSV (params.json for
         [--expiries 1m 2m ...]               market.calibration, fit.csv, summary.csv, fit.png)
   simulate CONFIG --out DIR [--set k=v ...]  simulate the market, price the derivative (Monte Carlo
@@ -71,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", required=True, help="output directory (created)")
     exp.add_argument("--scale", default="small", help="small (minutes on 2 CPU cores) or full (the paper's sizes)")
     exp.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: the experiment's for the scale)")
+
+    bt = sub.add_parser("backtest", help="a trained hedger on rolling windows of a real price series")
+    bt.add_argument("run_dir", help="directory written by `deephedge train`")
+    bt.add_argument("--data", required=True, help="daily closes, CSV with columns date, close (e.g. data/sp500.csv)")
+    bt.add_argument("--out", help="output directory (default RUN_DIR/backtest)")
+    bt.add_argument("--stride", type=int, help="days between window starts (default: the run's steps, no overlap)")
 
     cal = sub.add_parser("calibrate", help="calibrate Heston to an option chain")
     cal.add_argument("chain", help="option-chain CSV (format: deephedge_tf.market.option_chain), e.g. "
@@ -185,6 +193,12 @@ def main(argv=None) -> int:
             from deephedge_tf.experiments import format_summary, run_experiment
 
             print(format_summary(run_experiment(args.name, Path(args.out), args.scale, args.seeds)))
+            return 0
+        if args.command == "backtest":
+            from deephedge_tf.run import backtest_job
+
+            backtest_job(Path(args.run_dir), Path(args.data), None if args.out is None else Path(args.out),
+                         args.stride)
             return 0
         if args.command == "calibrate":
             from deephedge_tf.run import calibrate_job

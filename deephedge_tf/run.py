@@ -5,6 +5,8 @@
 * :func:`evaluate_job` (``deephedge evaluate``): re-evaluate a finished run from its final weights.
 * :func:`export_job` (``deephedge export``): the SavedModel of a finished run (whole-path and
   one-step serving signatures; see :mod:`deephedge_tf.export`).
+* :func:`backtest_job` (``deephedge backtest``): a finished run's hedger on rolling windows of a real
+  price series next to the Black-Scholes delta hedge (an out-of-model test).
 * :func:`calibrate_job` (``deephedge calibrate``): Heston calibrated to an option chain (parameters for
   ``market.calibration``, fit table and plot).
 * :func:`simulate_job` (``deephedge simulate``): simulate the market, price the derivative by Monte Carlo
@@ -28,6 +30,7 @@ import numpy as np
 from deephedge_tf.builders import build_derivative, build_hedges, build_market
 from deephedge_tf.config import Config, dump_config
 from deephedge_tf.files import write_atomic
+from deephedge_tf.errors import DataError, DeepHedgeError
 from deephedge_tf.instruments.hedges import hedge_tensors, option_is_call
 from deephedge_tf.training import instrument_names
 
@@ -212,7 +215,6 @@ def check_run_directory(cfg: Config, out: Path, overwrite: bool = False) -> None
     """A run directory holds one config's run: starting ``train`` again with the same config resumes it
     (from ``checkpoints/backup``); with another config it is refused, or with ``overwrite`` the old run's
     checkpoints and history are removed first, so nothing of it is resumed or mixed in."""
-    from deephedge_tf.errors import DeepHedgeError
 
     written = out / "config.yaml"
     if not written.is_file() or written.read_text() == dump_config(cfg):
@@ -278,7 +280,6 @@ WEIGHTS_FILE = "final.weights.h5"
 def load_trained_hedger(run_dir: Path):
     """(config, parts, hedger with the run's final weights) of a run directory written by train."""
     from deephedge_tf.config import load_config
-    from deephedge_tf.errors import DataError
     from deephedge_tf.features import make_batch
     from deephedge_tf.training import build_parts, make_hedger
 
@@ -334,6 +335,67 @@ def calibrate_job(chain: Path, out: Path, expiries=None, echo=print) -> dict:
     echo(f"wrote {out}: {', '.join(Path(p).name for p in written.values())}; use it with "
          f"market.calibration: {Path(written['params.json'])}")
     return json.loads(Path(written["params.json"]).read_text())
+
+
+def backtest_job(run_dir: Path, data: Path, out: Path | None = None, stride: int | None = None,
+                 echo=print) -> dict:
+    """``deephedge backtest``: a trained run's hedger on rolling windows of a real daily price series, next to
+    the Black-Scholes delta hedge at the trailing realised volatility (:mod:`deephedge_tf.evaluation.backtest`).
+    Writes ``out`` (default ``run_dir/backtest``): metrics.csv, windows.csv, report.json (with the out-of-model
+    note) and plots/{pnl_histograms,cumulative_pnl}.png; returns the report."""
+    from deephedge_tf.evaluation import plot_cumulative_pnl, plot_pnl_histograms
+    from deephedge_tf.evaluation.backtest import backtest
+    from deephedge_tf.market.historical import HistoricalPaths, load_price_series
+
+    cfg, parts, hedger = load_trained_hedger(run_dir)
+    prices = load_price_series(data)
+    steps = cfg.time.steps
+    stride = steps if stride is None else stride
+    if not isinstance(stride, int) or stride < 1:
+        raise DeepHedgeError(f"--stride: got {stride!r}; allowed: an integer >= 1 (days between window starts)")
+    try:
+        market = HistoricalPaths(prices, steps=steps, dt=cfg.time.dt, s0=cfg.market.s0, method="rolling",
+                                 stride=stride, vol_window=cfg.market.historical.vol_window, dtype=cfg.dtype)
+    except ValueError as e:
+        raise DataError(f"backtest data {str(data)!r}: {e}") from None
+    result = backtest(hedger, market, parts.derivative, build_hedges(cfg, market))
+    out = run_dir / "backtest" if out is None else out
+    write_atomic(out / "metrics.csv", result.metrics.to_csv())
+    write_atomic(out / "windows.csv", result.windows.to_csv(date_format="%Y-%m-%d"))
+    windows = result.windows
+    report = {
+        "note": result.note,
+        "data": str(data),
+        "windows": len(windows), "steps": steps, "stride_days": stride,
+        "first_window": str(windows.index[0].date()), "last_window_end": str(windows["end"].iloc[-1].date()),
+        "trained_on": cfg.market.model,
+        "strategies": {name: {key: float(result.metrics.loc[name, key]) for key in REPORT_KEYS}
+                       for name in result.metrics.index},
+    }
+    if cfg.market.model == "historical":
+        report["in_sample_warning"] = ("the run was trained on paths resampled from a historical series; if that "
+                                       "is this file, these windows are not out of sample")
+    write_atomic(out / "report.json", json.dumps(report, indent=2))
+    names = list(result.metrics.index)
+    plot_pnl_histograms({n: windows[f"pnl_{n}"].to_numpy() for n in names}, out / "plots" / "pnl_histograms.png",
+                        bins=40, title=f"PnL per {steps}-day window of {Path(data).name}")
+    # With a premium, the seller's result (PnL + premium): the payoff no longer swamps the hedges' differences.
+    premium = windows["premium_bs"].to_numpy() if "premium_bs" in windows else 0.0
+    plot_cumulative_pnl(windows.index, {n: windows[f"pnl_{n}"].to_numpy() + premium for n in names},
+                        out / "plots" / "cumulative_pnl.png",
+                        title="Cumulative PnL after selling at Black-Scholes with realised vol" if "premium_bs" in windows
+                        else "Cumulative PnL (premium not included)")
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_columns", 50):
+        echo(result.metrics[list(SUMMARY_COLUMNS)].to_string(float_format=lambda x: f"{x:.5g}"))
+    echo(f"{len(windows)} windows of {steps} trading days, {report['first_window']} .. {report['last_window_end']}, "
+         f"every {stride} days")
+    echo(result.note)
+    if "in_sample_warning" in report:
+        echo("warning: " + report["in_sample_warning"])
+    echo(f"wrote {out}")
+    return report
 
 
 def evaluate_job(run_dir: Path, num_paths: int | None = None, echo=print) -> dict:

@@ -55,5 +55,6 @@ def test_notebook_has_parameters_and_no_outputs(path):
 
 def test_the_tutorials_are_there():
     names = [p.name for p in NOTEBOOKS]
-    for prefix in ("01_quickstart", "02_cliquet", "03_dhkfac_vs_adam", "04_no_transaction_band", "05_export"):
+    for prefix in ("01_quickstart", "02_cliquet", "03_dhkfac_vs_adam", "04_no_transaction_band", "05_export",
+                   "06_calibration_and_backtest"):
         assert any(n.startswith(prefix) for n in names), f"notebooks/: no {prefix}*.ipynb"

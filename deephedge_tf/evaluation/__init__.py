@@ -9,9 +9,10 @@
 * Comparing two strategies' mean PnL: :func:`paired_t_test` (same paths) and
   :func:`welch_t_test` (independent paths).
 * PNG plots: :func:`plot_pnl_histograms`, :func:`plot_hedges_over_time`,
-  :func:`plot_learning_curves`, :func:`plot_implied_vol_fit` (matplotlib Agg, no pyplot state touched).
+  :func:`plot_learning_curves`, :func:`plot_implied_vol_fit`, :func:`plot_cumulative_pnl` (matplotlib Agg, no pyplot state touched).
 * A trained hedger against the baselines on fresh paths: :func:`evaluate` (a DataFrame, one row per
-  strategy; :mod:`deephedge_tf.evaluation.compare`).
+  strategy; :mod:`deephedge_tf.evaluation.compare`); on rolling windows of a real price series:
+  :func:`deephedge_tf.evaluation.backtest.backtest` (an out-of-model test).
 
 The metrics and plots do not import TensorFlow; tensors are accepted wherever ``np.asarray`` converts
 them.
@@ -22,7 +23,7 @@ from deephedge_tf.evaluation.metrics import (
     metrics_table, paired_entropic_difference,
     paired_t_test, strategy_metrics, value_at_risk, welch_t_test)
 from deephedge_tf.evaluation.compare import evaluate
-from deephedge_tf.evaluation.plots import (plot_hedges_over_time, plot_implied_vol_fit, plot_learning_curves,
+from deephedge_tf.evaluation.plots import (plot_cumulative_pnl, plot_hedges_over_time, plot_implied_vol_fit, plot_learning_curves,
                                           plot_pnl_histograms)
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "metrics_table",
     "paired_entropic_difference",
     "paired_t_test",
+    "plot_cumulative_pnl",
     "plot_hedges_over_time",
     "plot_implied_vol_fit",
     "plot_learning_curves",

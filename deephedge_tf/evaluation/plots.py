@@ -28,7 +28,7 @@ from deephedge_tf.errors import DeepHedgeError
 from deephedge_tf.files import write_atomic
 from deephedge_tf.evaluation.metrics import _as_samples
 
-__all__ = ["plot_hedges_over_time", "plot_implied_vol_fit", "plot_learning_curves", "plot_pnl_histograms"]
+__all__ = ["plot_cumulative_pnl", "plot_hedges_over_time", "plot_implied_vol_fit", "plot_learning_curves", "plot_pnl_histograms"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -320,5 +320,42 @@ def plot_implied_vol_fit(quotes, path: PathLike, title: Optional[str] = None) ->
     for ax in axes[len(expiries):]:
         ax.set_visible(False)
     fig.suptitle(title if title is not None else "Implied-vol fit", fontsize="medium")
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+# --------------------------------------------------------------------------------------------
+# cumulative PnL of a backtest
+
+
+def plot_cumulative_pnl(dates, strategies: Mapping, path: PathLike, title: Optional[str] = None) -> str:
+    """Cumulative PnL of several strategies over consecutive windows, against each window's start date.
+
+    Args:
+      dates: ``[W]`` window start dates (anything matplotlib plots on an axis, e.g. a DatetimeIndex).
+      strategies: ``{name: [W] PnL per window}`` (currency units), in date order.
+      path: output .png file; parent directories are created.
+      title: figure title; default "Cumulative PnL over the windows".
+
+    Returns:
+      `path` as a string.
+    """
+    out = _check_path(path)
+    if not isinstance(strategies, Mapping) or not strategies:
+        raise DeepHedgeError("'strategies' must be a non-empty mapping {name: [W] PnL per window}")
+    n = len(dates)
+    fig = Figure(figsize=(8.0, 3.6))
+    ax = fig.subplots()
+    for name, pnl in strategies.items():
+        pnl = np.asarray(pnl, dtype=np.float64)
+        if pnl.shape != (n,):
+            raise DeepHedgeError(f"'strategies[{name!r}]' must have one value per date ({n}); got shape {pnl.shape}")
+        ax.plot(dates, np.cumsum(pnl), linewidth=1.3, label=name)
+    ax.axhline(0.0, color="0.5", linewidth=0.8)
+    ax.set_ylabel("cumulative PnL")
+    ax.set_xlabel("window start")
+    ax.legend(loc="best", fontsize="small")
+    ax.grid(True, alpha=0.3)
+    fig.suptitle(title if title is not None else "Cumulative PnL over the windows", fontsize="medium")
     fig.tight_layout()
     return _save(fig, out)
