@@ -120,22 +120,6 @@ def test_calibration_recovers_quantlib_parameters():
         assert got[name] == pytest.approx(true, rel=0.05, abs=0.01), name
 
 
-def test_spy_calibration_fit(tmp_path):
-    """The shipped chain, thinned to every 5th quote: the fit measured on the whole chain (README,
-    BENCHMARKS) is 0.30 vol points rms; here a stated band of 0.5."""
-    from deephedge_tf.pricing.calibration import calibrate_heston
-
-    fit = calibrate_heston(load_spy_chain().thin(5))
-    assert fit.converged and fit.rmse_vol_points < 0.5
-    assert -0.95 < fit.params.rho < -0.5  # the equity skew: strongly negative spot-vol correlation
-    written = fit.write(tmp_path)
-    record = json.loads(Path(written["params.json"]).read_text())
-    assert record["params"] == fit.params.as_dict()
-    assert Path(written["fit.png"]).stat().st_size > 10_000
-    summary = pd.read_csv(written["summary.csv"], index_col=0)
-    assert list(summary.index) == ["2w", "1m", "2m", "6m"]
-
-
 def test_calibrate_command_and_config(tmp_path, capsys):
     """`deephedge calibrate` writes params.json; `market.calibration` builds the market from it, refuses
     a different market.heston value, a missing file and another market model."""
