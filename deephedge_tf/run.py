@@ -29,8 +29,8 @@ import numpy as np
 
 from deephedge_tf.builders import build_derivative, build_hedges, build_market
 from deephedge_tf.config import Config, dump_config
-from deephedge_tf.files import write_atomic
 from deephedge_tf.errors import DataError, DeepHedgeError
+from deephedge_tf.files import write_atomic
 from deephedge_tf.instruments.hedges import hedge_tensors, option_is_call
 from deephedge_tf.training import instrument_names
 
@@ -204,18 +204,10 @@ def evaluate_strategies(cfg: Config, hedger, parts, num_paths: int | None = None
                             cfg.seed + EVALUATION_SEED_OFFSET, chunk)
 
 
-def objective_value(objective, pnl, costs) -> float:
-    """The training objective evaluated on a sample (the loss form: includes E[costs] for mean-variance)."""
-    import tensorflow as tf
-
-    return float(objective(tf.constant(pnl), tf.constant(costs)))
-
-
 def check_run_directory(cfg: Config, out: Path, overwrite: bool = False) -> None:
     """A run directory holds one config's run: starting ``train`` again with the same config resumes it
     (from ``checkpoints/backup``); with another config it is refused, or with ``overwrite`` the old run's
     checkpoints and history are removed first, so nothing of it is resumed or mixed in."""
-
     written = out / "config.yaml"
     if not written.is_file() or written.read_text() == dump_config(cfg):
         return
@@ -413,12 +405,12 @@ def evaluate_run(cfg: Config, hedger, parts, out: Path, train: dict | None, echo
     import pandas as pd
     import tensorflow as tf
 
-    from deephedge_tf.evaluation import metrics_table, plot_hedges_over_time, plot_pnl_histograms
+    from deephedge_tf.evaluation import plot_hedges_over_time, plot_pnl_histograms
+    from deephedge_tf.evaluation.compare import objective_value, outputs_table
 
     outputs = evaluate_strategies(cfg, hedger, parts)
-    table = metrics_table({k: {kk: v[kk] for kk in ("pnl", "costs", "turnover")} for k, v in outputs.items()})
     objective = hedger.objective
-    table.insert(0, "objective", [objective_value(objective, o["pnl"], o["costs"]) for o in outputs.values()])
+    table = outputs_table(outputs, lambda o: objective_value(objective, o["pnl"], o["costs"]))
     write_atomic(out / "metrics.csv", table.to_csv())
 
     ref, method = reference_price(parts.market, parts.derivative)

@@ -74,8 +74,7 @@ def backtest(hedger, market, derivative, instruments, chunk: int = 8192) -> Back
         Black-Scholes with the trailing realised volatility).
       chunk: windows per forward pass.
     """
-    from deephedge_tf.evaluation.compare import baseline_hedgers, strategy_outputs
-    from deephedge_tf.evaluation.metrics import metrics_table
+    from deephedge_tf.evaluation.compare import baseline_hedgers, objective_value, outputs_table, strategy_outputs
 
     if getattr(market, "method", None) != "rolling" or not hasattr(market, "series"):
         raise DataError(f"backtest: market {type(market).__name__} (method {getattr(market, 'method', None)!r}); "
@@ -86,11 +85,7 @@ def backtest(hedger, market, derivative, instruments, chunk: int = 8192) -> Back
         raise DataError(f"backtest: {e}") from None
     models = {"hedged": hedger, **baseline_hedgers(hedger, derivative, instruments)}
     outputs = strategy_outputs(models, market, derivative, instruments, len(starts), seed=0, chunk=chunk)
-    metrics = metrics_table({k: {kk: v[kk] for kk in ("pnl", "costs", "turnover")} for k, v in outputs.items()})
-    import tensorflow as tf
-
-    metrics.insert(0, "objective", [float(hedger.objective(tf.constant(o["pnl"]), tf.constant(o["costs"])))
-                                    for o in outputs.values()])
+    metrics = outputs_table(outputs, lambda o: objective_value(hedger.objective, o["pnl"], o["costs"]))
     prices = market.series.prices
     ends = prices.index[np.searchsorted(prices.index, starts) + market.steps]
     windows = pd.DataFrame({"end": ends}, index=pd.Index(starts, name="start"))

@@ -14,7 +14,7 @@ import numpy as np
 
 from deephedge_tf.errors import DeepHedgeError
 
-__all__ = ["baseline_hedgers", "evaluate", "strategy_outputs"]
+__all__ = ["baseline_hedgers", "evaluate", "objective_value", "outputs_table", "strategy_outputs"]
 
 #: Evaluation paths come from the market's stream with this offset on its seed (training uses the seed
 #: itself and validation seed + 1), so a policy is never scored on the paths it trained on.
@@ -59,6 +59,23 @@ def strategy_outputs(models: Mapping, market, derivative, instruments, paths: in
     return outputs
 
 
+def objective_value(objective, pnl, costs) -> float:
+    """The training objective evaluated on a sample (the loss form: includes E[costs] for mean-variance)."""
+    import tensorflow as tf
+
+    return float(objective(tf.constant(pnl), tf.constant(costs)))
+
+
+def outputs_table(outputs: Mapping, objective_of):
+    """The :func:`~deephedge_tf.evaluation.metrics.metrics_table` of :func:`strategy_outputs`' ``outputs``, with
+    an ``objective`` column first: ``objective_of(output)`` of each strategy's output dict."""
+    from deephedge_tf.evaluation.metrics import metrics_table
+
+    table = metrics_table({k: {kk: v[kk] for kk in ("pnl", "costs", "turnover")} for k, v in outputs.items()})
+    table.insert(0, "objective", [objective_of(o) for o in outputs.values()])
+    return table
+
+
 def evaluate(hedger, market, derivative, hedges, paths: int = 50_000, seed: int | None = None,
              baselines: bool = True, chunk: int = 8192):
     """Out-of-sample metrics of ``hedger`` and the baselines on the same paths: a ``pandas.DataFrame``,
@@ -83,7 +100,6 @@ def evaluate(hedger, market, derivative, hedges, paths: int = 50_000, seed: int 
     """
     import tensorflow as tf
 
-    from deephedge_tf.evaluation.metrics import metrics_table
     from deephedge_tf.instruments.hedges import bind_instruments
     from deephedge_tf.market.models import check_market
 
@@ -96,7 +112,5 @@ def evaluate(hedger, market, derivative, hedges, paths: int = 50_000, seed: int 
     if baselines:
         models.update(baseline_hedgers(hedger, derivative, instruments))
     outputs = strategy_outputs(models, market, derivative, instruments, paths, seed, chunk)
-    table = metrics_table({k: {kk: v[kk] for kk in ("pnl", "costs", "turnover")} for k, v in outputs.items()})
     risk = hedger.objective.risk
-    table.insert(0, "objective", [float(risk(tf.constant(o["pnl"]))) for o in outputs.values()])
-    return table
+    return outputs_table(outputs, lambda o: float(risk(tf.constant(o["pnl"]))))
