@@ -154,3 +154,28 @@ def test_calibrate_command_and_config(tmp_path, capsys):
     with pytest.raises(DataError, match="'params.xi': got -1.0; allowed: a number > 0"):
         from_dict({"market": {"calibration": str(bad)}})
     assert cli.main(["calibrate", str(tmp_path / "none.csv"), "--out", str(out)]) == 2
+
+
+def test_bad_inputs_are_named(tmp_path):
+    from deephedge_tf.errors import DeepHedgeError
+    from deephedge_tf.evaluation.plots import plot_cumulative_pnl, plot_implied_vol_fit
+    from deephedge_tf.pricing.calibration import HestonParams, calibrate_heston, load_heston_params
+
+    bad = tmp_path / "params.json"
+    bad.write_text("{not json")
+    with pytest.raises(DataError, match="not valid JSON"):
+        load_heston_params(bad)
+    bad.write_text(json.dumps({"v0": 0.04}))
+    with pytest.raises(DataError, match="field 'params': allowed: an object with"):
+        load_heston_params(bad)
+    bad.write_text(json.dumps({"params": dict(TRUE, rho=1.5)}))
+    with pytest.raises(DataError, match=r"'params.rho': got 1.5; allowed: a number in \[-1, 1\]"):
+        load_heston_params(bad)
+    with pytest.raises(DeepHedgeError, match=r"initial.kappa = 50.0; allowed: inside \(0.01, 20.0\)"):
+        calibrate_heston(load_spy_chain().thin(50), initial=HestonParams(**dict(TRUE, kappa=50.0)))
+    with pytest.raises(DataError, match="thin step 0; allowed: an integer >= 1"):
+        load_spy_chain().thin(0)
+    with pytest.raises(DeepHedgeError, match=r"missing \['model_iv'\]"):
+        plot_implied_vol_fit(load_spy_chain().quotes, tmp_path / "fit.png")
+    with pytest.raises(DeepHedgeError, match=r"'strategies\['a'\]' must have one value per date \(3\)"):
+        plot_cumulative_pnl(pd.bdate_range("2020-01-01", periods=3), {"a": [1.0, 2.0]}, tmp_path / "c.png")
