@@ -178,3 +178,41 @@ def test_scan_without_a_recorder_and_in_replay_mode():
     np.testing.assert_allclose(outs.numpy()[2], 2 * elems.numpy()[:2].sum(axis=0) + elems.numpy()[2])
     with pytest.raises(ValueError, match="static"):
         capture.scan(lambda e, s: (e, s), tf.zeros([0, 2]), tf.zeros([2]))
+
+
+def test_recorders_of_two_threads_record_their_own_passes_and_overlap_safely():
+    """Under MirroredStrategy each replica traces its step in a thread of its own, through the same
+    layers, and one replica's recorder can close while another's is open (the replicas take turns at
+    each synchronisation): each recorder sees its own thread's pass, and the layers' own call comes back
+    only when the last one closes."""
+    import threading
+
+    net = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4), keras.layers.Dense(1)])
+    x = {name: tf.random.stateless_normal([n, 3], [n, 0]) for name, n in (("a", 5), ("b", 7))}
+    recorders, order = {}, []
+    a_entered, b_entered, a_exited = threading.Event(), threading.Event(), threading.Event()
+
+    def replica(name, wait_for, signal, before_exit=None, after_exit=None):
+        with tf.GradientTape() as tape:
+            with Recorder(net, tape) as rec:
+                recorders[name] = rec
+                signal.set()
+                if wait_for is not None:
+                    wait_for.wait(10)
+                net(x[name])
+                if before_exit is not None:
+                    before_exit.wait(10)
+            order.append(name)
+        if after_exit is not None:
+            after_exit.set()
+
+    # a enters, b enters, both run a pass, a closes first while b is still open, then b closes.
+    first = threading.Thread(target=replica, args=("a", b_entered, a_entered, None, a_exited))
+    second = threading.Thread(target=replica, args=("b", a_entered, b_entered, a_exited, None))
+    first.start(), second.start()
+    first.join(20), second.join(20)
+    assert order == ["a", "b"]
+    for name, n in (("a", 5), ("b", 7)):
+        assert [int(p.shape[0]) for p in recorders[name].probes] == [n, n]  # its own pass, both layers
+    assert all("call" not in vars(layer) for layer in net.layers)  # the class's call again
+    assert capture._PATCHES == {}

@@ -47,6 +47,7 @@ accumulated in the loop and come out ``[T, B, .]`` as for an unrolled loop.
 
 from __future__ import annotations
 
+import threading
 
 import keras
 import tensorflow as tf
@@ -195,21 +196,18 @@ class Recorder:
 
     def __enter__(self):
         for layer in self.model._flatten_layers(include_self=True):
-            make = _capture_for(layer)
-            call = make(layer, self._record) if make is not None else None
-            if call is not None:
-                layer.call = call  # instance attribute: shadows the class's call for this pass only
+            if _patch(layer):
                 self._patched.append(layer)
             elif layer.trainable_weights and _owns_weights(layer):
                 self.not_understood.append(layer.path)
-        _ACTIVE.append(self)
+        _ACTIVE.stack.append(self)
         return self
 
     def __exit__(self, *exc):
         for layer in self._patched:
-            del layer.call
+            _unpatch(layer)
         self._patched = []
-        _ACTIVE.remove(self)
+        _ACTIVE.stack.remove(self)
         return False
 
     def _record(self, layer, inputs, z, has_bias):
@@ -334,7 +332,53 @@ def _time_major(parts):
     return tf.concat(parts, axis=0)
 
 
-_ACTIVE = []  # the recorders whose forward pass is running (innermost last)
+class _ActiveRecorders(threading.local):
+    """This thread's recorders whose forward pass is running (``stack``, innermost last).  Per thread:
+    under ``tf.distribute.MirroredStrategy`` each replica traces its step in a thread of its own, with a
+    recorder of its own, through the same layer objects."""
+
+    def __init__(self):
+        self.stack = []
+
+
+_ACTIVE = _ActiveRecorders()
+# id(layer) -> [layer, open recorders]: the layers whose ``call`` is patched.  The patch is shared by the
+# threads (it is an attribute of the layer) and dispatches to the calling thread's recorder; it is removed
+# when the last recorder using it closes (a replica's recorder may close while another's is open).
+_PATCHES = {}
+_PATCH_LOCK = threading.Lock()
+
+
+def _record_in_active(layer, inputs, z, has_bias):
+    """What the patched calls record through: the calling thread's innermost recorder (``z`` unchanged
+    in a thread without one)."""
+    stack = _ACTIVE.stack
+    return stack[-1]._record(layer, inputs, z, has_bias) if stack else z
+
+
+def _patch(layer) -> bool:
+    """Patches ``layer.call`` with its capture (an instance attribute shadowing the class's ``call``), or
+    counts one more user of the patch; False when the layer cannot be captured."""
+    with _PATCH_LOCK:
+        entry = _PATCHES.get(id(layer))
+        if entry is None:
+            make = _capture_for(layer)
+            call = make(layer, _record_in_active) if make is not None else None
+            if call is None:
+                return False
+            layer.call = call
+            entry = _PATCHES[id(layer)] = [layer, 0]
+        entry[1] += 1
+        return True
+
+
+def _unpatch(layer) -> None:
+    with _PATCH_LOCK:
+        entry = _PATCHES[id(layer)]
+        entry[1] -= 1
+        if entry[1] == 0:
+            del layer.call
+            del _PATCHES[id(layer)]
 
 
 def scan(fn, elems, initializer):
@@ -356,7 +400,7 @@ def scan(fn, elems, initializer):
     steps = tf.nest.flatten(elems)[0].shape[0]
     if steps is None or steps < 1:
         raise ValueError(f"capture.scan: the leading (time) axis of elems must be static and >= 1; got {steps}")
-    recorder = _ACTIVE[-1] if _ACTIVE else None
+    recorder = _ACTIVE.stack[-1] if _ACTIVE.stack else None
     if recorder is not None and recorder.tape is None:
         outs, state = [], initializer
         for t in range(steps):
