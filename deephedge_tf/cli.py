@@ -145,9 +145,13 @@ def quiet_tensorflow() -> None:
 
             tf.config.list_physical_devices()  # device probing logs now, not at the first training step
             # The first generator dataset of a process logs a malloc setting ("Memory patch applied"):
-            # one empty one now, so that the line goes to the sink and not into the first epoch.
-            for _ in tf.data.Dataset.from_generator(lambda: iter(()), output_signature=tf.TensorSpec([], tf.float32)):
-                pass
+            # one empty one now, so that the line goes to the sink and not into the first epoch.  Not in a
+            # worker of a cluster (TF_CONFIG): running it starts TensorFlow's runtime, after which the
+            # multi-worker strategy can no longer configure its collectives (deephedge_tf.distribute).
+            if "TF_CONFIG" not in os.environ:
+                for _ in tf.data.Dataset.from_generator(lambda: iter(()),
+                                                        output_signature=tf.TensorSpec([], tf.float32)):
+                    pass
         except BaseException:
             os.dup2(saved, 2)
             sink.seek(0)

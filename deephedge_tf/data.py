@@ -75,9 +75,10 @@ class PathBatches(keras.utils.PyDataset):
     def __len__(self):
         return self.batches_per_epoch
 
-    def start_of(self, index: int) -> int:
-        """Global index of the first path of batch ``index`` in the current epoch."""
-        block = (self.epoch * self.batches_per_epoch + index) if self.fresh else index
+    def start_of(self, index: int, epoch: int | None = None) -> int:
+        """Global index of the first path of batch ``index`` in ``epoch`` (default: the current epoch)."""
+        epoch = self.epoch if epoch is None else epoch
+        block = (epoch * self.batches_per_epoch + index) if self.fresh else index
         return self.offset + block * self.batch_size
 
     def __getitem__(self, index):
@@ -88,6 +89,41 @@ class PathBatches(keras.utils.PyDataset):
         if self._specs is None:
             self._specs = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), batch)
         return batch
+
+    def replica_dataset(self, replicas, shard_size: int, first_epoch: int = 0) -> tf.data.Dataset:
+        """One input pipeline's share of every batch, from ``first_epoch`` on, without end: element ``j``
+        is paths ``[g * shard_size, (g + 1) * shard_size)`` of step ``j // len(replicas)`` (batch
+        ``step % len(self)`` of epoch ``first_epoch + step // len(self)``), ``g = replicas[j % len(replicas)]``
+        (:func:`deephedge_tf.distribute.distributed_batches`).  The epoch comes from the element's index,
+        not from :attr:`epoch`: the pipeline runs ahead of the training loop.
+
+            >>> import deephedge_tf as dh
+            >>> market = dh.GBM(s0=100.0, sigma=0.2, steps=10, dt=1 / 365)
+            >>> data = PathBatches(market, dh.EuropeanOption(strike=100.0), [dh.Spot()], batch_size=64,
+            ...                    batches_per_epoch=2)
+            >>> shards = list(data.replica_dataset([0, 1], 32).take(6))   # 3 steps, 2 replicas
+            >>> data.epoch = 1                  # step 2 is the first batch of epoch 1
+            >>> bool(tf.reduce_all(shards[5]["payoff"] == data[0]["payoff"][32:]))
+            True
+        """
+        replicas = [int(g) for g in replicas]
+        size, local, n = int(shard_size), len(replicas), len(self)
+        spec_batch = self._batch(self.market.simulate(size, start=self.offset, seed=self.seed))
+        specs = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), spec_batch)
+        flat = tf.nest.flatten(specs)
+
+        def draw(element):
+            step, slot = divmod(int(element), local)
+            start = self.start_of(step % n, first_epoch + step // n) + replicas[slot] * size
+            return tf.nest.flatten(self._batch(self.market.simulate(size, start=start, seed=self.seed)))
+
+        def item(element):
+            tensors = tf.py_function(draw, [element], Tout=[spec.dtype for spec in flat])
+            for tensor, spec in zip(tensors, flat):
+                tensor.set_shape(spec.shape)
+            return tf.nest.pack_sequence_as(specs, tensors)
+
+        return tf.data.Dataset.range(2**62).map(item).prefetch(1)
 
     def dataset(self) -> tf.data.Dataset:
         """This epoch's batches as a ``tf.data.Dataset`` (what ``Hedger.fit`` trains on).

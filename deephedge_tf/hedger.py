@@ -30,6 +30,7 @@ import keras
 import tensorflow as tf
 
 from deephedge_tf.data import PathBatches, SyncEpoch
+from deephedge_tf.distribute import distributed_batches, gather_paths, is_multi_worker, multi_replica_context
 from deephedge_tf.optimizers.averaging import ValidateAveragedWeights
 from deephedge_tf.features import time_major
 from deephedge_tf.optimizers.losses import OutputCurvature, rademacher
@@ -131,6 +132,35 @@ class MarketStep(keras.layers.Layer):
         notional = tf.abs(action) * premiums
         return (tf.reduce_sum(action * returns, axis=-1), tf.reduce_sum(cost_rates * notional, axis=-1),
                 tf.reduce_sum(notional, axis=-1))
+
+
+def apply_if_finite(optimizer, grads, variables, finite) -> tf.Tensor:
+    """Applies ``grads`` unless ``finite`` is False; returns 1.0 for a skipped step, else 0.0.
+
+    Under a multi-replica strategy every replica must take the same branch, and the optimizer's update
+    synchronises the replicas (``merge_call``), which cannot run inside a ``tf.cond`` branch in replica
+    context: the step is skipped when any replica's gradient is not finite, and the condition runs in
+    cross-replica context around the replicas' updates.
+    """
+    replica = multi_replica_context()
+    if replica is None:
+        def apply():
+            optimizer.apply(grads, variables)
+            return tf.constant(0.0, tf.float32)
+
+        return tf.cond(finite, apply, lambda: tf.constant(1.0, tf.float32))
+    bad = replica.all_reduce(tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32))
+    all_finite_now = tf.equal(bad, 0.0)
+
+    def cross_replica(distribution, flag, grads):
+        def apply():
+            distribution.extended.call_for_each_replica(optimizer.apply, args=(grads, variables))
+            return tf.constant(True)
+
+        tf.cond(distribution.experimental_local_results(flag)[0], apply, lambda: tf.constant(False))
+
+    replica.merge_call(cross_replica, args=(all_finite_now, list(grads)))
+    return 1.0 - tf.cast(all_finite_now, tf.float32)
 
 
 def _replicas() -> float:
@@ -260,14 +290,17 @@ class Hedger(keras.Model):
         ``fit`` does this itself on its first batch: Keras would otherwise build the optimizer
         before the policy's weights exist.
         """
-        if self.natural_units:
-            self.set_instrument_units(batch)
-        self._batches_have_costs = bool(tf.reduce_any(tf.convert_to_tensor(batch["cost_rates"]) > 0))
-        small = tf.nest.map_structure(lambda x: tf.convert_to_tensor(x)[:2], batch)
-        self._loss(self.unroll(small))
-        self.build()
-        if getattr(self, "optimizer", None) is not None and not self.optimizer.built:
-            self.optimizer.build(self.trainable_variables)
+        # Under a tf.distribute strategy, weights and optimizer slots must be created in its scope (as
+        # mirrored variables); fit may be called outside the `with strategy.scope()` the model was built in.
+        with self.distribute_strategy.scope():
+            if self.natural_units:
+                self.set_instrument_units(batch)
+            self._batches_have_costs = bool(tf.reduce_any(tf.convert_to_tensor(batch["cost_rates"]) > 0))
+            small = tf.nest.map_structure(lambda x: tf.convert_to_tensor(x)[:2], batch)
+            self._loss(self.unroll(small))
+            self.build()
+            if getattr(self, "optimizer", None) is not None and not self.optimizer.built:
+                self.optimizer.build(self.trainable_variables)
 
     def set_instrument_units(self, batch) -> None:
         """Sets the policy's ``instrument_units`` from a pilot batch (batch-major): one natural unit of
@@ -308,20 +341,39 @@ class Hedger(keras.Model):
         averaging = getattr(self.optimizer, "use_ema", False)
         if averaging and not any(isinstance(c, ValidateAveragedWeights) for c in kwargs["callbacks"]):
             kwargs["callbacks"].insert(0, ValidateAveragedWeights())  # validate the weights fit ends on
-        for key in ("x", "validation_data"):
+        for key, steps in (("x", "steps_per_epoch"), ("validation_data", "validation_steps")):
             if isinstance(kwargs.get(key), PathBatches):
-                kwargs[key] = kwargs[key].dataset()
+                kwargs[key] = self._dataset_of(kwargs[key], kwargs, steps)
         return super().fit(**kwargs)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Under a strategy Keras builds the model from the replicas' first batches averaged, which
+        # MultiWorkerMirroredStrategy cannot reduce for a dict of tensors; build_from_batch has built the
+        # weights and the optimizer already.
+        if self.built and getattr(self, "optimizer", None) is not None and self.optimizer.built:
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def evaluate(self, x=None, *args, **kwargs):
         kwargs = _fit_arguments(keras.Model.evaluate, x, args, kwargs)
         if isinstance(kwargs.get("x"), PathBatches):
-            kwargs["x"] = kwargs["x"].dataset()
+            kwargs["x"] = self._dataset_of(kwargs["x"], kwargs, "steps")
         return super().evaluate(**kwargs)
+
+    def _dataset_of(self, batches: PathBatches, kwargs: dict, steps_key: str):
+        """The tf.data pipeline of ``batches``; under several replicas sharded by path index, without end,
+        with its steps per epoch set in ``kwargs[steps_key]``."""
+        strategy = self.distribute_strategy
+        if strategy.num_replicas_in_sync == 1:
+            return batches.dataset()
+        kwargs[steps_key] = kwargs.get(steps_key) or len(batches)
+        first_epoch = kwargs.get("initial_epoch", 0) if steps_key == "steps_per_epoch" else 0
+        return distributed_batches(batches, strategy, first_epoch)
 
     # -- training --------------------------------------------------------------------------
     def _loss(self, out):
-        loss = self.objective(out["pnl"], out["costs"])
+        # Under several replicas the objective sees every replica's paths (deephedge_tf.distribute).
+        loss = self.objective(*gather_paths(out["pnl"], out["costs"]))
         if self.losses:
             loss = loss + tf.add_n(self.losses)
         return loss
@@ -330,7 +382,12 @@ class Hedger(keras.Model):
         self.loss_tracker.update_state(loss)
         self.pnl_mean.update_state(tf.reduce_mean(out["pnl"]))
         self.cost_mean.update_state(tf.reduce_mean(out["costs"]))
-        return {m.name: m.result() for m in self.metrics}
+        logs = {m.name: m.result() for m in self.metrics}
+        if is_multi_worker(self.distribute_strategy):
+            # Keras reduces a multi-worker step's logs with strategy.reduce(MEAN, axis=0), which needs an
+            # axis: scalars fail there.  Each entry becomes one row (the same on every worker).
+            logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
+        return logs
 
     def _uses_curvature(self) -> bool:
         return hasattr(getattr(self, "optimizer", None), "update_curvature")
@@ -388,13 +445,7 @@ class Hedger(keras.Model):
                 # Under a multi-replica strategy the replicas' gradients are summed: each scaled by 1 / replicas.
                 scaled = loss / _replicas()
             grads = tape.gradient(scaled, variables)
-            finite = all_finite([loss, *grads])
-
-            def apply():
-                self.optimizer.apply(grads, variables)
-                return tf.constant(0.0, tf.float32)
-
-            skipped = tf.cond(finite, apply, lambda: tf.constant(1.0, tf.float32))
+            skipped = apply_if_finite(self.optimizer, grads, variables, all_finite([loss, *grads]))
         self.skipped.update_state(skipped)
         return self._update_metrics(loss, out)
 

@@ -231,9 +231,17 @@ def train_job(cfg: Config, out: Path, echo=print, verbose="auto", overwrite: boo
     of another config is refused unless ``overwrite`` (:func:`check_run_directory`)."""
     import keras
 
+    from deephedge_tf.distribute import is_chief
     from deephedge_tf.evaluation import plot_learning_curves
-    from deephedge_tf.training import OptimizerDiagnostics, RunHistory, build_parts, fit_hedger, make_hedger
+    from deephedge_tf.training import (OptimizerDiagnostics, RunHistory, build_parts, distribution_strategy,
+                                       fit_hedger, make_hedger)
 
+    # multi_worker: the strategy comes before any TensorFlow computation; every worker runs the whole job
+    # (the replicas step together), worker 0 writes OUT, the others their own copy in OUT/worker-I (what
+    # they need to resume with it).
+    strategy = distribution_strategy(cfg)
+    if not is_chief(strategy):
+        out = out / f"worker-{strategy.cluster_resolver.task_id}"
     check_run_directory(cfg, out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "config.yaml", dump_config(cfg))

@@ -24,6 +24,7 @@ from deephedge_tf.builders import (build_derivative, build_hedges, build_market,
                                    build_policy)
 from deephedge_tf.config import Config
 from deephedge_tf.data import PathBatches
+from deephedge_tf.distribute import strategy_for
 from deephedge_tf.features import has_greeks
 from deephedge_tf.hedger import Hedger
 from deephedge_tf.errors import ConfigError
@@ -94,18 +95,26 @@ def make_hedger(cfg: Config, parts: RunParts, policy_kind: str | None = None, co
     """
     keras.utils.set_random_seed(cfg.seed)
     n = len(instrument_names(parts))
-    policy = build_policy(cfg, n, policy_kind)
-    objective = build_objective(cfg)
-    if policy_kind is None:
-        _check_delta(cfg, parts.derivative)
-    k = cfg.training.kfac
-    hedger = Hedger(policy, objective, ggn_mode=k.ggn_mode, ggn_cost_l2=k.ggn_cost_l2, ggn_cost_floor=k.ggn_cost_floor,
-                    curvature_paths=k.curvature_paths, natural_units=cfg.hedges.natural_units,
-                    time_loop=cfg.training.time_loop, dtype=cfg.dtype)
-    if compile:
-        jit = "auto" if cfg.training.jit_compile is None else cfg.training.jit_compile
-        hedger.compile(optimizer=build_optimizer(cfg), jit_compile=jit)
+    # Under training.distribute the model, its weights and the optimizer live in the strategy's scope;
+    # Keras' fit then splits each batch across the replicas.
+    with distribution_strategy(cfg).scope():
+        policy = build_policy(cfg, n, policy_kind)
+        objective = build_objective(cfg)
+        if policy_kind is None:
+            _check_delta(cfg, parts.derivative)
+        k = cfg.training.kfac
+        hedger = Hedger(policy, objective, ggn_mode=k.ggn_mode, ggn_cost_l2=k.ggn_cost_l2,
+                        ggn_cost_floor=k.ggn_cost_floor, curvature_paths=k.curvature_paths,
+                        natural_units=cfg.hedges.natural_units, time_loop=cfg.training.time_loop, dtype=cfg.dtype)
+        if compile:
+            jit = "auto" if cfg.training.jit_compile is None else cfg.training.jit_compile
+            hedger.compile(optimizer=build_optimizer(cfg), jit_compile=jit)
     return hedger
+
+
+def distribution_strategy(cfg: Config) -> tf.distribute.Strategy:
+    """The ``tf.distribute`` strategy of ``training.distribute`` (:func:`deephedge_tf.distribute.strategy_for`)."""
+    return strategy_for(cfg.training.distribute)
 
 
 def datasets(cfg: Config, parts: RunParts):

@@ -60,3 +60,174 @@ def test_mirrored_two_replicas_match_one_device():
         np.testing.assert_allclose(np.array(b), np.array(a), rtol=2e-4, atol=2e-5)
     np.testing.assert_allclose(out["losses"][1], out["losses"][0], rtol=1e-4)
     assert out["losses"][0][1] < 0.8 * out["losses"][0][0]  # it trained: the match is not of two idle runs
+
+
+HEDGER_SCRIPT = textwrap.dedent('''
+    import json, sys
+    import tensorflow as tf
+    distribute = sys.argv[1]
+    if distribute == "mirrored":
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from deephedge_tf.config import from_dict
+    from deephedge_tf.training import build_parts, distribution_strategy, fit_hedger, make_hedger
+
+    def run(objective, distribute):
+        # float64: Adam divides by the root of small second moments, which turns float32 summation-order
+        # differences into visible weight differences; in float64 the runs must agree to rounding.
+        cfg = from_dict({"dtype": "float64", "time": {"steps": 5}, "market": {"model": "gbm", "s0": 1.0},
+                         "derivative": {"kind": "european", "strike": 1.0},
+                         "hedges": {"spot": {"enabled": True, "cost": 1.0e-3}},
+                         "policy": {"kind": "mlp", "num_layers": 1, "width": 8},
+                         "objective": {"kind": objective},
+                         "training": {"optimizer": "adam", "learning_rate": 1.0e-2, "distribute": distribute,
+                                      "batch_size": 256, "batches_per_epoch": 3, "epochs": 2,
+                                      "validation_paths": 512}})
+        parts = build_parts(cfg)
+        hedger = make_hedger(cfg, parts)
+        history = fit_hedger(cfg, hedger, parts, verbose=0)
+        return {"replicas": distribution_strategy(cfg).num_replicas_in_sync,
+                "steps": int(hedger.optimizer.iterations.numpy()), "history": history.history,
+                "weights": [v.numpy().tolist() for v in hedger.trainable_variables]}
+
+    if distribute == "multi_worker":  # before any TensorFlow computation (the collectives' start-up)
+        from deephedge_tf.distribute import strategy_for
+        strategy_for(distribute)
+    print(json.dumps({objective: run(objective, distribute) for objective in sys.argv[2:]}))
+''')
+OBJECTIVES = ("expected_shortfall", "mean_variance")
+
+
+def _start_hedgers(distribute, workers=1):
+    """The processes of one run of HEDGER_SCRIPT (``workers`` of them with a TF_CONFIG on localhost)."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("TF_CONFIG", None)
+    command = [sys.executable, "-c", HEDGER_SCRIPT, distribute, *OBJECTIVES]
+    if workers == 1:
+        return [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)]
+    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(workers)]}
+    return [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=dict(env, TF_CONFIG=json.dumps({"cluster": cluster,
+                                                                 "task": {"type": "worker", "index": i}})))
+            for i in range(workers)]
+
+
+def _results(procs):
+    outs = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stderr[-3000:]
+        outs.append(json.loads(stdout.strip().splitlines()[-1]))
+    return outs
+
+
+def _free_ports(n):
+    import socket
+
+    sockets = [socket.socket() for _ in range(n)]
+    for sock in sockets:
+        sock.bind(("localhost", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def _assert_same_run(single, distributed, replicas):
+    import numpy as np
+
+    for objective in OBJECTIVES:
+        a, b = single[objective], distributed[objective]
+        assert (a["replicas"], b["replicas"]) == (1, replicas), objective
+        assert a["steps"] == b["steps"] == 6, objective
+        for key in ("loss", "val_loss", "pnl_mean"):  # the metrics are of the whole batch too
+            np.testing.assert_allclose(b["history"][key], a["history"][key], rtol=1e-6, err_msg=f"{objective} {key}")
+        assert a["history"]["loss"][1] != a["history"]["loss"][0]  # the second epoch drew new paths
+        for wa, wb in zip(a["weights"], b["weights"]):
+            np.testing.assert_allclose(np.array(wb), np.array(wa), rtol=1e-9, atol=1e-12, err_msg=objective)
+
+
+def test_training_distribute_mirrored_and_multi_worker_match_one_device():
+    """`training.distribute` on two logical CPUs (mirrored) and on two worker processes on localhost
+    (multi_worker, TF_CONFIG): each global batch sharded by path index, the objective of the whole batch
+    (the expected shortfall, the variance and the entropic risk couple the paths), six Adam steps over two
+    epochs of fresh paths end at the one-device run's weights and losses, for every objective."""
+    runs = [_start_hedgers("none"), _start_hedgers("mirrored"), _start_hedgers("multi_worker", workers=2)]
+    [single], [mirrored], workers = (_results(procs) for procs in runs)
+    _assert_same_run(single, mirrored, replicas=2)
+    for worker in workers:
+        _assert_same_run(single, worker, replicas=2)
+
+
+def test_distribute_refuses_optimizers_it_cannot_run():
+    import pytest
+
+    from deephedge_tf.config import from_dict
+    from deephedge_tf.errors import ConfigError
+
+    for optimizer in ("dhkfac", "dhlnn"):
+        for distribute in ("mirrored", "multi_worker"):
+            with pytest.raises(ConfigError, match=f"training.distribute.*none for optimizer {optimizer}"):
+                from_dict({"training": {"optimizer": optimizer, "distribute": distribute}})
+    assert from_dict({"training": {"distribute": "mirrored"}}).training.distribute == "mirrored"
+
+
+def test_tf_config_errors_name_the_field():
+    import pytest
+
+    from deephedge_tf.distribute import check_tf_config, replica_batch_size, strategy_for
+    from deephedge_tf.errors import ConfigError
+
+    cluster = '"cluster": {"worker": ["a:1", "b:2"]}'
+    assert check_tf_config('{' + cluster + ', "task": {"type": "worker", "index": 0}}')["cluster"]["worker"] == [
+        "a:1", "b:2"]
+    for raw, key in ((None, "training.distribute"), ("{not json", "TF_CONFIG"),
+                     ('{"cluster": {"ps": ["a:1"]}, "task": {"type": "worker", "index": 0}}',
+                      "TF_CONFIG.cluster.worker"),
+                     ('{' + cluster + ', "task": {"type": "worker", "index": 2}}', "TF_CONFIG.task"),
+                     ('{' + cluster + ', "task": {"type": "chief", "index": 0}}', "TF_CONFIG.task")):
+        with pytest.raises(ConfigError, match=f"config key '{key}'"):
+            check_tf_config(raw)
+    with pytest.raises(ConfigError, match="training.distribute.*one of"):
+        strategy_for("horovod")
+
+    class TwoReplicas:
+        num_replicas_in_sync = 2
+
+    assert replica_batch_size(256, TwoReplicas()) == 128
+    with pytest.raises(ConfigError, match="training.batch_size.*a multiple of the 2 replicas"):
+        replica_batch_size(255, TwoReplicas())
+
+
+def test_deephedge_train_on_two_workers_writes_the_run_on_worker_0(tmp_path):
+    """`deephedge train` with `training.distribute: multi_worker` on two processes (TF_CONFIG on localhost):
+    worker 0 writes OUT, worker 1 its copy in OUT/worker-1, and both trained the same weights."""
+    import shutil
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(textwrap.dedent("""\
+        time: {steps: 5}
+        market: {model: gbm, s0: 1.0}
+        derivative: {kind: european, strike: 1.0}
+        hedges: {spot: {enabled: true, cost: 1.0e-3}}
+        policy: {kind: mlp, num_layers: 1, width: 8}
+        objective: {kind: expected_shortfall}
+        training: {optimizer: adam, distribute: multi_worker, batch_size: 256, batches_per_epoch: 2, epochs: 2,
+                   validation_paths: 256}
+        evaluation: {paths: 1024, plots: false}
+        """))
+    out = tmp_path / "run"
+    deephedge = shutil.which("deephedge", path=os.path.dirname(sys.executable))
+    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
+    procs = [subprocess.Popen([deephedge, "train", str(config), "--out", str(out)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
+                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps(
+                                  {"cluster": cluster, "task": {"type": "worker", "index": i}})))
+             for i in range(2)]
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stderr[-3000:]
+    chief, other = (json.loads((d / "report.json").read_text()) for d in (out, out / "worker-1"))
+    assert chief["train"]["steps"] == other["train"]["steps"] == 4
+    assert chief["train"]["final_loss"] == other["train"]["final_loss"]
+    assert (out / "saved_model").is_dir() and not (out / "worker-0").exists()

@@ -21,7 +21,7 @@ MODULES = ["deephedge_tf.optimizers.capture", "deephedge_tf.optimizers.losses", 
            "deephedge_tf.training", "deephedge_tf.run", "deephedge_tf.experiments",
            "deephedge_tf.experiments.price_vs_cost", "deephedge_tf.optimizers.averaging",
            "deephedge_tf.market.option_chain", "deephedge_tf.pricing.calibration",
-           "deephedge_tf.evaluation.backtest"]
+           "deephedge_tf.evaluation.backtest", "deephedge_tf.distribute"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -18,4 +18,4 @@ def test_guide_examples(page):
 
 def test_a_page_per_concept():
     assert {p.stem for p in GUIDE} == {"markets", "instruments", "policies", "objectives", "optimizers",
-                                       "evaluation", "export"}
+                                       "evaluation", "export", "distributed"}

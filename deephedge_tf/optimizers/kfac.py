@@ -120,6 +120,7 @@ import logging
 import keras
 import tensorflow as tf
 
+from deephedge_tf.distribute import multi_replica_context
 from deephedge_tf.optimizers import estimator, steps, woodbury
 from deephedge_tf.optimizers.blocks import KroneckerBlock, find_blocks, layer_path, stack, unstack
 
@@ -161,14 +162,6 @@ def _from_eigenbasis(state, y):
     """``U_A y U_G^T``: the inverse of :func:`_to_eigenbasis` (the bases are orthogonal)."""
     return tf.einsum("ai,...ij,bj->...ab", tf.convert_to_tensor(state.basis_a), y,
                      tf.convert_to_tensor(state.basis_g))
-
-
-def multi_replica_context():
-    """The replica context when running on several replicas (e.g. MirroredStrategy), else ``None``."""
-    ctx = tf.distribute.get_replica_context()
-    if ctx is None or ctx.num_replicas_in_sync <= 1:
-        return None
-    return ctx
 
 
 def _mean(tensors):

@@ -35,8 +35,8 @@ import logging
 import keras
 import tensorflow as tf
 
+from deephedge_tf.distribute import multi_replica_context
 from deephedge_tf.optimizers.capture import Recorder, per_path_gradients
-from deephedge_tf.optimizers.kfac import multi_replica_context
 from deephedge_tf.optimizers.losses import OutputCurvature, loss_curvature
 from deephedge_tf.optimizers.steps import all_finite
 
