@@ -22,9 +22,11 @@ Two things make a run on ``R`` replicas the run on one device, on the same globa
   (path ``i`` does not depend on how many paths are drawn with it), so the shards are exactly the paths of
   the one-device batch.
 
-Optimizers: Adam and other Keras optimizers; DH-KFAC's Kronecker rule (its curvature statistics are
-all-reduced in :mod:`deephedge_tf.optimizers.kfac`).  The Gauss-Newton rule and the linearised nested
-optimiser solve on one replica's rows and are refused (:func:`check_optimizer`).
+Optimizers: Adam and other Keras optimizers.  The config refuses DH-KFAC and the linearised nested
+optimiser under a strategy: DH-KFAC's curvature samples and step-model paths are each replica's own (its
+Kronecker rule runs under ``MirroredStrategy`` and all-reduces its statistics, :mod:`deephedge_tf.optimizers.kfac`,
+but through the Hedger it does not end at the one-device weights), the nested optimiser's inner loop is
+a one-replica computation.
 """
 
 from __future__ import annotations
