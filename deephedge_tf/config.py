@@ -440,8 +440,9 @@ class TrainingConfig:
     distribute: Literal["none", "mirrored", "multi_worker"] = param(
         "none", "none: one device; mirrored: tf.distribute.MirroredStrategy over this machine's GPUs (else its "
         "logical CPUs); multi_worker: MultiWorkerMirroredStrategy over the workers of TF_CONFIG. Each global "
-        "batch is sharded by path index across the replicas, the objective sees all of it (the one-device "
-        "run); adam or a python optimizer (docs/guide/distributed.md)")
+        "batch is sharded by path index across the replicas, the objective and DH-KFAC's curvature see all of "
+        "it (the one-device run); adam or a python optimizer, and under mirrored dhkfac with the kronecker "
+        "preconditioner (docs/guide/distributed.md)")
     kfac: KFACConfig = section(KFACConfig, "DH-KFAC settings (optimizer = dhkfac)")
     dhlnn: DHLNNConfig = section(DHLNNConfig, "linearised nested optimiser settings (optimizer = dhlnn)")
 
@@ -452,14 +453,30 @@ class TrainingConfig:
         if (self.optimizer == registry.PYTHON) != bool(self.optimizer_callable):
             raise ConfigError(f"{key}.optimizer_callable", self.optimizer_callable,
                               f"'package.module:name' when {key}.optimizer is python, else empty")
-        if self.distribute != "none" and self.optimizer in ("dhkfac", "dhlnn"):
-            # Not yet the one-device run: DH-KFAC's curvature samples, the step model's paths and the
-            # Gauss-Newton rows are per replica (the Kronecker rule runs under MirroredStrategy but ended
-            # 0.05 away in weights after 6 float64 steps), and the nested optimiser's inner loop is a
-            # one-replica computation: refuse rather than train something else.
-            raise ConfigError(f"{key}.distribute", self.distribute,
-                              f"none for optimizer {self.optimizer}; {self.distribute} runs adam or a python "
-                              "optimizer")
+        if self.distribute != "none":
+            self._check_distributed(key)
+
+    def _check_distributed(self, key):
+        """What runs as the one-device run under training.distribute (docs/guide/distributed.md)."""
+        if self.optimizer == "dhlnn":  # its inner loop is a one-replica computation
+            raise ConfigError(f"{key}.distribute", self.distribute, "none for optimizer dhlnn")
+        if self.optimizer != "dhkfac":
+            return
+        if self.distribute == "multi_worker":  # its merges combine the replicas' values in one process
+            raise ConfigError(f"{key}.distribute", self.distribute, "none or mirrored for optimizer dhkfac "
+                              "(multi_worker: adam or a python optimizer)")
+        k = self.kfac
+        # The Gauss-Newton rows and the finite-difference line model (it moves the mirrored weights
+        # mid-step) run on one replica; each replica's first curvature_paths paths are not the batch's.
+        if k.preconditioner != "kronecker":
+            raise ConfigError(f"{key}.kfac.preconditioner", k.preconditioner,
+                              f"kronecker under {key}.distribute {self.distribute} (gauss_newton runs on one device)")
+        if k.step_model == "line" and k.jvp_method != "forward_mode":
+            raise ConfigError(f"{key}.kfac.jvp_method", k.jvp_method,
+                              f"forward_mode under {key}.distribute {self.distribute}")
+        if k.curvature_paths is not None:
+            raise ConfigError(f"{key}.kfac.curvature_paths", k.curvature_paths,
+                              f"null (all paths) under {key}.distribute {self.distribute}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,11 +22,13 @@ Two things make a run on ``R`` replicas the run on one device, on the same globa
   (path ``i`` does not depend on how many paths are drawn with it), so the shards are exactly the paths of
   the one-device batch.
 
-Optimizers: Adam and other Keras optimizers.  The config refuses DH-KFAC and the linearised nested
-optimiser under a strategy: DH-KFAC's curvature samples and step-model paths are each replica's own (its
-Kronecker rule runs under ``MirroredStrategy`` and all-reduces its statistics, :mod:`deephedge_tf.optimizers.kfac`,
-but through the Hedger it does not end at the one-device weights), the nested optimiser's inner loop is
-a one-replica computation.
+Optimizers: Adam and other Keras optimizers; under ``mirrored`` DH-KFAC's Kronecker rule, whose loss
+curvature is evaluated on the whole batch as well
+(:class:`~deephedge_tf.optimizers.train_step.AcrossReplicas`) and whose statistics and step models are
+averaged over the replicas within the process (:mod:`deephedge_tf.optimizers.kfac`; hence not under
+``multi_worker``).  The config refuses the rest (:class:`deephedge_tf.config.TrainingConfig`): the
+Gauss-Newton rule, the finite-difference line model, ``curvature_paths`` and the linearised nested
+optimiser.
 """
 
 from __future__ import annotations
@@ -39,7 +41,11 @@ import tensorflow as tf
 from deephedge_tf.errors import ConfigError
 
 STRATEGIES = ("none", "mirrored", "multi_worker")
-_MULTI_WORKER = None  # one per process: TensorFlow configures its collectives once, at start-up
+# One strategy per process and kind: TensorFlow configures the multi-worker collectives once, at start-up,
+# and two MirroredStrategy objects number their collectives from the same keys, so a second one's can be
+# taken for the first's (a run after another in one process failed with a collective type mismatch).
+_MULTI_WORKER = None
+_MIRRORED = {}
 
 
 def strategy_for(name: str) -> tf.distribute.Strategy:
@@ -51,8 +57,10 @@ def strategy_for(name: str) -> tf.distribute.Strategy:
     if name == "none":
         return tf.distribute.get_strategy()
     if name == "mirrored":
-        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-        return tf.distribute.MirroredStrategy([d.name for d in devices])
+        devices = tuple(d.name for d in tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU"))
+        if devices not in _MIRRORED:
+            _MIRRORED[devices] = tf.distribute.MirroredStrategy(list(devices))
+        return _MIRRORED[devices]
     if name == "multi_worker":
         global _MULTI_WORKER
         if _MULTI_WORKER is None:

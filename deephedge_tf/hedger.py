@@ -405,11 +405,11 @@ class Hedger(keras.Model):
 
         terms = [CurvatureTerm(out["pnl"], self.objective.output_curvature())]
         if self.ggn_mode == "sampled" and self.ggn_cost_l2 > 0.0:
-            terms.append(CurvatureTerm(out["actions"], CostL2Curvature(self.ggn_cost_l2)))
+            terms.append(CurvatureTerm(out["actions"], CostL2Curvature(self.ggn_cost_l2), path_axis=1))
         if self.ggn_mode == "majorizer" and self._batches_have_costs:
             cost_weight = tf.transpose(tf.convert_to_tensor(batch["cost_rates"]) * batch["premiums"], [1, 0, 2])
             terms.append(CurvatureTerm(out["actions"], self._cost_majorizer,
-                                       targets=tf.cast(cost_weight, out["actions"].dtype)))
+                                       targets=tf.cast(cost_weight, out["actions"].dtype), path_axis=1))
         return terms
 
     def _terms_of(self, batch) -> list:

@@ -164,6 +164,19 @@ def _from_eigenbasis(state, y):
                      tf.convert_to_tensor(state.basis_g))
 
 
+def _every_replica(strategy, value) -> list:
+    """The values of ``value`` on every replica, all of which this process holds (the merges below combine
+    them here: MirroredStrategy on one machine, not MultiWorkerMirroredStrategy, whose other workers'
+    replicas live in other processes)."""
+    local = list(strategy.experimental_local_results(value))
+    if len(local) != strategy.num_replicas_in_sync:
+        raise NotImplementedError(
+            f"DHKFAC: {strategy.num_replicas_in_sync} replicas of which this process holds {len(local)} "
+            "(MultiWorkerMirroredStrategy): DH-KFAC combines its replicas on one machine "
+            "(MirroredStrategy); train on several workers with Adam or another Keras optimizer")
+    return local
+
+
 def _mean(tensors):
     """The mean of a list of equally shaped tensors (the per-replica values of a statistic)."""
     return tensors[0] if len(tensors) == 1 else tf.add_n(tensors) / float(len(tensors))
@@ -682,7 +695,7 @@ class DHKFAC(keras.optimizers.Optimizer):
                 raise NotImplementedError("DHKFAC.update_curvature: rows under a multi-replica strategy")
 
             def merge(strategy, per_replica):
-                local = [{name: (strategy.experimental_local_results(a)[r], strategy.experimental_local_results(g)[r])
+                local = [{name: (_every_replica(strategy, a)[r], _every_replica(strategy, g)[r])
                           for name, (a, g) in per_replica.items()} for r in range(strategy.num_replicas_in_sync)]
                 prepared = self._prepare(local)
                 if not prepared:
@@ -1104,8 +1117,7 @@ class DHKFAC(keras.optimizers.Optimizer):
         ctx = multi_replica_context()
         if ctx is not None:  # each replica's model is on its own paths: their mean, set once
             def merge(strategy, m, b):
-                self._set_model(_mean(list(strategy.experimental_local_results(m))),
-                                _mean(list(strategy.experimental_local_results(b))))
+                self._set_model(_mean(_every_replica(strategy, m)), _mean(_every_replica(strategy, b)))
 
             ctx.merge_call(merge, args=(tf.convert_to_tensor(matrix), tf.convert_to_tensor(rhs)))
             return
@@ -1183,8 +1195,7 @@ class DHKFAC(keras.optimizers.Optimizer):
             # Keras' convention: each replica's gradient of its (1 / replicas)-scaled loss, summed.  The
             # whole update then runs once in cross-replica context, writing every replica's copy.
             def merge(strategy, per_replica):
-                summed = [None if g is None else tf.add_n(list(strategy.experimental_local_results(g)))
-                          for g in per_replica]
+                summed = [None if g is None else tf.add_n(_every_replica(strategy, g)) for g in per_replica]
                 return self._apply_once(summed, trainable_variables)
 
             return ctx.merge_call(merge, args=(list(grads),))

@@ -51,6 +51,63 @@ class CurvatureTerm:
     curvature: OutputCurvature
     targets: object = None
     sample_weight: object = None
+    path_axis: int = 0  # the axis of output, targets and sample_weight that indexes paths (1: time-major)
+
+
+class AcrossReplicas(OutputCurvature):
+    """A term's curvature computed on the whole global batch under several replicas.
+
+    A loss's curvature may use statistics of the batch (the expected shortfall's quantile, the entropic
+    weights' softmax, the cost majorizer's mean trade) and draws random signs for the batch's shape, so
+    on a replica's share of the paths it would be another curvature.  Each call gathers every replica's
+    rows along ``path_axis`` (one collective per tensor, in a fixed order), evaluates ``inner`` on the
+    whole batch and keeps this replica's rows of a pseudo-gradient (``bilinear`` is a number, the same on
+    every replica): the statistics and step models the replicas average are then the one-device ones.
+    """
+
+    def __init__(self, inner: OutputCurvature, path_axis: int = 0):
+        self.inner, self.path_axis = inner, int(path_axis)
+
+    def _gather(self, *tensors):
+        ctx = multi_replica_context()
+        out = []
+        for t in tensors:
+            if t is None:
+                out.append(None)
+                continue
+            t = tf.convert_to_tensor(t)
+            gathered = ctx.all_gather(t, axis=self.path_axis)
+            shape = t.shape.as_list()  # all_gather drops the static shape; curvatures may read it
+            if shape:
+                shape[self.path_axis] = None if shape[self.path_axis] is None else \
+                    shape[self.path_axis] * ctx.num_replicas_in_sync
+            gathered.set_shape(shape)
+            out.append(gathered)
+        return out
+
+    def pseudo_gradient(self, outputs, targets=None, seed=None, sample_weight=None):
+        ctx = multi_replica_context()
+        outputs = tf.convert_to_tensor(outputs)
+        every = self.inner.pseudo_gradient(*self._gather(outputs, targets), seed,
+                                           *self._gather(sample_weight))
+        size = tf.shape(outputs)[self.path_axis]
+        begin = [0] * outputs.shape.rank
+        begin[self.path_axis] = ctx.replica_id_in_sync_group * size
+        return tf.slice(every, tf.stack([tf.cast(b, tf.int32) for b in begin]), tf.shape(outputs))
+
+    def jacobian_rows(self, outputs, targets=None, seed=None, sample_weight=None):
+        raise NotImplementedError("AcrossReplicas.jacobian_rows: the Gauss-Newton rows under several replicas")
+
+    def bilinear(self, outputs, u, v, targets=None, sample_weight=None):
+        return self.inner.bilinear(*self._gather(outputs, u, v, targets, sample_weight))
+
+
+def across_replicas(terms):
+    """``terms`` whose curvature sees the whole batch (:class:`AcrossReplicas`) under several replicas;
+    ``terms`` itself on one."""
+    if multi_replica_context() is None:
+        return terms
+    return [dataclasses.replace(t, curvature=AcrossReplicas(t.curvature, t.path_axis)) for t in terms]
 
 
 def tree_dot(xs, ys):
@@ -176,6 +233,7 @@ def curvature_train_step(model, compute, forward_on_paths, max_paths=None):
         with tf.GradientTape(persistent=True) as tape:
             with Recorder(model, tape) as recorder:
                 loss, terms, aux = compute()
+    terms = across_replicas(terms)
     variables = model.trainable_variables  # after the forward pass: a first call creates the weights
     if not optimizer.built:
         optimizer.build(variables)  # here, not inside the tf.cond below (no variables in a branch)
@@ -194,6 +252,9 @@ def curvature_train_step(model, compute, forward_on_paths, max_paths=None):
     finite = all_finite([loss, *grads])
     replica = multi_replica_context()
     replicated = replica is not None
+    if replicated and max_paths is not None:
+        raise ValueError(f"curvature_train_step: max_paths (curvature_paths) must be None under several replicas "
+                         f"(the first paths of each replica are not the batch's first); got {max_paths}")
     if replicated:
         # The step model needs the global gradient (the sum of the replicas' gradients of their scaled
         # losses); apply takes the local ones and sums them itself (Keras' convention).
@@ -222,8 +283,8 @@ def curvature_train_step(model, compute, forward_on_paths, max_paths=None):
         elif getattr(optimizer, "wants_statistics", True):
             optimizer.update_curvature(statistics)
         # With all paths kept, this step's outputs are forward_on_paths(None)'s at the current weights.
-        _hand_over_step_model(model, optimizer, global_grads, variables, lambda: forward_on_paths(max_paths),
-                              terms if max_paths is None else None)
+        _hand_over_step_model(model, optimizer, global_grads, variables,
+                              lambda: across_replicas(forward_on_paths(max_paths)), terms if max_paths is None else None)
         optimizer.apply(grads, variables)
         if gauss_newton:
             # Levenberg-Marquardt: the realised decrease on the same batch (one more forward pass).
