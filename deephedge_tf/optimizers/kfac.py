@@ -109,7 +109,11 @@ once (``merge_call``) and runs the update a single time in cross-replica context
 step models are averaged over the replicas (each holds an equal share of the paths), gradients are
 summed (Keras' convention: each replica's gradient of its loss divided by the number of replicas).
 In replica context these calls must not sit inside a ``tf.cond`` branch (``merge_call`` cannot run
-there); the train step of :mod:`deephedge_tf.optimizers.train_step` calls them unconditionally then.
+there); the train step of :mod:`deephedge_tf.optimizers.train_step` calls them unconditionally then, with
+the loss's curvature evaluated on the whole batch (``AcrossReplicas``).  The merges combine the replicas'
+values within this process: under ``MultiWorkerMirroredStrategy`` (replicas in other processes) they raise
+``NotImplementedError``; the Gauss-Newton rows are not combined at all (``update_curvature`` with ``rows``
+raises).
 """
 
 from __future__ import annotations
