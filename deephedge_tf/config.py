@@ -441,8 +441,8 @@ class TrainingConfig:
         "none", "none: one device; mirrored: tf.distribute.MirroredStrategy over this machine's GPUs (else its "
         "logical CPUs); multi_worker: MultiWorkerMirroredStrategy over the workers of TF_CONFIG. Each global "
         "batch is sharded by path index across the replicas, the objective and DH-KFAC's curvature see all of "
-        "it (the one-device run); adam or a python optimizer, and under mirrored dhkfac with the kronecker "
-        "preconditioner (docs/guide/distributed.md)")
+        "it (the one-device run); adam, a python optimizer, or dhkfac with the kronecker preconditioner "
+        "(docs/guide/distributed.md)")
     kfac: KFACConfig = section(KFACConfig, "DH-KFAC settings (optimizer = dhkfac)")
     dhlnn: DHLNNConfig = section(DHLNNConfig, "linearised nested optimiser settings (optimizer = dhlnn)")
 
@@ -462,9 +462,6 @@ class TrainingConfig:
             raise ConfigError(f"{key}.distribute", self.distribute, "none for optimizer dhlnn")
         if self.optimizer != "dhkfac":
             return
-        if self.distribute == "multi_worker":  # its merges combine the replicas' values in one process
-            raise ConfigError(f"{key}.distribute", self.distribute, "none or mirrored for optimizer dhkfac "
-                              "(multi_worker: adam or a python optimizer)")
         k = self.kfac
         # The Gauss-Newton rows and the finite-difference line model (it moves the mirrored weights
         # mid-step) run on one replica; each replica's first curvature_paths paths are not the batch's.

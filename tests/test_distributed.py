@@ -100,16 +100,14 @@ HEDGER_SCRIPT = textwrap.dedent('''
 ''')
 # optimizer:objective.  The expected shortfall's curvature takes the batch's quantile, the entropic one its
 # softmax weights, the costs' majorizer its mean trade: DH-KFAC's curvature must see the whole batch too.
-# DH-KFAC combines its replicas within one process: mirrored only (multi_worker refuses it).
 RUNS = ("adam:expected_shortfall", "adam:mean_variance", "dhkfac:expected_shortfall", "dhkfac:entropic")
-WORKER_RUNS = tuple(run for run in RUNS if run.startswith("adam"))
 
 
 def _start_hedgers(distribute, workers=1):
     """The processes of one run of HEDGER_SCRIPT (``workers`` of them with a TF_CONFIG on localhost)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     env.pop("TF_CONFIG", None)
-    command = [sys.executable, "-c", HEDGER_SCRIPT, distribute, *(WORKER_RUNS if workers > 1 else RUNS)]
+    command = [sys.executable, "-c", HEDGER_SCRIPT, distribute, *RUNS]
     if workers == 1:
         return [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)]
     cluster = {"worker": [f"localhost:{port}" for port in _free_ports(workers)]}
@@ -140,10 +138,10 @@ def _free_ports(n):
     return ports
 
 
-def _assert_same_run(single, distributed, replicas, runs=RUNS):
+def _assert_same_run(single, distributed, replicas):
     import numpy as np
 
-    for run in runs:
+    for run in RUNS:
         a, b = single[run], distributed[run]
         assert (a["replicas"], b["replicas"]) == (1, replicas), run
         assert a["steps"] == b["steps"] == 6, run
@@ -160,13 +158,13 @@ def test_training_distribute_mirrored_and_multi_worker_match_one_device():
     """`training.distribute` on two logical CPUs (mirrored) and on two worker processes on localhost
     (multi_worker, TF_CONFIG): each global batch sharded by path index, the objective and DH-KFAC's
     curvature of the whole batch (the expected shortfall, the variance and the entropic risk couple the
-    paths), six steps of Adam (and, mirrored, of DH-KFAC's Kronecker rule) over two epochs of fresh
-    paths end at the one-device run's weights and losses."""
+    paths), six steps of Adam and of DH-KFAC's Kronecker rule over two epochs of fresh paths end at the
+    one-device run's weights and losses."""
     runs = [_start_hedgers("none"), _start_hedgers("mirrored"), _start_hedgers("multi_worker", workers=2)]
     [single], [mirrored], workers = (_results(procs) for procs in runs)
     _assert_same_run(single, mirrored, replicas=2)
     for worker in workers:
-        _assert_same_run(single, worker, replicas=2, runs=WORKER_RUNS)
+        _assert_same_run(single, worker, replicas=2)
 
 
 def test_distribute_refuses_what_would_not_be_the_one_device_run():
@@ -183,12 +181,10 @@ def test_distribute_refuses_what_would_not_be_the_one_device_run():
                                "training.kfac.jvp_method"),
                               ({"optimizer": "dhkfac", "kfac": {**kronecker, "curvature_paths": 128}},
                                "training.kfac.curvature_paths")):
-            if distribute == "multi_worker" and training["optimizer"] == "dhkfac":
-                key = "training.distribute"  # refused before its settings are looked at
             with pytest.raises(ConfigError, match=f"config key '{key}'"):
                 from_dict({"training": {**training, "distribute": distribute}})
-    cfg = from_dict({"training": {"optimizer": "dhkfac", "kfac": kronecker, "distribute": "mirrored"}})
-    assert cfg.training.distribute == "mirrored"
+        cfg = from_dict({"training": {"optimizer": "dhkfac", "kfac": kronecker, "distribute": distribute}})
+        assert cfg.training.distribute == distribute
     assert from_dict({"training": {"distribute": "mirrored"}}).training.distribute == "mirrored"
 
 

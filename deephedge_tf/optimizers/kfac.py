@@ -110,10 +110,10 @@ step models are averaged over the replicas (each holds an equal share of the pat
 summed (Keras' convention: each replica's gradient of its loss divided by the number of replicas).
 In replica context these calls must not sit inside a ``tf.cond`` branch (``merge_call`` cannot run
 there); the train step of :mod:`deephedge_tf.optimizers.train_step` calls them unconditionally then, with
-the loss's curvature evaluated on the whole batch (``AcrossReplicas``).  The merges combine the replicas'
-values within this process: under ``MultiWorkerMirroredStrategy`` (replicas in other processes) they raise
-``NotImplementedError``; the Gauss-Newton rows are not combined at all (``update_curvature`` with ``rows``
-raises).
+the loss's curvature evaluated on the whole batch (``AcrossReplicas``).  Under
+``MultiWorkerMirroredStrategy`` each worker's merge combines its own replicas and then the workers' values
+(an all-reduce per statistic, in the same order on every worker).  The Gauss-Newton rows are not combined
+(``update_curvature`` with ``rows`` raises under several replicas).
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ import logging
 import keras
 import tensorflow as tf
 
-from deephedge_tf.distribute import multi_replica_context
+from deephedge_tf.distribute import is_multi_worker, multi_replica_context
 from deephedge_tf.optimizers import estimator, steps, woodbury
 from deephedge_tf.optimizers.blocks import KroneckerBlock, find_blocks, layer_path, stack, unstack
 
@@ -169,16 +169,25 @@ def _from_eigenbasis(state, y):
 
 
 def _every_replica(strategy, value) -> list:
-    """The values of ``value`` on every replica, all of which this process holds (the merges below combine
-    them here: MirroredStrategy on one machine, not MultiWorkerMirroredStrategy, whose other workers'
-    replicas live in other processes)."""
-    local = list(strategy.experimental_local_results(value))
-    if len(local) != strategy.num_replicas_in_sync:
-        raise NotImplementedError(
-            f"DHKFAC: {strategy.num_replicas_in_sync} replicas of which this process holds {len(local)} "
-            "(MultiWorkerMirroredStrategy): DH-KFAC combines its replicas on one machine "
-            "(MirroredStrategy); train on several workers with Adam or another Keras optimizer")
-    return local
+    """The values of ``value`` on this process's replicas (all of them, except under a multi-worker
+    strategy, where :func:`_across_workers` combines the workers' means)."""
+    return list(strategy.experimental_local_results(value))
+
+
+def _across_workers(tensor, op: str = "mean"):
+    """``tensor``, one process's mean (``op="mean"``) or sum (``"sum"``) over its replicas, combined over
+    the workers of a multi-worker strategy (every worker holds as many replicas); ``tensor`` itself
+    otherwise.  Called in cross-replica context, by every worker in the same order."""
+    strategy = tf.distribute.get_strategy()
+    if not is_multi_worker(strategy):
+        return tensor
+    tensor = tf.convert_to_tensor(tensor)
+    values = strategy.experimental_distribute_values_from_function(lambda _: tensor)
+    mean = strategy.reduce(tf.distribute.ReduceOp.MEAN, values, axis=None)  # over workers: equal shares
+    if op == "sum":
+        workers = len(strategy.cluster_resolver.cluster_spec().as_dict().get("worker", []))
+        mean = mean * tf.cast(workers, mean.dtype)
+    return mean
 
 
 def _mean(tensors):
@@ -700,7 +709,8 @@ class DHKFAC(keras.optimizers.Optimizer):
 
             def merge(strategy, per_replica):
                 local = [{name: (_every_replica(strategy, a)[r], _every_replica(strategy, g)[r])
-                          for name, (a, g) in per_replica.items()} for r in range(strategy.num_replicas_in_sync)]
+                          for name, (a, g) in per_replica.items()}
+                         for r in range(len(strategy.extended.worker_devices))]
                 prepared = self._prepare(local)
                 if not prepared:
                     return tf.constant(False)
@@ -766,7 +776,8 @@ class DHKFAC(keras.optimizers.Optimizer):
         stats = []
         for k, a, g in prepared:
             factors = [estimator.pooled_factors(x, y) for x, y in zip(a, g)]
-            stats.append((k, a, g, _mean([f[0] for f in factors]), _mean([f[1] for f in factors])))
+            stats.append((k, a, g, _across_workers(_mean([f[0] for f in factors])),
+                          _across_workers(_mean([f[1] for f in factors]))))
         finite = steps.all_finite([t for _, a, g, fa, fg in stats for t in a + g + [fa, fg]] + list(rows.values()))
 
         def skip():
@@ -816,7 +827,8 @@ class DHKFAC(keras.optimizers.Optimizer):
         for k, a, g, _, _ in stats:
             state = self._kfac_states[k]
             if self.ekfac and k not in rows:  # blocks with rows: _fold_rows_diagonal, after this update
-                fresh = _mean([estimator.ekfac_diagonal(x, y, state.basis_a, state.basis_g) for x, y in zip(a, g)])
+                fresh = _across_workers(
+                    _mean([estimator.ekfac_diagonal(x, y, state.basis_a, state.basis_g) for x, y in zip(a, g)]))
                 blended = decay * state.scale + (1.0 - decay) * fresh
                 updated = tf.where(first[k], fresh, blended)
                 # Overflow in the per-path squares is the one way finite inputs give a non-finite s.
@@ -1121,7 +1133,8 @@ class DHKFAC(keras.optimizers.Optimizer):
         ctx = multi_replica_context()
         if ctx is not None:  # each replica's model is on its own paths: their mean, set once
             def merge(strategy, m, b):
-                self._set_model(_mean(_every_replica(strategy, m)), _mean(_every_replica(strategy, b)))
+                self._set_model(_across_workers(_mean(_every_replica(strategy, m))),
+                                _across_workers(_mean(_every_replica(strategy, b))))
 
             ctx.merge_call(merge, args=(tf.convert_to_tensor(matrix), tf.convert_to_tensor(rhs)))
             return
@@ -1199,7 +1212,8 @@ class DHKFAC(keras.optimizers.Optimizer):
             # Keras' convention: each replica's gradient of its (1 / replicas)-scaled loss, summed.  The
             # whole update then runs once in cross-replica context, writing every replica's copy.
             def merge(strategy, per_replica):
-                summed = [None if g is None else tf.add_n(_every_replica(strategy, g)) for g in per_replica]
+                summed = [None if g is None else _across_workers(tf.add_n(_every_replica(strategy, g)), "sum")
+                          for g in per_replica]
                 return self._apply_once(summed, trainable_variables)
 
             return ctx.merge_call(merge, args=(list(grads),))
