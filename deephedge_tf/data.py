@@ -84,11 +84,14 @@ class PathBatches(keras.utils.PyDataset):
     def __getitem__(self, index):
         if not 0 <= index < self.batches_per_epoch:
             raise IndexError(index)
-        paths = self.market.simulate(self.batch_size, start=self.start_of(index), seed=self.seed)
-        batch = self._batch(paths)
+        batch = self._paths_batch(self.start_of(index), self.batch_size)
         if self._specs is None:
-            self._specs = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), batch)
+            self._specs = _specs_of(batch)
         return batch
+
+    def _paths_batch(self, start: int, size: int) -> dict:
+        """The batch dict of the stream's paths ``[start, start + size)``."""
+        return self._batch(self.market.simulate(size, start=start, seed=self.seed))
 
     def replica_dataset(self, replicas, shard_size: int, first_epoch: int = 0) -> tf.data.Dataset:
         """One input pipeline's share of every batch, from ``first_epoch`` on, without end: element ``j``
@@ -108,22 +111,12 @@ class PathBatches(keras.utils.PyDataset):
         """
         replicas = [int(g) for g in replicas]
         size, local, n = int(shard_size), len(replicas), len(self)
-        spec_batch = self._batch(self.market.simulate(size, start=self.offset, seed=self.seed))
-        specs = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), spec_batch)
-        flat = tf.nest.flatten(specs)
 
         def draw(element):
-            step, slot = divmod(int(element), local)
-            start = self.start_of(step % n, first_epoch + step // n) + replicas[slot] * size
-            return tf.nest.flatten(self._batch(self.market.simulate(size, start=start, seed=self.seed)))
+            step, slot = divmod(element, local)
+            return self._paths_batch(self.start_of(step % n, first_epoch + step // n) + replicas[slot] * size, size)
 
-        def item(element):
-            tensors = tf.py_function(draw, [element], Tout=[spec.dtype for spec in flat])
-            for tensor, spec in zip(tensors, flat):
-                tensor.set_shape(spec.shape)
-            return tf.nest.pack_sequence_as(specs, tensors)
-
-        return tf.data.Dataset.range(2**62).map(item).prefetch(1)
+        return _pipeline(2**62, draw, _specs_of(self._paths_batch(self.offset, size)))
 
     def dataset(self) -> tf.data.Dataset:
         """This epoch's batches as a ``tf.data.Dataset`` (what ``Hedger.fit`` trains on).
@@ -142,21 +135,7 @@ class PathBatches(keras.utils.PyDataset):
         """
         if self._specs is None:
             self[0]  # noqa: B018 - drawn for its specs
-        specs = self._specs
-        flat = tf.nest.flatten(specs)
-        dtypes = [spec.dtype for spec in flat]
-
-        def draw(index):
-            return tf.nest.flatten(self[int(index)])
-
-        def item(index):
-            # py_function hands the traced batch's tensors over as they are (no numpy round trip).
-            tensors = tf.py_function(draw, [index], Tout=dtypes)
-            for tensor, spec in zip(tensors, flat):
-                tensor.set_shape(spec.shape)
-            return tf.nest.pack_sequence_as(specs, tensors)
-
-        return tf.data.Dataset.range(len(self)).map(item).prefetch(1)
+        return _pipeline(len(self), self.__getitem__, self._specs)
 
     def _batch(self, paths: MarketPaths) -> dict:
         """``make_batch(paths, ...)`` as one traced graph: run eagerly it dispatches ~1000 small ops per
@@ -174,6 +153,26 @@ class PathBatches(keras.utils.PyDataset):
 
     def on_epoch_end(self):
         self.epoch += 1
+
+
+def _specs_of(batch: dict):
+    """The nesting, shapes and dtypes of a batch dict."""
+    return tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), batch)
+
+
+def _pipeline(count: int, draw, specs) -> tf.data.Dataset:
+    """Elements ``0 .. count - 1`` as ``draw(element)`` (batch dicts of ``specs``), the next one drawn while
+    the current step runs.  ``tf.py_function`` hands the traced batch's tensors over as they are (no
+    numpy round trip)."""
+    flat = tf.nest.flatten(specs)
+
+    def item(element):
+        tensors = tf.py_function(lambda e: tf.nest.flatten(draw(int(e))), [element], Tout=[s.dtype for s in flat])
+        for tensor, spec in zip(tensors, flat):
+            tensor.set_shape(spec.shape)
+        return tf.nest.pack_sequence_as(specs, tensors)
+
+    return tf.data.Dataset.range(count).map(item).prefetch(1)
 
 
 class SyncEpoch(keras.callbacks.Callback):

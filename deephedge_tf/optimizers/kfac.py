@@ -168,14 +168,14 @@ def _from_eigenbasis(state, y):
                      tf.convert_to_tensor(state.basis_g))
 
 
-def _every_replica(strategy, value) -> list:
+def _local_values(strategy, value) -> list:
     """The values of ``value`` on this process's replicas (all of them, except under a multi-worker
     strategy, where :func:`_across_workers` combines the workers' means)."""
     return list(strategy.experimental_local_results(value))
 
 
-def _across_workers(tensor, op: str = "mean"):
-    """``tensor``, one process's mean (``op="mean"``) or sum (``"sum"``) over its replicas, combined over
+def _across_workers(tensor):
+    """``tensor``, one process's mean over its replicas of a statistic computed in a merge, averaged over
     the workers of a multi-worker strategy (every worker holds as many replicas); ``tensor`` itself
     otherwise.  Called in cross-replica context, by every worker in the same order."""
     strategy = tf.distribute.get_strategy()
@@ -183,11 +183,7 @@ def _across_workers(tensor, op: str = "mean"):
         return tensor
     tensor = tf.convert_to_tensor(tensor)
     values = strategy.experimental_distribute_values_from_function(lambda _: tensor)
-    mean = strategy.reduce(tf.distribute.ReduceOp.MEAN, values, axis=None)  # over workers: equal shares
-    if op == "sum":
-        workers = len(strategy.cluster_resolver.cluster_spec().as_dict().get("worker", []))
-        mean = mean * tf.cast(workers, mean.dtype)
-    return mean
+    return strategy.reduce(tf.distribute.ReduceOp.MEAN, values, axis=None)
 
 
 def _mean(tensors):
@@ -708,9 +704,9 @@ class DHKFAC(keras.optimizers.Optimizer):
                 raise NotImplementedError("DHKFAC.update_curvature: rows under a multi-replica strategy")
 
             def merge(strategy, per_replica):
-                local = [{name: (_every_replica(strategy, a)[r], _every_replica(strategy, g)[r])
-                          for name, (a, g) in per_replica.items()}
-                         for r in range(len(strategy.extended.worker_devices))]
+                by_name = {name: list(zip(_local_values(strategy, a), _local_values(strategy, g)))
+                           for name, (a, g) in per_replica.items()}
+                local = [dict(zip(by_name, replica)) for replica in zip(*by_name.values())]
                 prepared = self._prepare(local)
                 if not prepared:
                     return tf.constant(False)
@@ -1133,8 +1129,8 @@ class DHKFAC(keras.optimizers.Optimizer):
         ctx = multi_replica_context()
         if ctx is not None:  # each replica's model is on its own paths: their mean, set once
             def merge(strategy, m, b):
-                self._set_model(_across_workers(_mean(_every_replica(strategy, m))),
-                                _across_workers(_mean(_every_replica(strategy, b))))
+                mean = tf.distribute.ReduceOp.MEAN  # over every replica, of every worker
+                self._set_model(strategy.reduce(mean, m, axis=None), strategy.reduce(mean, b, axis=None))
 
             ctx.merge_call(merge, args=(tf.convert_to_tensor(matrix), tf.convert_to_tensor(rhs)))
             return
@@ -1212,7 +1208,7 @@ class DHKFAC(keras.optimizers.Optimizer):
             # Keras' convention: each replica's gradient of its (1 / replicas)-scaled loss, summed.  The
             # whole update then runs once in cross-replica context, writing every replica's copy.
             def merge(strategy, per_replica):
-                summed = [None if g is None else _across_workers(tf.add_n(_every_replica(strategy, g)), "sum")
+                summed = [None if g is None else strategy.reduce(tf.distribute.ReduceOp.SUM, g, axis=None)
                           for g in per_replica]
                 return self._apply_once(summed, trainable_variables)
 
