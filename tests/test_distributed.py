@@ -247,3 +247,24 @@ def test_deephedge_train_on_two_workers_writes_the_run_on_worker_0(tmp_path):
     assert chief["train"]["steps"] == other["train"]["steps"] == 4
     assert chief["train"]["final_loss"] == other["train"]["final_loss"]
     assert (out / "saved_model").is_dir() and not (out / "worker-0").exists()
+
+
+def test_a_multi_worker_strategy_after_tensorflow_started_is_a_clear_error():
+    """TensorFlow configures the multi-worker collectives at start-up: asking for the strategy after any
+    TensorFlow computation names what to do instead of TensorFlow's bare RuntimeError."""
+    script = textwrap.dedent('''
+        import tensorflow as tf
+        from deephedge_tf.distribute import strategy_for
+        tf.constant(1.0) + 1.0
+        try:
+            strategy_for("multi_worker")
+        except RuntimeError as err:
+            print(err)
+    ''')
+    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+               TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "must be created before any TensorFlow computation" in proc.stdout
+    assert "strategy_for('multi_worker')" in proc.stdout
