@@ -441,8 +441,8 @@ class TrainingConfig:
         "none", "none: one device; mirrored: tf.distribute.MirroredStrategy over this machine's GPUs (else its "
         "logical CPUs); multi_worker: MultiWorkerMirroredStrategy over the workers of TF_CONFIG. Each global "
         "batch is sharded by path index across the replicas, the objective and DH-KFAC's curvature see all of "
-        "it (the one-device run); adam, a python optimizer, or dhkfac with the kronecker preconditioner "
-        "(docs/guide/distributed.md)")
+        "it (the one-device run); adam, a python optimizer or dhkfac (not dhlnn, not kfac.curvature_paths; "
+        "docs/guide/distributed.md)")
     kfac: KFACConfig = section(KFACConfig, "DH-KFAC settings (optimizer = dhkfac)")
     dhlnn: DHLNNConfig = section(DHLNNConfig, "linearised nested optimiser settings (optimizer = dhlnn)")
 
@@ -463,14 +463,8 @@ class TrainingConfig:
         if self.optimizer != "dhkfac":
             return
         k = self.kfac
-        # The Gauss-Newton rows and the finite-difference line model (it moves the mirrored weights
-        # mid-step) run on one replica; each replica's first curvature_paths paths are not the batch's.
-        if k.preconditioner != "kronecker":
-            raise ConfigError(f"{key}.kfac.preconditioner", k.preconditioner,
-                              f"kronecker under {key}.distribute {self.distribute} (gauss_newton runs on one device)")
-        if k.step_model == "line" and k.jvp_method != "forward_mode":
-            raise ConfigError(f"{key}.kfac.jvp_method", k.jvp_method,
-                              f"forward_mode under {key}.distribute {self.distribute}")
+        # Each replica's first curvature_paths paths are not the batch's first (the Gauss-Newton rows, which
+        # are, are laid side by side from the replicas' shares instead; see optimizers.train_step).
         if k.curvature_paths is not None:
             raise ConfigError(f"{key}.kfac.curvature_paths", k.curvature_paths,
                               f"null (all paths) under {key}.distribute {self.distribute}")

@@ -1,7 +1,8 @@
-"""DH-KFAC under tf.distribute.MirroredStrategy on two logical CPU devices: gradients and curvature
-statistics are combined across replicas, so the weights after a few steps match a single-device run on
-the same global batches.  Runs in a subprocess: logical devices must be configured before TensorFlow
-initialises them, which the rest of the suite has done already."""
+"""DH-KFAC under tf.distribute.MirroredStrategy on two logical CPU devices and MultiWorkerMirroredStrategy on
+two worker processes: gradients, curvature statistics and the Gauss-Newton rows are combined across
+replicas, so the weights after a few steps match a single-device run on the same global batches.  Runs in
+subprocesses: logical devices must be configured before TensorFlow initialises them, which the rest of the
+suite has done already."""
 
 import json
 import os
@@ -18,48 +19,57 @@ SCRIPT = textwrap.dedent('''
     import keras
     from deephedge_tf.optimizers import DHKFAC, with_curvature
 
+    # float64: the finite-difference line model divides output differences by a 1e-3 relative move, so
+    # float32 summation-order differences (1e-7) would reach the step size at 1e-4.
+    keras.config.set_floatx("float64")
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(192, 4)).astype("float32")
-    y = (np.sin(2 * x[:, :1]) + x[:, 1:2] * x[:, 2:3]).astype("float32")
+    x = rng.normal(size=(192, 4))
+    y = np.sin(2 * x[:, :1]) + x[:, 1:2] * x[:, 2:3]
+    RULES = {
+        # the paper's rule with the exact (forward-mode) line model
+        "kronecker": dict(preconditioner="kronecker", inverse_period=2, momentum=0.5, jvp_method="forward_mode"),
+        # the defaults: Gauss-Newton rows (40: more than one replica's 32 paths, fewer than the batch's 64),
+        # the finite-difference line model (it moves every replica's weights, once, mid-step)
+        "gauss_newton": dict(jacobian_rows=40),
+    }
 
-    def run(strategy):
+    def run(strategy, rule):
         with strategy.scope():
             keras.utils.set_random_seed(0)
             net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(16, activation="tanh"),
                                     keras.layers.Dense(1)])
             model = with_curvature(net)
-            # Forward mode in both runs: the finite-difference line model (the default) runs on one replica
-            # only, and under a multi-replica strategy the step uses forward mode (a logged warning).
-            model.compile(optimizer=DHKFAC(preconditioner="kronecker", inverse_period=2, momentum=0.5,
-                                           jvp_method="forward_mode"), loss="mse")
+            model.compile(optimizer=DHKFAC(**RULES[rule]), loss="mse")
         history = model.fit(x, y, batch_size=64, epochs=2, shuffle=False, verbose=0)
         return [v.numpy() for v in model.trainable_variables], history.history["loss"], \\
             int(model.optimizer.iterations.numpy()), list(model.optimizer.active_blocks)
 
-    single = run(tf.distribute.OneDeviceStrategy("/cpu:0"))
-    mirrored = run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
-    moved = max(float(np.abs(w - w0).max()) for w, w0 in zip(single[0], mirrored[0]))
-    change = max(float(np.abs(w).max()) for w in single[0])
-    print(json.dumps({"max_diff": moved, "scale": change, "losses": [single[1], mirrored[1]],
-                      "iterations": [single[2], mirrored[2]], "blocks": [single[3], mirrored[3]],
-                      "weights": [[w.tolist() for w in single[0]], [w.tolist() for w in mirrored[0]]]}))
+    out = {}
+    one, two = tf.distribute.OneDeviceStrategy("/cpu:0"), tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    for rule in RULES:  # one strategy object for both runs: a second one would reuse the collectives' keys
+        single, mirrored = run(one, rule), run(two, rule)
+        out[rule] = {"losses": [single[1], mirrored[1]], "iterations": [single[2], mirrored[2]],
+                     "blocks": [single[3], mirrored[3]],
+                     "weights": [[w.tolist() for w in single[0]], [w.tolist() for w in mirrored[0]]]}
+    print(json.dumps(out))
 ''')
 
 
 def test_mirrored_two_replicas_match_one_device():
+    """A plain Keras model (`with_curvature`, MSE) under both DH-KFAC rules."""
+    import numpy as np
+
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["iterations"] == [6, 6]
-    assert [len(b) for b in out["blocks"]] == [2, 2]  # both Dense layers have curvature
-    # Six steps of the same global batches: float32 summation order is the only difference.
-    import numpy as np
-
-    for a, b in zip(*out["weights"]):
-        np.testing.assert_allclose(np.array(b), np.array(a), rtol=2e-4, atol=2e-5)
-    np.testing.assert_allclose(out["losses"][1], out["losses"][0], rtol=1e-4)
-    assert out["losses"][0][1] < 0.8 * out["losses"][0][0]  # it trained: the match is not of two idle runs
+    for rule, out in json.loads(proc.stdout.strip().splitlines()[-1]).items():
+        assert out["iterations"] == [6, 6], rule
+        assert [len(b) for b in out["blocks"]] == [2, 2], rule  # both Dense layers have curvature
+        # Six steps of the same global batches: summation order is the only difference.
+        for a, b in zip(*out["weights"]):
+            np.testing.assert_allclose(np.array(b), np.array(a), rtol=1e-8, atol=1e-10, err_msg=rule)
+        np.testing.assert_allclose(out["losses"][1], out["losses"][0], rtol=1e-10, err_msg=rule)
+        assert out["losses"][0][1] < 0.8 * out["losses"][0][0], rule  # it trained: not two idle runs
 
 
 HEDGER_SCRIPT = textwrap.dedent('''
@@ -72,7 +82,7 @@ HEDGER_SCRIPT = textwrap.dedent('''
     from deephedge_tf.config import from_dict
     from deephedge_tf.training import build_parts, distribution_strategy, fit_hedger, make_hedger
 
-    def run(optimizer, objective, distribute):
+    def run(optimizer, objective, distribute, kfac):
         # float64: Adam divides by the root of small second moments, which turns float32 summation-order
         # differences into visible weight differences; in float64 the runs must agree to rounding.  tanh: the
         # ReLU's dead units give Kronecker factors repeated zero eigenvalues, whose eigenvectors rounding
@@ -83,7 +93,7 @@ HEDGER_SCRIPT = textwrap.dedent('''
                          "policy": {"kind": "mlp", "num_layers": 1, "width": 8, "activation": "tanh"},
                          "objective": {"kind": objective},
                          "training": {"optimizer": optimizer, "learning_rate": 1.0e-2, "distribute": distribute,
-                                      "kfac": {"preconditioner": "kronecker", "jvp_method": "forward_mode"},
+                                      "kfac": kfac,
                                       "batch_size": 256, "batches_per_epoch": 3, "epochs": 2,
                                       "validation_paths": 512}})
         parts = build_parts(cfg)
@@ -96,11 +106,24 @@ HEDGER_SCRIPT = textwrap.dedent('''
     if distribute == "multi_worker":  # before any TensorFlow computation (the collectives' start-up)
         from deephedge_tf.distribute import strategy_for
         strategy_for(distribute)
-    print(json.dumps({run_name: run(*run_name.split(":"), distribute) for run_name in sys.argv[2:]}))
+    def kfac_of(rule):
+        if rule == "kronecker":  # the paper's rule, with the exact (forward-mode) line model
+            return {"preconditioner": "kronecker", "jvp_method": "forward_mode"}
+        # the defaults (Gauss-Newton, finite-difference line model), with rows: 256 > one replica's 128
+        # paths, the rows span both replicas' shares; 64, they are replica 0's alone
+        return {} if rule == "defaults" else {"jacobian_rows": int(rule.split("=")[1])}
+
+    results = {}
+    for run_name in sys.argv[2:]:
+        optimizer, objective, *rule = run_name.split(":")
+        results[run_name] = run(optimizer, objective, distribute, kfac_of(rule[0]) if rule else {})
+    print(json.dumps(results))
 ''')
-# optimizer:objective.  The expected shortfall's curvature takes the batch's quantile, the entropic one its
-# softmax weights, the costs' majorizer its mean trade: DH-KFAC's curvature must see the whole batch too.
-RUNS = ("adam:expected_shortfall", "adam:mean_variance", "dhkfac:expected_shortfall", "dhkfac:entropic")
+# optimizer:objective[:DH-KFAC rule].  The expected shortfall's curvature takes the batch's quantile, the
+# entropic one its softmax weights, the costs' majorizer its mean trade: DH-KFAC's curvature must see the
+# whole batch too; the Gauss-Newton rows are the global batch's first paths, whichever replicas hold them.
+RUNS = ("adam:expected_shortfall", "adam:mean_variance", "dhkfac:expected_shortfall:kronecker",
+        "dhkfac:entropic:kronecker", "dhkfac:expected_shortfall:defaults", "dhkfac:entropic:rows=64")
 
 
 def _start_hedgers(distribute, workers=1):
@@ -173,18 +196,17 @@ def test_distribute_refuses_what_would_not_be_the_one_device_run():
     from deephedge_tf.config import from_dict
     from deephedge_tf.errors import ConfigError
 
-    kronecker = {"preconditioner": "kronecker", "jvp_method": "forward_mode"}
     for distribute in ("mirrored", "multi_worker"):
         for training, key in (({"optimizer": "dhlnn"}, "training.distribute"),
-                              ({"optimizer": "dhkfac"}, "training.kfac.preconditioner"),
-                              ({"optimizer": "dhkfac", "kfac": {"preconditioner": "kronecker"}},
-                               "training.kfac.jvp_method"),
-                              ({"optimizer": "dhkfac", "kfac": {**kronecker, "curvature_paths": 128}},
+                              ({"optimizer": "dhkfac", "kfac": {"curvature_paths": 128}},
+                               "training.kfac.curvature_paths"),
+                              ({"optimizer": "dhkfac", "kfac": {"preconditioner": "kronecker", "curvature_paths": 128}},
                                "training.kfac.curvature_paths")):
             with pytest.raises(ConfigError, match=f"config key '{key}'"):
                 from_dict({"training": {**training, "distribute": distribute}})
-        cfg = from_dict({"training": {"optimizer": "dhkfac", "kfac": kronecker, "distribute": distribute}})
-        assert cfg.training.distribute == distribute
+        for kfac in ({}, {"preconditioner": "kronecker"}):  # both rules, with their default line models
+            cfg = from_dict({"training": {"optimizer": "dhkfac", "kfac": kfac, "distribute": distribute}})
+            assert cfg.training.distribute == distribute
     assert from_dict({"training": {"distribute": "mirrored"}}).training.distribute == "mirrored"
 
 

@@ -103,17 +103,19 @@ gradients *before* preconditioning, ``weight_decay`` is decoupled (``w -= weight
 gradients are not all finite writes nothing (no variable, iteration count included) and increments
 ``skipped_steps``.
 
-Several replicas (``tf.distribute.MirroredStrategy``): ``update_curvature``, ``set_step_model`` /
-``set_subspace_model`` and ``apply`` may be called in replica context.  Each synchronises the replicas
-once (``merge_call``) and runs the update a single time in cross-replica context: statistics and
-step models are averaged over the replicas (each holds an equal share of the paths), gradients are
-summed (Keras' convention: each replica's gradient of its loss divided by the number of replicas).
+Several replicas (``tf.distribute.MirroredStrategy``): ``update_curvature``, ``set_jacobian_rows``,
+``step_directions``, ``set_step_model`` / ``set_subspace_model``, ``apply`` and ``judge_step`` may be called
+in replica context.  Each synchronises the replicas once (``merge_call``) and runs a single time in
+cross-replica context: statistics and step models are averaged over the replicas (each holds an equal
+share of the paths), gradients are summed (Keras' convention: each replica's gradient of its loss divided
+by the number of replicas), and so are the losses ``judge_step`` compares.  Gauss-Newton rows (and the
+statistics that come with them) must be the same on every replica (the train step lays the replicas'
+shares of the global batch's first paths side by side): the first replica's are used.
 In replica context these calls must not sit inside a ``tf.cond`` branch (``merge_call`` cannot run
 there); the train step of :mod:`deephedge_tf.optimizers.train_step` calls them unconditionally then, with
 the loss's curvature evaluated on the whole batch (``AcrossReplicas``).  Under
 ``MultiWorkerMirroredStrategy`` each worker's merge combines its own replicas and then the workers' values
-(an all-reduce per statistic, in the same order on every worker).  The Gauss-Newton rows are not combined
-(``update_curvature`` with ``rows`` raises under several replicas).
+(an all-reduce per statistic, in the same order on every worker).
 """
 
 from __future__ import annotations
@@ -701,7 +703,15 @@ class DHKFAC(keras.optimizers.Optimizer):
             stats = captured() if callable(captured) else captured
 
             if rows is not None:
-                raise NotImplementedError("DHKFAC.update_curvature: rows under a multi-replica strategy")
+                # The Gauss-Newton train step hands every replica the same statistics and rows (the global
+                # batch's first jacobian_rows paths): the update runs once on the first replica's.
+                def merge_rows(strategy, per_replica, per_replica_rows):
+                    first = {name: (_local_values(strategy, a)[0], _local_values(strategy, g)[0])
+                             for name, (a, g) in per_replica.items()}
+                    first_rows = {name: _local_values(strategy, r)[0] for name, r in per_replica_rows.items()}
+                    return self._update_with_rows(first, first_rows)
+
+                return ctx.merge_call(merge_rows, args=(stats, rows))
 
             def merge(strategy, per_replica):
                 by_name = {name: list(zip(_local_values(strategy, a), _local_values(strategy, g)))
@@ -714,6 +724,10 @@ class DHKFAC(keras.optimizers.Optimizer):
                                lambda: tf.constant(False))
 
             return ctx.merge_call(merge, args=(stats,))
+        return self._update_with_rows(captured, rows)
+
+    def _update_with_rows(self, captured, rows):
+        """:meth:`update_curvature` on one replica (``captured`` a dict or a function returning one)."""
         by_index = self._rows_by_index(rows, "DHKFAC.update_curvature")
         self._turned_rows = None
         if callable(captured):
@@ -944,10 +958,40 @@ class DHKFAC(keras.optimizers.Optimizer):
                 f"DHKFAC: got {len(grads)} gradients for {len(self._trainable_variables)} variables"
             )
         if self.gauss_newton:
-            d, _, _, _, _, rows_d = self._gauss_newton_directions({i: g for i, g in enumerate(grads) if g is not None})
-            return self._per_variable(d), tf.cast(tf.reduce_sum(tf.square(rows_d)), self._scalar_dtype)
+            ctx = multi_replica_context()
+            if ctx is not None:
+                return self._gauss_newton_directions_in_merge(ctx, grads)
+            return self._gauss_newton_per_variable(grads)
         directions = self._block_directions({i: g for i, g in enumerate(grads) if g is not None}, with_momentum)
         return self._per_variable({k: d for k, (d, _, _, _) in directions.items()}), self._quadratic(directions)
+
+    def _gauss_newton_per_variable(self, grads):
+        """The Gauss-Newton direction per variable (``None`` for the diagonal ones) and ``|R d|^2``."""
+        d, _, _, _, _, rows_d = self._gauss_newton_directions({i: g for i, g in enumerate(grads) if g is not None})
+        return self._per_variable(d), tf.cast(tf.reduce_sum(tf.square(rows_d)), self._scalar_dtype)
+
+    def _gauss_newton_directions_in_merge(self, ctx, grads):
+        """:meth:`_gauss_newton_per_variable` under several replicas: the rows live in cross-replica context
+        (:meth:`set_jacobian_rows`), so the direction of the replicas' common gradients (the global ones)
+        is solved there, once, and handed back to every replica."""
+        present = [i for i, g in enumerate(grads) if g is not None]
+        # The variables that get a direction: those of the blocks with rows and a gradient (as in
+        # _gauss_newton_directions).  Each replica derives them itself (only one replica's merge_fn runs).
+        solved = [i for k in self._rows if any(i in present for i in self._kfac_blocks[k].indices)
+                  for i in self._kfac_blocks[k].indices]
+
+        def merge(strategy, per_replica):
+            first = [None] * len(grads)
+            for i, g in zip(present, per_replica):
+                first[i] = _local_values(strategy, g)[0]
+            directions, quad = self._gauss_newton_per_variable(first)
+            return [directions[i] for i in solved], quad
+
+        parts, quad = ctx.merge_call(merge, args=([grads[i] for i in present],))
+        directions = [None] * len(grads)
+        for i, d in zip(solved, parts):
+            directions[i] = d
+        return directions, quad
 
     def _per_variable(self, by_block):
         """``{block k: stacked [da, dg] tensor}`` split into one slice per variable (``None`` elsewhere),
@@ -979,10 +1023,19 @@ class DHKFAC(keras.optimizers.Optimizer):
         self._require_built()
         if not self.gauss_newton:
             raise RuntimeError("DHKFAC.set_jacobian_rows: only with preconditioner='gauss_newton'")
-        if multi_replica_context() is not None:
-            raise NotImplementedError("DHKFAC: preconditioner='gauss_newton' runs on one replica; under a "
-                                      "multi-replica strategy use preconditioner='kronecker'")
         self._statistics_source = True
+        ctx = multi_replica_context()
+        if ctx is not None:
+            # Every replica hands over the same rows (the global batch's first paths, see train_step): kept
+            # once, from the first replica, in cross-replica context where apply's update runs.
+            def merge(strategy, per_replica):
+                self._set_rows({name: _local_values(strategy, r)[0] for name, r in per_replica.items()})
+
+            ctx.merge_call(merge, args=(rows,))
+            return
+        self._set_rows(rows)
+
+    def _set_rows(self, rows):
         prepared = self._rows_by_index(rows, "DHKFAC.set_jacobian_rows")
         self._fed_blocks.update(rows)
         finite = steps.all_finite(list(prepared.values()))
@@ -1073,6 +1126,18 @@ class DHKFAC(keras.optimizers.Optimizer):
         self._require_built()
         if not self.gauss_newton:
             raise RuntimeError("DHKFAC.judge_step: only with preconditioner='gauss_newton'")
+        ctx = multi_replica_context()
+        if ctx is not None:
+            # Each replica's losses are its share (Keras' 1 / replicas scaling): their sum is the global
+            # batch's loss; the judgement (and an undo) runs once, in cross-replica context.
+            def merge(strategy, before, after):
+                total = tf.distribute.ReduceOp.SUM
+                return self._judge(strategy.reduce(total, before, axis=None), strategy.reduce(total, after, axis=None))
+
+            return ctx.merge_call(merge, args=(tf.convert_to_tensor(loss_before), tf.convert_to_tensor(loss_after)))
+        return self._judge(loss_before, loss_after)
+
+    def _judge(self, loss_before, loss_after):
         pred = tf.convert_to_tensor(self.predicted_decrease)
         taken = pred > 0
         actual = tf.cast(loss_before, tf.float64) - tf.cast(loss_after, tf.float64)
@@ -1225,6 +1290,8 @@ class DHKFAC(keras.optimizers.Optimizer):
 
         def skip():
             self.assign_add(self.skipped_steps, tf.constant(1, tf.int64))
+            if self.gauss_newton:  # nothing taken: judge_step (which runs under replicas) has nothing to judge
+                self.assign(self.predicted_decrease, tf.zeros((), tf.float64))
             return tf.constant(False)
 
         return tf.cond(finite, run, skip)

@@ -30,17 +30,14 @@ One step (:func:`curvature_train_step`):
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 import keras
 import tensorflow as tf
 
 from deephedge_tf.distribute import multi_replica_context
 from deephedge_tf.optimizers.capture import Recorder, per_path_gradients
-from deephedge_tf.optimizers.losses import OutputCurvature, loss_curvature
+from deephedge_tf.optimizers.losses import OutputCurvature, RowFactor, loss_curvature
 from deephedge_tf.optimizers.steps import all_finite
-
-_LOG = logging.getLogger("deephedge_tf")
 
 
 @dataclasses.dataclass
@@ -96,7 +93,27 @@ class AcrossReplicas(OutputCurvature):
         return tf.slice(every, tf.stack([tf.cast(b, tf.int32) for b in begin]), tf.shape(outputs))
 
     def jacobian_rows(self, outputs, targets=None, seed=None, sample_weight=None):
-        raise NotImplementedError("AcrossReplicas.jacobian_rows: the Gauss-Newton rows under several replicas")
+        """The inner factor of the whole batch, this replica's rows of it: the cotangent along
+        ``path_axis``, the per-path ``scale`` and ``centre`` (``[B]``, global weights) along their one axis."""
+        ctx = multi_replica_context()
+        outputs = tf.convert_to_tensor(outputs)
+        factor = self.inner.jacobian_rows(*self._gather(outputs, targets), seed, *self._gather(sample_weight))
+        size = tf.shape(outputs)[self.path_axis]
+        first = ctx.replica_id_in_sync_group * size
+
+        def mine(t, axis):
+            if t is None:
+                return None
+            t = tf.convert_to_tensor(t)
+            if t.shape.rank == 0:  # one scale for every path
+                return t
+            begin = [0] * t.shape.rank
+            begin[axis] = first
+            shape = tf.unstack(tf.shape(t))
+            shape[axis] = size
+            return tf.slice(t, tf.stack([tf.cast(b, tf.int32) for b in begin]), tf.stack(shape))
+
+        return RowFactor(mine(factor.cotangent, self.path_axis), mine(factor.scale, 0), mine(factor.centre, 0))
 
     def bilinear(self, outputs, u, v, targets=None, sample_weight=None):
         return self.inner.bilinear(*self._gather(outputs, u, v, targets, sample_weight))
@@ -154,14 +171,28 @@ def finite_difference_curvature(model, forward, variables, tangents, base_terms,
     eps = relative_step * tf.sqrt(w2 / tf.where(t2 > 0, t2, tf.ones_like(t2)))
     eps = tf.where((w2 > 0) & (t2 > 0), eps, tf.constant(relative_step, tf.float64))
     saved = [tf.identity(v) for v, _ in pairs]
-    for v, t in pairs:
-        v.assign_add(tf.cast(eps, v.dtype) * t)
+    _assign([v for v, _ in pairs], [w + tf.cast(eps, v.dtype) * t for (v, t), w in zip(pairs, saved)])
     moved = forward()  # a plain pass: a time loop in the graph stays one loop (no replay needed here)
-    for (v, _), w in zip(pairs, saved):
-        v.assign(w)
+    _assign([v for v, _ in pairs], saved)
     jv = [tf.cast((tf.cast(m.output, tf.float64) - tf.cast(b.output, tf.float64)) / eps, b.output.dtype)
           for m, b in zip(moved, base_terms)]
     return ggn_bilinear(base_terms, jv, jv)
+
+
+def _assign(variables, values):
+    """``variables <- values``; under several replicas once, in cross-replica context, for every replica's
+    copy (the replicas hand over the same values: moved weights of the global direction, or saved ones)."""
+    replica = multi_replica_context()
+    if replica is None:
+        for v, x in zip(variables, values):
+            v.assign(x)
+        return
+
+    def merge(strategy, per_replica):
+        for v, x in zip(variables, per_replica):
+            v.assign(strategy.experimental_local_results(x)[0])
+
+    replica.merge_call(merge, args=(list(values),))
 
 
 def subspace_model(model, forward, variables, grads, direction, previous):
@@ -185,13 +216,7 @@ def _hand_over_step_model(model, optimizer, grads, variables, forward, base_term
         optimizer.set_subspace_model(matrix, rhs)
     elif mode == "line":
         directions, _ = optimizer.step_directions(clipped)
-        finite_difference = getattr(optimizer, "jvp_method", "forward_mode") == "finite_difference"
-        if finite_difference and multi_replica_context() is not None:
-            # Moving the weights would need every replica to write the same mirrored variables mid-step.
-            _LOG.warning("DHKFAC: jvp_method='finite_difference' runs on one replica; under this multi-replica "
-                         "strategy the line model uses forward mode (exact, slower)")
-            finite_difference = False
-        if finite_difference:
+        if getattr(optimizer, "jvp_method", "forward_mode") == "finite_difference":
             # base_terms: the outputs at w on the paths forward() runs on (None: run it at w).
             base = forward() if base_terms is None else base_terms
             curvature = finite_difference_curvature(model, forward, variables, directions, base)
@@ -334,8 +359,12 @@ def sample_space_factor(terms, tape, recorder, cap, seed, rows_terms=None):
     if rows_terms is not None and len(rows_terms) != len(terms):
         raise ValueError(f"sample_space_factor: rows_terms must hold one term per term ({len(terms)}); "
                          f"got {len(rows_terms)}")
-    paths = tf.cast(recorder.path_count() if rows_terms is None
-                    else _batch_paths(terms[0].output, rows_terms[0].output, recorder.path_count()), tf.float64)
+    local_paths = (recorder.path_count() if rows_terms is None
+                   else _batch_paths(terms[0].output, rows_terms[0].output, recorder.path_count()))
+    replica = multi_replica_context()
+    # Under several replicas the rows are the global batch's first n paths (the one-device rows): every
+    # replica computes its own first paths' share, and _head_of_batch lays them side by side below.
+    paths = tf.cast(local_paths, tf.float64) * (1.0 if replica is None else float(replica.num_replicas_in_sync))
     factors = [term.curvature.jacobian_rows(term.output, term.targets,
                                             tf.random.experimental.stateless_fold_in(seed, 100 + i),
                                             term.sample_weight) for i, term in enumerate(terms)]
@@ -365,15 +394,23 @@ def sample_space_factor(terms, tape, recorder, cap, seed, rows_terms=None):
     probe_grads = tape.gradient([t.output for t in through], recorder.probes,
                                 output_gradients=[tf.stop_gradient(c) for c in cotangents])
     statistics = recorder.statistics(probe_grads, cap)
+    if centred:
+        # The centre's weights and the centred term's folded scale S on the kept paths.
+        local_kept = tf.shape(next(iter(statistics.values()))[0])[1]
+        c = factors[centred[0]].centre[:local_kept]
+        scale = tf.cast(folded[centred[0]], c.dtype)
+        s = tf.broadcast_to(scale, [local_kept]) if scale.shape.rank == 0 else scale[:local_kept]
+    if replica is not None:
+        parts = [(x, 1) for pair in statistics.values() for x in pair] + ([(c, 0), (s, 0)] if centred else [])
+        heads = _head_of_batch(parts, int(cap), tf.cast(kept, tf.int32), local_paths, replica)
+        statistics = {name: (heads[2 * i], heads[2 * i + 1]) for i, name in enumerate(statistics)}
+        if centred:
+            c, s = heads[-2:]
     rows = per_path_gradients(statistics)
     if centred:
         # The same n-vectors for every block: the centre's weights renormalised over the kept paths,
         # divided by the centred term's folded scale S.
-        n = tf.cast(kept, tf.int32)
-        c = factors[centred[0]].centre[:n]
         c = c / tf.reduce_sum(c)
-        scale = tf.cast(folded[centred[0]], c.dtype)
-        s = tf.broadcast_to(scale, [n]) if scale.shape.rank == 0 else scale[:n]
         weight = tf.where(s > 0, c / tf.where(s > 0, s, tf.ones_like(s)), tf.zeros_like(s))
 
         def centre(m):
@@ -383,6 +420,36 @@ def sample_space_factor(terms, tape, recorder, cap, seed, rows_terms=None):
     # The folded cotangents carry 1 / sqrt(n): update_curvature's g is per path, undivided.
     statistics = {name: (a, g * tf.sqrt(tf.cast(tf.shape(g)[1], g.dtype))) for name, (a, g) in statistics.items()}
     return rows, statistics
+
+
+def _head_of_batch(parts, cap, kept, local_paths, replica):
+    """The global batch's first ``kept`` (``<= cap``) paths of per-path tensors held in shares by the
+    replicas, the same on every replica: ``parts`` is ``[(tensor, path axis)]``, each tensor this
+    replica's first ``k <= local_paths`` paths; replica ``r`` holds the global paths from ``r x
+    local_paths`` on (equal shares, in replica order, as the batches are sharded).  Each replica zero-pads
+    the part of its share that falls within the first ``cap`` paths to ``cap`` at its global offset, and
+    one all-reduce (SUM) adds the shares: adding zeros is exact, and the buffer is ``cap`` paths, not
+    every replica's rows (an all-gather of ``R`` shares would hold ``R x cap``)."""
+    offset = tf.cast(replica.replica_id_in_sync_group, tf.int32) * tf.cast(local_paths, tf.int32)
+    padded = []
+    for t, axis in parts:
+        t = tf.convert_to_tensor(t)
+        k = tf.shape(t)[axis]
+        begin = tf.minimum(offset, cap)
+        take = tf.maximum(0, tf.minimum(k, cap - offset))
+        size = tf.unstack(tf.shape(t))
+        size[axis] = take
+        share = tf.slice(t, tf.zeros([t.shape.rank], tf.int32), tf.stack(size))
+        pads = [[0, 0]] * t.shape.rank
+        pads[axis] = [begin, cap - begin - take]
+        padded.append(tf.pad(share, tf.convert_to_tensor(pads)))
+    summed = replica.all_reduce(tf.distribute.ReduceOp.SUM, padded)
+    out = []
+    for (t, axis), x in zip(parts, summed):
+        size = tf.unstack(tf.shape(x))
+        size[axis] = kept
+        out.append(tf.slice(x, tf.zeros([x.shape.rank], tf.int32), tf.stack(size)))
+    return out
 
 
 def _batch_paths(output, first_output, first_paths_count):
