@@ -22,11 +22,13 @@ Two things make a run on ``R`` replicas the run on one device, on the same globa
   (path ``i`` does not depend on how many paths are drawn with it), so the shards are exactly the paths of
   the one-device batch.
 
-Optimizers: Adam and other Keras optimizers, and DH-KFAC's Kronecker rule, whose loss curvature is
-evaluated on the whole batch as well (:class:`~deephedge_tf.optimizers.train_step.AcrossReplicas`) and whose
-statistics and step models are averaged over the replicas and workers (:mod:`deephedge_tf.optimizers.kfac`).
-The config refuses the rest (:class:`deephedge_tf.config.TrainingConfig`): the Gauss-Newton rule, the
-finite-difference line model, ``curvature_paths`` and the linearised nested optimiser.
+Optimizers: Adam and other Keras optimizers, and DH-KFAC under both rules, whose loss curvature is
+evaluated on the whole batch as well (:class:`~deephedge_tf.optimizers.train_step.AcrossReplicas`): the
+Gauss-Newton rows are the global batch's first paths, assembled from the replicas' shares
+(:func:`~deephedge_tf.optimizers.train_step.sample_space_factor`); the Kronecker statistics and step
+models are averaged over the replicas and workers (:mod:`deephedge_tf.optimizers.kfac`).  The config
+refuses the rest (:class:`deephedge_tf.config.TrainingConfig`): ``curvature_paths`` and the linearised
+nested optimiser.
 """
 
 from __future__ import annotations

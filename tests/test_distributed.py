@@ -51,6 +51,15 @@ SCRIPT = textwrap.dedent('''
         out[rule] = {"losses": [single[1], mirrored[1]], "iterations": [single[2], mirrored[2]],
                      "blocks": [single[3], mirrored[3]],
                      "weights": [[w.tolist() for w in single[0]], [w.tolist() for w in mirrored[0]]]}
+    # Each replica's first paths are not the batch's: a curvature subset is refused, not silently changed.
+    with two.scope():
+        subset = with_curvature(keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)]), curvature_paths=16)
+        subset.compile(optimizer=DHKFAC(), loss="mse")
+    try:
+        subset.fit(x, y, batch_size=64, epochs=1, verbose=0)
+        out["curvature_paths_error"] = None
+    except ValueError as err:
+        out["curvature_paths_error"] = str(err)
     print(json.dumps(out))
 ''')
 
@@ -62,7 +71,9 @@ def test_mirrored_two_replicas_match_one_device():
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for rule, out in json.loads(proc.stdout.strip().splitlines()[-1]).items():
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "curvature_paths" in (results.pop("curvature_paths_error") or "no error")
+    for rule, out in results.items():
         assert out["iterations"] == [6, 6], rule
         assert [len(b) for b in out["blocks"]] == [2, 2], rule  # both Dense layers have curvature
         # Six steps of the same global batches: summation order is the only difference.

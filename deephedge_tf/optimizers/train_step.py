@@ -345,6 +345,11 @@ def sample_space_factor(terms, tape, recorder, cap, seed, rows_terms=None):
     None), or a second pass over the first ``n`` paths only, whose terms are ``rows_terms`` (the same
     outputs on those paths; its backward pass then costs ``n / B`` of the whole batch's).
 
+    Under several replicas (terms wrapped in :class:`AcrossReplicas`) the rows and statistics are the
+    *global* batch's first ``n`` paths, the one-device factor: each replica back-propagates its share of
+    them (its own first paths, up to ``n``), ``B`` is the global path count, and :func:`_head_of_batch`
+    lays the shares side by side before the centring, so every replica returns the same factor.
+
     Returns:
       rows: ``{block: R [n, dim_a, d_out]}`` with ``sum_n r_n r_n^T`` the GGN of the mean loss (exactly,
         or in expectation with sampled terms).
