@@ -1,10 +1,9 @@
 """Pieces of ``deephedge experiment price_vs_cost`` (deephedge_tf.experiments.price_vs_cost).
 
 The experiment itself (twelve trainings) is not run here: its small scale takes ~5 minutes on two
-cores (the test suite's budget has no room for it), and its slopes do not reproduce the published ones
-yet (docs/experiments.md says why).  What is
-checked: the configs are the stated setting, and the slope fit's standard error is the spread of the
-slope over independent noisy replications.
+cores (the test suite's budget has no room for it; docs/experiments.md has its result).  What is
+checked: the configs are the stated setting, the reference prices ``q`` against independent values, and
+the slope fit's standard error is the spread of the slope over independent noisy replications.
 """
 
 from __future__ import annotations
@@ -12,7 +11,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deephedge_tf.experiments.price_vs_cost import COSTS, cost_config, fit_slope
+from deephedge_tf.experiments.price_vs_cost import COSTS, cost_config, fit_slope, risk_neutral_price
+
+
+def test_reference_prices_are_the_risk_neutral_ones():
+    """q of the Black-Scholes market against the formula written out here (math.erf), q of the Heston
+    market against QuantLib's 1.6918 for the paper's parameters (shared/design/REFERENCE-VALUES.md)."""
+    import math
+
+    sigma, tau = 0.2, 30 / 365
+    d1 = 0.5 * sigma * math.sqrt(tau)
+    n = lambda x: 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))  # noqa: E731
+    assert risk_neutral_price("bs") == pytest.approx(100.0 * (n(d1) - n(-d1)), rel=1e-10)
+    assert risk_neutral_price("heston") == pytest.approx(1.6918, abs=1e-4)
+    with pytest.raises(ValueError, match="market must be one of"):
+        risk_neutral_price("sabr")
 
 
 def test_configs_put_the_cost_on_every_hedging_instrument():
