@@ -145,9 +145,11 @@ def run(ctx):
                 parts = build_parts(cost_config(market, cost, seed, ctx.scale))
                 trial = strategy_outputs(models, parts.market, parts.derivative, parts.instruments, SELECT_PATHS,
                                          SELECT_SEED)
-                best[cost] = min(trial, key=lambda trained: entropic_risk(trial[trained]["pnl"], A))
-                pnl[cost] = strategy_outputs({best[cost]: models[best[cost]]}, parts.market, parts.derivative,
-                                             parts.instruments, SIZES[ctx.scale]["eval_paths"], EVAL_SEED)[best[cost]]["pnl"]
+                chosen = min(trial, key=lambda trained: entropic_risk(trial[trained]["pnl"], A))
+                best[cost] = chosen
+                priced = strategy_outputs({chosen: models[chosen]}, parts.market, parts.derivative, parts.instruments,
+                                          SIZES[ctx.scale]["eval_paths"], EVAL_SEED)
+                pnl[cost] = priced[chosen]["pnl"]
             for cost in COSTS:
                 diff, diff_se = paired_entropic_difference(pnl[cost], pnl[0.0], A)
                 price = entropic_risk(pnl[cost], A)
