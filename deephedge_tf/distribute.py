@@ -117,6 +117,13 @@ def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
     return resolver is not None and len(resolver.cluster_spec().as_dict().get("worker", [])) > 1
 
 
+def first_local_value(strategy: tf.distribute.Strategy, value):
+    """The value of this process's first replica: in a ``merge_call``, for a value every replica hands over
+    alike (a global direction, the Gauss-Newton rows assembled from every replica's share), where reducing
+    the replicas' copies would only add rounding."""
+    return strategy.experimental_local_results(value)[0]
+
+
 def multi_replica_context():
     """The replica context when running on several replicas, else ``None``."""
     ctx = tf.distribute.get_replica_context()

@@ -39,17 +39,18 @@ import math
 import numpy as np
 
 from deephedge_tf.experiments import Figure, over_seeds, register, train
+from deephedge_tf.experiments import buehler_heston
 
 SOURCE = "Buehler, Gonon, Teichmann, Wood (2019), Deep Hedging, section 5 (price against cost)"
 PUBLISHED_SLOPE = {"bs": 0.67, "heston": 0.71}
 THEORY_SLOPE = 2.0 / 3.0
 COSTS = (0.0, 5e-4, 1e-3, 2e-3, 4e-3, 8e-3)
 A = 1.0
-S0, STEPS, DT = 100.0, 30, 1.0 / 365.0
+# The paper's section 5.2 grid and Heston market, as buehler_heston (whose q is the Heston market's here).
+S0, STEPS, DT = buehler_heston.S0, buehler_heston.STEPS, buehler_heston.DT
 MARKETS = {
     "bs": {"model": "gbm", "s0": S0, "gbm": {"mu": 0.0, "sigma": 0.2}},
-    "heston": {"model": "heston", "s0": S0,
-               "heston": {"v0": 0.04, "kappa": 1.0, "theta": 0.04, "xi": 2.0, "rho": -0.7, "mu": 0.0, "scheme": "qe"}},
+    "heston": {"model": "heston", "s0": S0, "heston": dict(buehler_heston.HESTON)},
 }
 BAND = {"small": 0.1, "full": 0.05}
 EVAL_SEED = 24_680
@@ -88,16 +89,12 @@ def risk_neutral_price(market: str) -> float:
         >>> round(risk_neutral_price("bs"), 4)
         2.2872
     """
-    tau = STEPS * DT
     if market == "bs":
         from deephedge_tf.pricing.black_scholes import bs_price
 
-        return float(bs_price(S0, S0, tau, MARKETS["bs"]["gbm"]["sigma"], dtype="float64"))
-    if market == "heston":
-        from deephedge_tf.pricing.heston import heston_price
-
-        h = MARKETS["heston"]["heston"]
-        return float(heston_price(S0, S0, tau, h["v0"], h["kappa"], h["theta"], h["xi"], h["rho"]))
+        return float(bs_price(S0, S0, STEPS * DT, MARKETS["bs"]["gbm"]["sigma"], dtype="float64"))
+    if market == "heston":  # the same market, strike and maturity as buehler_heston's
+        return buehler_heston.risk_neutral_price()
     raise ValueError(f"risk_neutral_price: market must be one of {sorted(MARKETS)}; got {market!r}")
 
 

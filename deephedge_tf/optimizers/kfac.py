@@ -126,7 +126,7 @@ import logging
 import keras
 import tensorflow as tf
 
-from deephedge_tf.distribute import is_multi_worker, multi_replica_context
+from deephedge_tf.distribute import first_local_value, is_multi_worker, multi_replica_context
 from deephedge_tf.optimizers import estimator, steps, woodbury
 from deephedge_tf.optimizers.blocks import KroneckerBlock, find_blocks, layer_path, stack, unstack
 
@@ -706,9 +706,9 @@ class DHKFAC(keras.optimizers.Optimizer):
                 # The Gauss-Newton train step hands every replica the same statistics and rows (the global
                 # batch's first jacobian_rows paths): the update runs once on the first replica's.
                 def merge_rows(strategy, per_replica, per_replica_rows):
-                    first = {name: (_local_values(strategy, a)[0], _local_values(strategy, g)[0])
+                    first = {name: (first_local_value(strategy, a), first_local_value(strategy, g))
                              for name, (a, g) in per_replica.items()}
-                    first_rows = {name: _local_values(strategy, r)[0] for name, r in per_replica_rows.items()}
+                    first_rows = {name: first_local_value(strategy, r) for name, r in per_replica_rows.items()}
                     return self._update_with_rows(first, first_rows)
 
                 return ctx.merge_call(merge_rows, args=(stats, rows))
@@ -983,7 +983,7 @@ class DHKFAC(keras.optimizers.Optimizer):
         def merge(strategy, per_replica):
             first = [None] * len(grads)
             for i, g in zip(present, per_replica):
-                first[i] = _local_values(strategy, g)[0]
+                first[i] = first_local_value(strategy, g)
             directions, quad = self._gauss_newton_per_variable(first)
             return [directions[i] for i in solved], quad
 
@@ -1029,7 +1029,7 @@ class DHKFAC(keras.optimizers.Optimizer):
             # Every replica hands over the same rows (the global batch's first paths, see train_step): kept
             # once, from the first replica, in cross-replica context where apply's update runs.
             def merge(strategy, per_replica):
-                self._set_rows({name: _local_values(strategy, r)[0] for name, r in per_replica.items()})
+                self._set_rows({name: first_local_value(strategy, r) for name, r in per_replica.items()})
 
             ctx.merge_call(merge, args=(rows,))
             return

@@ -34,7 +34,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from deephedge_tf.distribute import multi_replica_context
+from deephedge_tf.distribute import first_local_value, multi_replica_context
 from deephedge_tf.optimizers.capture import Recorder, per_path_gradients
 from deephedge_tf.optimizers.losses import OutputCurvature, RowFactor, loss_curvature
 from deephedge_tf.optimizers.steps import all_finite
@@ -82,41 +82,37 @@ class AcrossReplicas(OutputCurvature):
             out.append(gathered)
         return out
 
-    def pseudo_gradient(self, outputs, targets=None, seed=None, sample_weight=None):
-        ctx = multi_replica_context()
-        outputs = tf.convert_to_tensor(outputs)
-        every = self.inner.pseudo_gradient(*self._gather(outputs, targets), seed,
-                                           *self._gather(sample_weight))
+    def _mine(self, every, outputs, axis):
+        """This replica's rows of ``every`` (a whole-batch tensor with paths along ``axis``; ``None`` and a
+        scalar, one value for every path, as they are), ``outputs`` its share of the batch."""
+        if every is None or tf.convert_to_tensor(every).shape.rank == 0:
+            return every
         size = tf.shape(outputs)[self.path_axis]
-        begin = [0] * outputs.shape.rank
-        begin[self.path_axis] = ctx.replica_id_in_sync_group * size
-        return tf.slice(every, tf.stack([tf.cast(b, tf.int32) for b in begin]), tf.shape(outputs))
+        return _along(every, axis, multi_replica_context().replica_id_in_sync_group * size, size)
+
+    def pseudo_gradient(self, outputs, targets=None, seed=None, sample_weight=None):
+        every = self.inner.pseudo_gradient(*self._gather(outputs, targets), seed, *self._gather(sample_weight))
+        return self._mine(every, outputs, self.path_axis)
 
     def jacobian_rows(self, outputs, targets=None, seed=None, sample_weight=None):
         """The inner factor of the whole batch, this replica's rows of it: the cotangent along
         ``path_axis``, the per-path ``scale`` and ``centre`` (``[B]``, global weights) along their one axis."""
-        ctx = multi_replica_context()
-        outputs = tf.convert_to_tensor(outputs)
         factor = self.inner.jacobian_rows(*self._gather(outputs, targets), seed, *self._gather(sample_weight))
-        size = tf.shape(outputs)[self.path_axis]
-        first = ctx.replica_id_in_sync_group * size
-
-        def mine(t, axis):
-            if t is None:
-                return None
-            t = tf.convert_to_tensor(t)
-            if t.shape.rank == 0:  # one scale for every path
-                return t
-            begin = [0] * t.shape.rank
-            begin[axis] = first
-            shape = tf.unstack(tf.shape(t))
-            shape[axis] = size
-            return tf.slice(t, tf.stack([tf.cast(b, tf.int32) for b in begin]), tf.stack(shape))
-
-        return RowFactor(mine(factor.cotangent, self.path_axis), mine(factor.scale, 0), mine(factor.centre, 0))
+        return RowFactor(self._mine(factor.cotangent, outputs, self.path_axis), self._mine(factor.scale, outputs, 0),
+                         self._mine(factor.centre, outputs, 0))
 
     def bilinear(self, outputs, u, v, targets=None, sample_weight=None):
         return self.inner.bilinear(*self._gather(outputs, u, v, targets, sample_weight))
+
+
+def _along(t, axis, begin, size):
+    """``t``'s entries ``[begin, begin + size)`` along ``axis`` (every entry along the other axes)."""
+    t = tf.convert_to_tensor(t)
+    starts = [0] * t.shape.rank
+    starts[axis] = begin
+    sizes = tf.unstack(tf.shape(t))
+    sizes[axis] = size
+    return tf.slice(t, tf.stack([tf.cast(b, tf.int32) for b in starts]), tf.stack(sizes))
 
 
 def across_replicas(terms):
@@ -190,7 +186,7 @@ def _assign(variables, values):
 
     def merge(strategy, per_replica):
         for v, x in zip(variables, per_replica):
-            v.assign(strategy.experimental_local_results(x)[0])
+            v.assign(first_local_value(strategy, x))
 
     replica.merge_call(merge, args=(list(values),))
 
@@ -308,8 +304,11 @@ def curvature_train_step(model, compute, forward_on_paths, max_paths=None):
         elif getattr(optimizer, "wants_statistics", True):
             optimizer.update_curvature(statistics)
         # With all paths kept, this step's outputs are forward_on_paths(None)'s at the current weights.
-        _hand_over_step_model(model, optimizer, global_grads, variables,
-                              lambda: across_replicas(forward_on_paths(max_paths)), terms if max_paths is None else None)
+        def step_model_terms():
+            return across_replicas(forward_on_paths(max_paths))
+
+        _hand_over_step_model(model, optimizer, global_grads, variables, step_model_terms,
+                              terms if max_paths is None else None)
         optimizer.apply(grads, variables)
         if gauss_newton:
             # Levenberg-Marquardt: the realised decrease on the same batch (one more forward pass).
@@ -436,25 +435,16 @@ def _head_of_batch(parts, cap, kept, local_paths, replica):
     one all-reduce (SUM) adds the shares: adding zeros is exact, and the buffer is ``cap`` paths, not
     every replica's rows (an all-gather of ``R`` shares would hold ``R x cap``)."""
     offset = tf.cast(replica.replica_id_in_sync_group, tf.int32) * tf.cast(local_paths, tf.int32)
+    begin = tf.minimum(offset, cap)
     padded = []
     for t, axis in parts:
         t = tf.convert_to_tensor(t)
-        k = tf.shape(t)[axis]
-        begin = tf.minimum(offset, cap)
-        take = tf.maximum(0, tf.minimum(k, cap - offset))
-        size = tf.unstack(tf.shape(t))
-        size[axis] = take
-        share = tf.slice(t, tf.zeros([t.shape.rank], tf.int32), tf.stack(size))
+        take = tf.maximum(0, tf.minimum(tf.shape(t)[axis], cap - offset))
         pads = [[0, 0]] * t.shape.rank
         pads[axis] = [begin, cap - begin - take]
-        padded.append(tf.pad(share, tf.convert_to_tensor(pads)))
+        padded.append(tf.pad(_along(t, axis, 0, take), tf.convert_to_tensor(pads)))
     summed = replica.all_reduce(tf.distribute.ReduceOp.SUM, padded)
-    out = []
-    for (t, axis), x in zip(parts, summed):
-        size = tf.unstack(tf.shape(x))
-        size[axis] = kept
-        out.append(tf.slice(x, tf.zeros([x.shape.rank], tf.int32), tf.stack(size)))
-    return out
+    return [_along(x, axis, 0, kept) for (_, axis), x in zip(parts, summed)]
 
 
 def _batch_paths(output, first_output, first_paths_count):
