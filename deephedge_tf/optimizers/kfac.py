@@ -57,7 +57,11 @@ the batch's; :func:`~deephedge_tf.optimizers.train_step.sample_space_factor`) an
 (Levenberg-Marquardt, Martens & Grosse 2015, sec. 6.5), ``lambda >= damping_floor * tr(C) / P`` (no
 floor by default) and ``lambda_0 = damping * tr(C) / P`` (``P`` the weights with rows); the last term of
 the prediction is the diagonal variables' first-order decrease (below).  No trust region: the damping
-adapts to how well the model predicted the last step.  The damping metric ``M``:
+adapts to how well the model predicted the last step.  Numerical guards: ``lambda / tr(C)`` stays in
+``DAMPING_RANGE`` (1e-10 .. 1e8: the ``n x n`` Cholesky keeps float64 digits, the step is not nothing),
+an undone step copies the weights from before it back (subtracting a long step again would not restore
+them in float32), and a prediction below the loss's rounding (64 machine epsilons of it) is not judged:
+the step is kept with ratio 1.  The damping metric ``M``:
 
 * ``metric="kronecker"`` (the default): ``M`` is the Kronecker (EKFAC) model of the running statistics
   (so :meth:`update_curvature` is fed too: the train step hands over ``a`` and ``g`` of the rows' own
@@ -124,6 +128,7 @@ import dataclasses
 import logging
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from deephedge_tf.distribute import first_local_value, is_multi_worker, multi_replica_context
@@ -141,6 +146,13 @@ EMA_WARMUP = 10.0
 STEP_MODELS = ("kronecker", "line", "subspace")
 JVP_METHODS = ("forward_mode", "finite_difference")
 TRUST_RADIUS_MODES = ("relative", "absolute")
+# The Gauss-Newton damping's range relative to tr(C) (the rows' squared norm): below it the n x n Gram
+# matrix plus lambda has no float64 digits left for a Cholesky factor (lambda drifted to 1e-17 on the
+# 99% expected shortfall and a garbage factor gave a step of 1e14 predicted decrease); above it the step
+# M^-1 g / lambda is nothing (rejected steps escalate lambda geometrically).
+DAMPING_RANGE = (1e-10, 1e8)
+# A predicted decrease below this many machine epsilons of the loss is within its rounding (module doc).
+_LOSS_ROUNDING = 64.0
 
 
 @dataclasses.dataclass
@@ -155,7 +167,9 @@ class _BlockState:
     eig_g: keras.Variable  # lam_G [dg]
     count: keras.Variable  # int64 scalar: curvature updates received (0: the next one initialises)
     scale: keras.Variable | None  # s [da, dg], EKFAC diagonal in the eigenbasis (ekfac=True)
-    velocity: keras.Variable | None  # heavy ball: D_prev [da, dg]; subspace / gauss_newton: the last step
+    # heavy ball: D_prev [da, dg]; subspace: the last step; gauss_newton: the block's weights before the last
+    # step (an undo copies them back: subtracting a long step again in float32 would not restore them)
+    velocity: keras.Variable | None
 
 
 def _to_eigenbasis(state, x):
@@ -607,6 +621,10 @@ class DHKFAC(keras.optimizers.Optimizer):
         """``(variable, its part of stacked)`` for block ``k``'s variables (``stacked`` ``[da, dg]``)."""
         members = self._members(k)
         return zip(members, unstack(self._kfac_blocks[k], stacked, [v.shape for v in members]))
+
+    def _block_weights(self, k):
+        """Block ``k``'s variables stacked (``[da, dg]``)."""
+        return stack(self._kfac_blocks[k], [tf.convert_to_tensor(v) for v in self._members(k)])
 
     def _move_block(self, k, stacked, sign=-1.0):
         """``W_k <- W_k + sign * stacked`` for block ``k``'s variables (``stacked`` ``[da, dg]``)."""
@@ -1117,12 +1135,14 @@ class DHKFAC(keras.optimizers.Optimizer):
         lam = tf.convert_to_tensor(self.lm_damping)
         lam = tf.where(lam > 0, lam, self.damping * mean)
         lam = tf.maximum(lam, self.damping_floor * mean)
+        lam = tf.clip_by_value(lam, DAMPING_RANGE[0] * mean * size, DAMPING_RANGE[1] * mean * size)
         return tf.where(lam > 0, lam, tf.ones_like(lam))
 
     def judge_step(self, loss_before, loss_after):
         """Gauss-Newton: adapts ``lambda`` from the reduction ratio of the step just applied (same batch,
         loss before and after it; see the module doc) and undoes the step if the ratio is below 0.1 or not
-        finite (counted in ``rejected_steps``).  The diagonal (Adam) variables keep their step."""
+        finite (counted in ``rejected_steps``): the block weights from before it are copied back.  The
+        diagonal (Adam) variables keep their step."""
         self._require_built()
         if not self.gauss_newton:
             raise RuntimeError("DHKFAC.judge_step: only with preconditioner='gauss_newton'")
@@ -1142,6 +1162,13 @@ class DHKFAC(keras.optimizers.Optimizer):
         taken = pred > 0
         actual = tf.cast(loss_before, tf.float64) - tf.cast(loss_after, tf.float64)
         ratio = actual / tf.where(taken, pred, tf.ones_like(pred))
+        # A predicted decrease below the rounding of the loss cannot be judged: its ratio is rounding noise,
+        # which rejects and raises lambda, making the next prediction smaller still (seen: lambda at 1e49
+        # and every step rejected or empty).  Such a step is kept and counted as predicted (ratio 1).
+        eps = np.finfo(tf.convert_to_tensor(loss_before).dtype.as_numpy_dtype).eps
+        resolution = _LOSS_ROUNDING * float(eps) * tf.maximum(tf.abs(tf.cast(loss_before, tf.float64)),
+                                             tf.abs(tf.cast(loss_after, tf.float64)))
+        ratio = tf.where(taken & (pred < resolution) & tf.math.is_finite(actual), tf.ones_like(ratio), ratio)
         lam = tf.convert_to_tensor(self.lm_damping)
         streak = tf.convert_to_tensor(self.rejection_streak)
         new_lam, rejected = woodbury.levenberg_marquardt(lam, ratio, streak=streak)
@@ -1153,15 +1180,14 @@ class DHKFAC(keras.optimizers.Optimizer):
         momentum = self._average_momentum(self.iterations - 1)
         for k in self._stepped_blocks:
             state = self._kfac_states[k]
-            velocity = tf.convert_to_tensor(state.velocity)
-            undo = tf.where(rejected, velocity, tf.zeros_like(velocity))
-            self._move_block(k, undo, sign=1.0)
+            before = tf.convert_to_tensor(state.velocity)  # the weights before the step
+            undo = tf.where(rejected, before - self._block_weights(k), tf.zeros_like(before))
+            for variable, part in self._block_parts(k, before):
+                self.assign(variable, tf.where(rejected, part, tf.convert_to_tensor(variable)))
             if self.use_ema:
                 for variable, part in self._block_parts(k, undo):
                     average = self._model_variables_moving_average[self._get_variable_index(variable)]
                     average.assign_add((1.0 - tf.cast(momentum, part.dtype)) * part)
-            # The velocity holds the last applied step (what an undo takes back); an undone step leaves none.
-            self.assign(state.velocity, tf.where(rejected, tf.zeros_like(velocity), velocity))
         self.assign(self.lm_damping, tf.where(taken, new_lam, lam))
         self.assign(self.reduction_ratio, tf.where(taken, ratio, tf.zeros_like(ratio)))
         self.assign_add(self.rejected_steps, tf.cast(rejected, tf.int64))
@@ -1377,9 +1403,8 @@ class DHKFAC(keras.optimizers.Optimizer):
             for k, direction in directions.items():
                 block, state = self._kfac_blocks[k], self._kfac_states[k]
                 direction = tf.where(ok, direction, tf.zeros_like(direction))  # 0 x NaN is NaN
-                step = tf.cast(eta, block.dtype) * direction
-                self._move_block(k, step)
-                self.assign(state.velocity, step)
+                self.assign(state.velocity, self._block_weights(k))
+                self._move_block(k, tf.cast(eta, block.dtype) * direction)
         else:
             self.assign(self.predicted_decrease, tf.zeros((), f64))
         self._stepped_blocks = tuple(directions)
@@ -1391,7 +1416,7 @@ class DHKFAC(keras.optimizers.Optimizer):
         """``min_k max_relative_change * |W_k| / |d_k|`` over the blocks (float64; +inf without any)."""
         caps = []
         for k, direction in directions.items():
-            weights = stack(self._kfac_blocks[k], [tf.convert_to_tensor(v) for v in self._members(k)])
+            weights = self._block_weights(k)
             w_norm = tf.norm(tf.cast(weights, tf.float64))
             d_norm = tf.norm(tf.cast(direction, tf.float64))
             cap = self.max_relative_change * w_norm / tf.where(d_norm > 0, d_norm, tf.ones_like(d_norm))
