@@ -401,7 +401,7 @@ def test_judge_step_undoes_a_step_that_raised_the_loss_and_adapts_the_damping(dt
 def test_a_prediction_below_the_loss_rounding_is_not_judged(dtype, kept):
     """A predicted decrease of 1e-12 on a loss of 1 is below float32's rounding (64 eps = 8e-6): a rise of
     1e-7 there is noise, the step is kept and lambda falls as for a ratio of 1.  In float64 (64 eps =
-    1.4e-14) the same rise is a real one: undone."""
+    1.4e-14) the same rise is a real one: undone.  A rise to twice the loss is undone in both."""
     x, y = _regression()
     net = tiny_net(dtype=dtype)
     model = with_curvature(net)
@@ -413,6 +413,10 @@ def test_a_prediction_below_the_loss_rounding_is_not_judged(dtype, kept):
     loss = tf.constant(1.0, dtype)
     assert bool(opt.judge_step(loss, loss + tf.constant(1e-7, dtype))) != kept
     assert float(opt.lm_damping) == pytest.approx(lam * (2 / 3 if kept else 2.0))
+    # A rise beyond the rounding is judged whatever the prediction: undone in both precisions.
+    lam = float(opt.lm_damping)
+    assert bool(opt.judge_step(loss, 2.0 * loss))
+    assert float(opt.lm_damping) == pytest.approx(lam * (2.0 if kept else 4.0))
 
 
 def test_damping_stays_in_its_range_relative_to_the_rows():

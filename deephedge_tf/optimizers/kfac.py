@@ -60,8 +60,8 @@ the prediction is the diagonal variables' first-order decrease (below).  No trus
 adapts to how well the model predicted the last step.  Numerical guards: ``lambda / tr(C)`` stays in
 ``DAMPING_RANGE`` (1e-10 .. 1e8: the ``n x n`` Cholesky keeps float64 digits, the step is not nothing),
 an undone step copies the weights from before it back (subtracting a long step again would not restore
-them in float32), and a prediction below the loss's rounding (64 machine epsilons of it) is not judged:
-the step is kept with ratio 1.  The damping metric ``M``:
+them in float32), and a step whose prediction and loss change are both below the loss's rounding (64
+machine epsilons of it) is not judged: it is kept with ratio 1.  The damping metric ``M``:
 
 * ``metric="kronecker"`` (the default): ``M`` is the Kronecker (EKFAC) model of the running statistics
   (so :meth:`update_curvature` is fed too: the train step hands over ``a`` and ``g`` of the rows' own
@@ -1162,13 +1162,13 @@ class DHKFAC(keras.optimizers.Optimizer):
         taken = pred > 0
         actual = tf.cast(loss_before, tf.float64) - tf.cast(loss_after, tf.float64)
         ratio = actual / tf.where(taken, pred, tf.ones_like(pred))
-        # A predicted decrease below the rounding of the loss cannot be judged: its ratio is rounding noise,
-        # which rejects and raises lambda, making the next prediction smaller still (seen: lambda at 1e49
-        # and every step rejected or empty).  Such a step is kept and counted as predicted (ratio 1).
+        # A predicted decrease and a change of the loss both below the loss's rounding cannot be judged: their
+        # ratio is rounding noise, which rejects and raises lambda, making the next prediction smaller still
+        # (seen: lambda at 1e49 and every step rejected or empty).  Such a step is kept with ratio 1.  A
+        # change beyond the rounding is judged whatever was predicted.
         eps = np.finfo(tf.convert_to_tensor(loss_before).dtype.as_numpy_dtype).eps
-        resolution = _LOSS_ROUNDING * float(eps) * tf.maximum(tf.abs(tf.cast(loss_before, tf.float64)),
-                                             tf.abs(tf.cast(loss_after, tf.float64)))
-        ratio = tf.where(taken & (pred < resolution) & tf.math.is_finite(actual), tf.ones_like(ratio), ratio)
+        noise = _LOSS_ROUNDING * float(eps) * tf.abs(tf.cast(loss_before, tf.float64))
+        ratio = tf.where(taken & (pred < noise) & (tf.abs(actual) < noise), tf.ones_like(ratio), ratio)
         lam = tf.convert_to_tensor(self.lm_damping)
         streak = tf.convert_to_tensor(self.rejection_streak)
         new_lam, rejected = woodbury.levenberg_marquardt(lam, ratio, streak=streak)
