@@ -311,6 +311,9 @@ class KFACConfig:
                                "rows x weights floats)", ge=1)
     damping_floor: float = param(0.0, "gauss_newton: floor of lambda as a multiple of the GGN's mean diagonal",
                                  ge=0.0)
+    min_step_fraction: Optional[float] = param(
+        0.25, "gauss_newton: when the exact line model takes less than this fraction of the damped step, lambda is "
+        "raised by this fraction / the step's for the next step (null: never)", gt=0.0, le=1.0)
     max_relative_change: Optional[float] = param(
         None, "gauss_newton: cap on each block's weight change per step, as a fraction of its norm (null: none)",
         gt=0.0)

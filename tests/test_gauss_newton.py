@@ -529,3 +529,31 @@ def test_max_relative_change_caps_every_blocks_step():
     assert max(changes) == pytest.approx(0.01, rel=1e-4), changes
     with pytest.raises(ValueError, match="max_relative_change"):
         DHKFAC(preconditioner="gauss_newton", max_relative_change=0.0)
+
+
+@pytest.mark.parametrize("curvature, cut", [(30.0, True), (1e5, True), (0.0, False)])
+def test_a_line_model_that_cuts_the_step_raises_the_damping(curvature, cut):
+    """When the exact line model takes eta < min_step_fraction of the damped step (here: a curvature along
+    the step far above the rows' model), lambda is multiplied by min_step_fraction / eta for the next
+    step (at most 1e3), with eta = g.d / (d^T C d + lambda d^T d) computed from the same numbers in numpy;
+    without the cut (no curvature along the step: eta at eta_max = 1) lambda is kept."""
+    net = tiny_net()
+    opt = DHKFAC(preconditioner="gauss_newton", metric="identity", min_step_fraction=0.25)
+    opt.build(net.trainable_variables)
+    rng = np.random.default_rng(5)
+    rows = {b.name: tf.constant(rng.normal(size=(4, b.dim_a, b.d_out))) for b in opt.kronecker_blocks}
+    grads = [tf.constant(rng.normal(size=v.shape)) for v in net.trainable_variables]
+    opt.lm_damping.assign(0.1)
+    opt.set_jacobian_rows(rows)
+    directions, _ = opt.step_directions(grads)
+    lam = float(opt._factor[1])
+    d = np.concatenate([x.numpy().ravel() for x in directions])
+    g = np.concatenate([x.numpy().ravel() for x in grads])
+    slope, quad = g @ d, curvature * (d @ d)
+    opt.set_step_model(quad, slope)
+    opt.apply_gradients(zip(grads, net.trainable_variables))
+    eta = slope / (quad + lam * d @ d)
+    assert float(opt.step_size) == pytest.approx(min(eta, 1.0), rel=1e-6)
+    want = lam * min(0.25 / eta, 1e3) if cut else lam
+    assert cut == (eta < 0.25)
+    assert float(opt.lm_damping) == pytest.approx(want, rel=1e-6)
