@@ -370,17 +370,23 @@ def test_first_step_is_the_damped_gauss_newton_step():
     assert float(opt.step_size) == pytest.approx(eta, rel=1e-8)
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_judge_step_undoes_a_step_that_raised_the_loss_and_adapts_the_damping(dtype):
-    """A kept step leaves the weights; an undone one restores them bit for bit, in float32 too (adding the
-    step back would round them; after a long step it lost the weights altogether)."""
+def _one_default_step(dtype):
+    """``(net, optimizer, weights before)`` after one fit step of the Gauss-Newton defaults on the regression."""
     x, y = _regression()
     net = tiny_net(dtype=dtype)
-    w0 = [v.numpy().copy() for v in net.trainable_variables]
+    before = [v.numpy().copy() for v in net.trainable_variables]
     model = with_curvature(net)
     opt = DHKFAC(preconditioner="gauss_newton")
     model.compile(optimizer=opt, loss="mse")
     model.fit(x, y, batch_size=len(x), epochs=1, verbose=0, shuffle=False)
+    return net, opt, before
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_judge_step_undoes_a_step_that_raised_the_loss_and_adapts_the_damping(dtype):
+    """A kept step leaves the weights; an undone one restores them bit for bit, in float32 too (adding the
+    step back would round them; after a long step it lost the weights altogether)."""
+    net, opt, w0 = _one_default_step(dtype)
     assert int(opt.rejected_steps) == 0
     w1 = [v.numpy() for v in net.trainable_variables]
     assert all(np.abs(a - b).max() > 0 for a, b in zip(w1, w0))
@@ -402,12 +408,7 @@ def test_a_prediction_below_the_loss_rounding_is_not_judged(dtype, kept):
     """A predicted decrease of 1e-12 on a loss of 1 is below float32's rounding (64 eps = 8e-6): a rise of
     1e-7 there is noise, the step is kept and lambda falls as for a ratio of 1.  In float64 (64 eps =
     1.4e-14) the same rise is a real one: undone.  A rise to twice the loss is undone in both."""
-    x, y = _regression()
-    net = tiny_net(dtype=dtype)
-    model = with_curvature(net)
-    opt = DHKFAC(preconditioner="gauss_newton")
-    model.compile(optimizer=opt, loss="mse")
-    model.fit(x, y, batch_size=len(x), epochs=1, verbose=0, shuffle=False)
+    _, opt, _ = _one_default_step(dtype)
     lam = float(opt.lm_damping)
     opt.predicted_decrease.assign(1e-12)
     loss = tf.constant(1.0, dtype)

@@ -162,7 +162,8 @@ DAMPING_RANGE = (1e-10, 1e8)
 # Chosen on the 99% expected shortfall of buehler_heston (8,192 paths, seed 0), checked on the suite
 # (BENCHMARKS.md, "The line model's cut raises the damping").
 MIN_STEP_FRACTION = 0.25
-# A predicted decrease below this many machine epsilons of the loss is within its rounding (module doc).
+# A predicted decrease and a loss change both below this many machine epsilons of the loss are within its
+# rounding: such a step is not judged (module doc).
 _LOSS_ROUNDING = 64.0
 
 
@@ -1149,11 +1150,12 @@ class DHKFAC(keras.optimizers.Optimizer):
         """``lambda`` for this step: the adapted one (``damping x tr(C) / P`` at first), floored at
         ``damping_floor x tr(C) / P``; 1 when the rows are all zero."""
         size = sum(self._kfac_blocks[k].dim_a * self._kfac_blocks[k].d_out for k in rows)
-        mean = woodbury.row_norms_squared(rows) / float(size)
+        trace = woodbury.row_norms_squared(rows)  # tr(C)
+        mean = trace / float(size)
         lam = tf.convert_to_tensor(self.lm_damping)
         lam = tf.where(lam > 0, lam, self.damping * mean)
         lam = tf.maximum(lam, self.damping_floor * mean)
-        lam = tf.clip_by_value(lam, DAMPING_RANGE[0] * mean * size, DAMPING_RANGE[1] * mean * size)
+        lam = tf.clip_by_value(lam, DAMPING_RANGE[0] * trace, DAMPING_RANGE[1] * trace)
         return tf.where(lam > 0, lam, tf.ones_like(lam))
 
     def judge_step(self, loss_before, loss_after):
@@ -1402,8 +1404,9 @@ class DHKFAC(keras.optimizers.Optimizer):
             quad = tf.where(valid, tf.cast(self.model_matrix[0, 0], f64), sample)
             denom = quad + lam * norm2
             ok = (slope > 0) & (denom > 0) & tf.math.is_finite(slope) & tf.math.is_finite(denom)
-            eta = tf.where(ok, slope / tf.where(ok, denom, tf.ones_like(denom)), tf.zeros_like(slope))
-            eta = tf.minimum(eta, tf.cast(learning_rate, f64))
+            # The line model's fraction of the damped step (min_step_fraction reads it), then capped at eta_max.
+            fraction = tf.where(ok, slope / tf.where(ok, denom, tf.ones_like(denom)), tf.zeros_like(slope))
+            eta = tf.minimum(fraction, tf.cast(learning_rate, f64))
             quad = eta * eta * quad
             gain = eta * slope
             if self.max_relative_change is not None:
@@ -1416,7 +1419,7 @@ class DHKFAC(keras.optimizers.Optimizer):
             # would fail the same way.
             finite = tf.math.is_finite(slope) & tf.math.is_finite(denom)
             if self.min_step_fraction is not None:
-                lam = lam * self._cut_factor(slope, denom, ok)
+                lam = lam * self._cut_factor(fraction, ok)
             self.assign(self.lm_damping, tf.where(finite, lam, 2.0 * lam))
             self.assign_add(self.uphill_steps, tf.cast(~ok, tf.int64))
             eta = tf.where(ok, eta, tf.zeros_like(eta))
@@ -1432,11 +1435,10 @@ class DHKFAC(keras.optimizers.Optimizer):
         self.assign(self.model_valid, tf.zeros_like(self.model_valid))
         self.assign(self.step_size, tf.cast(eta, self._scalar_dtype))
 
-    def _cut_factor(self, slope, denom, ok):
-        """``min_step_fraction / eta`` within [1, 1e3] (1 where no step is taken), ``eta = slope / denom``
-        the line model's fraction of the damped step before ``eta_max`` caps it (float64)."""
-        eta = tf.where(ok, slope / tf.where(ok, denom, tf.ones_like(denom)), tf.ones_like(slope))
-        return tf.clip_by_value(self.min_step_fraction / eta, 1.0, 1e3)
+    def _cut_factor(self, fraction, ok):
+        """``min_step_fraction / fraction`` within [1, 1e3] (1 where no step is taken), ``fraction`` the line
+        model's fraction of the damped step before ``eta_max`` caps it (float64)."""
+        return tf.clip_by_value(self.min_step_fraction / tf.where(ok, fraction, tf.ones_like(fraction)), 1.0, 1e3)
 
     def _relative_change_cap(self, directions):
         """``min_k max_relative_change * |W_k| / |d_k|`` over the blocks (float64; +inf without any)."""
