@@ -497,6 +497,17 @@ def test_configuration_errors_name_what_is_allowed():
         DHKFAC(preconditioner="gauss_newton", jacobian_rows=0)
     with pytest.raises(ValueError, match=r"metric_power must be in \(0, 1\]"):
         DHKFAC(preconditioner="gauss_newton", metric="kronecker", metric_power=0.0)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match=rf"min_step_fraction must be in \(0, 1\] or None; got {bad}"):
+            DHKFAC(preconditioner="gauss_newton", min_step_fraction=bad)
+    from pathlib import Path
+
+    from deephedge_tf.config import load_config
+    from deephedge_tf.errors import ConfigError
+
+    quickstart = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+    with pytest.raises(ConfigError, match="training.kfac.min_step_fraction"):
+        load_config(quickstart, overrides=["training.kfac.min_step_fraction=0"])
 
 
 def test_rows_of_an_unknown_block_or_shape_are_refused_by_name():
