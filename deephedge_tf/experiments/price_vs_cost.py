@@ -140,9 +140,7 @@ def run(ctx):
             pnl, best = {}, {}
             for cost in COSTS:
                 parts = build_parts(cost_config(market, cost, seed, ctx.scale))
-                trial = strategy_outputs(models, parts.market, parts.derivative, parts.instruments, SELECT_PATHS,
-                                         SELECT_SEED)
-                chosen = min(trial, key=lambda trained: entropic_risk(trial[trained]["pnl"], A))
+                chosen, _ = choose_policy(models, parts)
                 best[cost] = chosen
                 priced = strategy_outputs({chosen: models[chosen]}, parts.market, parts.derivative, parts.instruments,
                                           SIZES[ctx.scale]["eval_paths"], EVAL_SEED)
@@ -163,6 +161,33 @@ def run(ctx):
         figures.append(_slope_figure(market, table[table.market == market], ctx.scale, against="no_cost"))
     _plot(table, ctx.out / "price_vs_cost.png")
     return figures, ["prices.csv", "price_vs_cost.png"]
+
+
+def choose_policy(models, parts, paths: int = SELECT_PATHS, seed: int = SELECT_SEED):
+    """``(key, risks)``: the key of the policy in ``models`` with the lowest entropic risk (a = ``A``) in the
+    setting of ``parts`` (market, derivative, instruments with their costs) on ``paths`` paths of stream
+    ``seed``, and every policy's risk there (``{key: risk}``).  The paths are not the evaluation's, so the
+    evaluation's noise does not pick the policy it then prices.
+
+        >>> import tensorflow as tf
+        >>> class Sure:   # a stand-in policy whose PnL is a sure amount on every path
+        ...     def __init__(self, pnl): self.pnl = pnl
+        ...     def __call__(self, batch, training=False):
+        ...         n = batch["payoff"].shape[0]
+        ...         return {"pnl": tf.fill([n], self.pnl), "costs": tf.zeros([n]), "turnover": tf.zeros([n]),
+        ...                 "actions": tf.zeros([1, n, 1])}
+        >>> from deephedge_tf.training import build_parts
+        >>> parts = build_parts(cost_config("bs", 1e-3, 0, "small"))
+        >>> key, risks = choose_policy({"loses 2": Sure(-2.0), "loses 1": Sure(-1.0)}, parts, paths=1024)
+        >>> key, round(risks["loses 2"], 6)
+        ('loses 1', 2.0)
+    """
+    from deephedge_tf.evaluation import entropic_risk
+    from deephedge_tf.evaluation.compare import strategy_outputs
+
+    trial = strategy_outputs(models, parts.market, parts.derivative, parts.instruments, paths, seed)
+    risks = {key: float(entropic_risk(out["pnl"], A)) for key, out in trial.items()}
+    return min(risks, key=risks.get), risks
 
 
 def _slope_figure(market: str, rows, scale: str, against: str = "risk_neutral") -> Figure:
