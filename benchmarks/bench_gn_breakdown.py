@@ -4,10 +4,11 @@ Each component of DH-KFAC's Gauss-Newton step (``training.kfac.preconditioner = 
 traced as its own ``tf.function`` on the same hedger and batches and timed alone (median of
 ``--repeats`` calls after a warm-up):
 
-* ``forward + gradient``: the recorded forward pass and the loss gradient (what an Adam step does,
-  plus the capture's probes);
-* ``Jacobian rows``: the same, plus the backward pass of the rows' cotangent and the per-path
-  gradients of the first ``jacobian_rows`` paths;
+* ``forward + gradient``: the forward pass and the loss gradient on the whole batch (what an Adam
+  step computes; nothing is recorded on the whole batch, as in the train step);
+* ``Jacobian rows``: the same, plus the recorded pass over the first ``jacobian_rows`` paths and its
+  backward pass of the rows' cotangents (computed from the whole batch's outputs), the per-path
+  gradients and the damping metric's statistics;
 * ``Woodbury solve``: Gram matrix, Cholesky factor and direction from those rows (float64);
 * ``line model``: one forward-mode pass over ``curvature_paths`` paths along a direction, or
   (``jvp_method: finite_difference``) one plain forward pass at the moved weights;
@@ -56,7 +57,7 @@ def median_ms(fn, batches, repeats: int) -> float:
 
 COMPONENTS = ("Adam train step", "Gauss-Newton train step (forward-mode line model)",
               "Gauss-Newton train step, finite-difference line model",
-              "forward + gradient (recorded)", "... + Jacobian rows", "Woodbury solve (Gram, Cholesky, direction)",
+              "forward + gradient", "... + Jacobian rows", "Woodbury solve (Gram, Cholesky, direction)",
               "line model (forward-mode)", "line model (finite difference)", "forward (judging the step)")
 
 
@@ -85,24 +86,27 @@ def breakdown(config: str, repeats: int) -> tuple[dict, str]:
     variables = hedger.trainable_variables
     seed = tf.constant([0, 7], tf.int64)
 
-    def recorded(batch):
-        with tf.GradientTape(persistent=True) as tape:
-            with Recorder(hedger, tape) as recorder:
-                out = hedger.unroll(batch, training=True)
-                loss = hedger._loss(out)
-        return tape, recorder, out, loss
+    def forward(batch):
+        with tf.GradientTape() as tape:
+            out = hedger.unroll(batch, training=True)
+            loss = hedger._loss(out)
+        return tape.gradient(loss, variables), out
 
     @tf.function
     def forward_gradient(batch):
-        tape, _, _, loss = recorded(batch)
-        return tape.gradient(loss, variables)
+        return forward(batch)[0]
 
     @tf.function
     def rows(batch):
-        tape, recorder, out, loss = recorded(batch)
-        grads = tape.gradient(loss, variables)
+        # As the train step: the cotangents from the whole batch's outputs, back-propagated through a
+        # recorded pass over the first jacobian_rows paths.
+        grads, out = forward(batch)
         terms = hedger._curvature_terms(out, batch)
-        return grads, sample_space_factor(terms, tape, recorder, opt.jacobian_rows, seed)[0]
+        with tf.GradientTape() as rows_tape:
+            with Recorder(hedger, rows_tape) as recorder:
+                rows_terms = hedger._terms_of(first_paths(batch, int(opt.jacobian_rows)))
+        factor = sample_space_factor(terms, rows_tape, recorder, opt.jacobian_rows, seed, rows_terms=rows_terms)
+        return grads, factor[0]
 
     fixed_grads, fixed_rows = rows(batches[0])
     by_name = {b.name: b for b in opt.kronecker_blocks}
@@ -138,7 +142,7 @@ def breakdown(config: str, repeats: int) -> tuple[dict, str]:
     def forward_only(batch):
         return hedger._loss(hedger.unroll(batch, training=True))
 
-    times["forward + gradient (recorded)"] = median_ms(forward_gradient, batches, repeats)
+    times["forward + gradient"] = median_ms(forward_gradient, batches, repeats)
     times["... + Jacobian rows"] = median_ms(rows, batches, repeats)
     times["Woodbury solve (Gram, Cholesky, direction)"] = median_ms(solve, batches, repeats)
     times["line model (forward-mode)"] = median_ms(line_model, batches, repeats)
