@@ -216,3 +216,26 @@ def test_recorders_of_two_threads_record_their_own_passes_and_overlap_safely():
         assert [int(p.shape[0]) for p in recorders[name].probes] == [n, n]  # its own pass, both layers
     assert all("call" not in vars(layer) for layer in net.layers)  # the class's call again
     assert capture._PATCHES == {}
+
+
+def test_recorded_dense_layers_leave_grappler_its_fusions(capfd):
+    """The probe is added to ``x @ W`` before the bias.  Added after it, the recorded pass of a ReLU
+    network inside the graph time loop read ``MatMul -> BiasAdd -> Add(probe) -> Relu``, a pattern on
+    which TensorFlow 2.21's remapper left a node without an op ("empty op name", "remapper failed" on
+    stderr) and then skipped the whole train step: no fused MatMul + BiasAdd + ReLU anywhere in it, the
+    band network's Gauss-Newton step 1.3x slower (BENCHMARKS.md)."""
+    from deephedge_tf.config import from_dict
+    from deephedge_tf.training import build_parts, fit_hedger, make_hedger
+
+    cfg = from_dict({"time": {"steps": 5}, "market": {"model": "gbm", "s0": 1.0},
+                     "derivative": {"kind": "european", "strike": 1.0},
+                     "hedges": {"spot": {"enabled": True, "cost": 1.0e-3}},
+                     "policy": {"kind": "mlp", "num_layers": 1, "width": 8},
+                     "objective": {"kind": "expected_shortfall"},
+                     "training": {"optimizer": "dhkfac", "time_loop": "graph", "batch_size": 256,
+                                  "batches_per_epoch": 1, "epochs": 1, "validation_paths": 256}})
+    parts = build_parts(cfg)
+    capfd.readouterr()
+    fit_hedger(cfg, make_hedger(cfg, parts), parts, verbose=0)
+    err = capfd.readouterr().err
+    assert "remapper failed" not in err and "empty op name" not in err, err[-2000:]

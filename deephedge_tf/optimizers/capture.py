@@ -83,10 +83,12 @@ def _dense_call(layer, record):
         return None
 
     def call(inputs, training=None):
-        z = ops.matmul(inputs, layer.kernel)
+        # The probe goes on x @ W, before the bias (the same gradient): after it, a ReLU layer's recorded
+        # pass in a graph loop reads MatMul -> BiasAdd -> Add -> Relu, which breaks TensorFlow 2.21's
+        # remapper ("empty op name") and with it every MatMul + BiasAdd + ReLU fusion of the train step.
+        z = record(layer, inputs, ops.matmul(inputs, layer.kernel), layer.bias is not None)
         if layer.bias is not None:
             z = ops.add(z, layer.bias)
-        z = record(layer, inputs, z, layer.bias is not None)
         return layer.activation(z) if layer.activation is not None else z
 
     return call
