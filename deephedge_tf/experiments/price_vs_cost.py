@@ -28,8 +28,9 @@ swap, both with the cost.
 
 Scales: ``small`` (seed 0): costs 5e-4 .. 8e-3 (five rates, a factor 16) and none, 60 steps of 4,096
 paths each (400 Adam steps priced higher at every rate with the same slope), 131,072 evaluation paths;
-``full`` (seeds 0, 1, 2): the same rates, 500 steps of 16,384 paths, 1,000,000 evaluation paths (not
-run yet).  Band of the slopes: 0.1 at the small scale, 0.05 at the full scale.
+``full`` (seeds 0, 1, 2): the same rates, 500 steps of 16,384 paths, 1,000,000 evaluation paths (seed 0:
+81 minutes on 2 CPU cores, slopes 0.72 and 0.63; docs/experiments.md).  Band of the slopes: 0.1 at the
+small scale, 0.05 at the full scale.
 """
 
 from __future__ import annotations
