@@ -23,7 +23,7 @@ library's Fourier pricer.
 
 Scales: ``small`` (seed 0; under two minutes on two CPU cores): 60 steps of 2,048 paths (50%) and of
 8,192 paths (99%: the tail holds 1% of them), 131,072 evaluation paths; ``full`` (seeds 0, 1, 2):
-1,000 steps of 32,768 paths for both levels, the paper's 1,000,000 evaluation paths (seed 0 run: docs/experiments.md).
+1,000 steps of 32,768 paths for both levels, the paper's 1,000,000 evaluation paths (seeds 0 and 1 run: docs/experiments.md).
 
 Checks.  An indifference price measured out of sample is the risk of one fixed strategy, an upper bound
 of the minimal risk, so the prices (and each strategy's realised CVaR at its own level, its price minus
