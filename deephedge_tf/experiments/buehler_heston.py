@@ -23,7 +23,8 @@ library's Fourier pricer.
 
 Scales: ``small`` (seed 0; under two minutes on two CPU cores): 60 steps of 2,048 paths (50%) and of
 8,192 paths (99%: the tail holds 1% of them), 131,072 evaluation paths; ``full`` (seeds 0, 1, 2):
-1,000 steps of 32,768 paths for both levels, the paper's 1,000,000 evaluation paths (seeds 0 and 1 run: docs/experiments.md).
+1,000 steps of 32,768 paths for both levels, the paper's 1,000,000 evaluation paths (seeds 0 and 1 run:
+docs/experiments.md).
 
 Checks.  An indifference price measured out of sample is the risk of one fixed strategy, an upper bound
 of the minimal risk, so the prices (and each strategy's realised CVaR at its own level, its price minus
@@ -33,8 +34,9 @@ at the small scale (a short training), 2% and 3% at the full scale.  Measured at
 after 600 Adam steps of 16,384 paths): the 99% strategy the paper reports was far from the optimum (a
 model-based hedge, the Heston delta and the variance swap's vega hedge rebalanced daily, gives 50%-CVaR
 1.929 +- 0.005 and 99%-CVaR 3.35 +- 0.07 on 10,000 paths: benchmarks/buehler_model_hedge.py).  The
-realised CVaRs of each strategy at the other level describe the paper's particular strategies and are reported, not checked;
-the risk-neutral price must be within 0.005 of 1.69 (the published value has two decimals).
+realised CVaRs of each strategy at the other level describe the paper's particular strategies and are
+reported, not checked; the risk-neutral price must be within 0.005 of 1.69 (the published value has two
+decimals).
 """
 
 from __future__ import annotations
