@@ -37,9 +37,8 @@ from optimizer_bench import protocol as benchmark
 from deephedge_tf.config import load_config
 from deephedge_tf.optimizers import woodbury
 from deephedge_tf.optimizers.blocks import stack
-from deephedge_tf.optimizers.capture import Recorder
 from deephedge_tf.optimizers.train_step import (directional_curvature, finite_difference_curvature, first_paths,
-                                                sample_space_factor)
+                                                rows_pass)
 from deephedge_tf.builders import build_optimizer
 from deephedge_tf.training import build_parts, datasets
 
@@ -98,14 +97,11 @@ def breakdown(config: str, repeats: int) -> tuple[dict, str]:
 
     @tf.function
     def rows(batch):
-        # As the train step: the cotangents from the whole batch's outputs, back-propagated through a
-        # recorded pass over the first jacobian_rows paths.
+        # The train step's own rows pass: the cotangents from the whole batch's outputs, back-propagated
+        # through a pass recorded over the first jacobian_rows paths.
         grads, out = forward(batch)
         terms = hedger._curvature_terms(out, batch)
-        with tf.GradientTape() as rows_tape:
-            with Recorder(hedger, rows_tape) as recorder:
-                rows_terms = hedger._terms_of(first_paths(batch, int(opt.jacobian_rows)))
-        factor = sample_space_factor(terms, rows_tape, recorder, opt.jacobian_rows, seed, rows_terms=rows_terms)
+        factor = rows_pass(hedger, terms, lambda n: hedger._terms_of(first_paths(batch, n)), opt.jacobian_rows, seed)
         return grads, factor[0]
 
     fixed_grads, fixed_rows = rows(batches[0])

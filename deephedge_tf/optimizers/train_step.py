@@ -293,11 +293,7 @@ def curvature_train_step(model, compute, forward_on_paths, max_paths=None):
             # The sample-space factor (per-path weight gradients of the first `jacobian_rows` paths,
             # scaled and centred) and the damping metric's statistics, from one recorded pass over
             # those paths and one backward pass of the cotangents computed on the whole batch.
-            with tf.GradientTape() as rows_tape:
-                with Recorder(model, rows_tape) as rows_recorder:
-                    rows_terms = forward_on_paths(int(optimizer.jacobian_rows))
-            rows, stats = sample_space_factor(terms, rows_tape, rows_recorder, optimizer.jacobian_rows, seed,
-                                              rows_terms=rows_terms)
+            rows, stats = rows_pass(model, terms, forward_on_paths, optimizer.jacobian_rows, seed)
             if optimizer.wants_statistics:
                 optimizer.update_curvature(lambda: stats, rows=rows)
             optimizer.set_jacobian_rows(rows)
@@ -323,6 +319,16 @@ def curvature_train_step(model, compute, forward_on_paths, max_paths=None):
     else:
         skipped = tf.cond(finite, apply, lambda: tf.constant(1.0, tf.float32))
     return loss, aux, skipped
+
+
+def rows_pass(model, terms, forward_on_paths, cap, seed):
+    """The Gauss-Newton step's ``(rows, statistics)`` (:func:`sample_space_factor`) from a pass recorded
+    over the first ``cap`` paths only (``forward_on_paths(cap)``), back-propagating the cotangents computed
+    from ``terms``, the whole batch's outputs: nothing is recorded on the whole batch."""
+    with tf.GradientTape() as tape:
+        with Recorder(model, tape) as recorder:
+            rows_terms = forward_on_paths(int(cap))
+    return sample_space_factor(terms, tape, recorder, cap, seed, rows_terms=rows_terms)
 
 
 def sample_space_factor(terms, tape, recorder, cap, seed, rows_terms=None):
