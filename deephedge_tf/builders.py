@@ -243,7 +243,7 @@ def dhkfac_optimizer(cfg: Config):
                   trust_radius_mode=k.trust_radius_mode, momentum=k.momentum, step_model=k.step_model,
                   jvp_method=k.jvp_method, diagonal_learning_rate=k.diagonal_learning_rate,
                   preconditioner=k.preconditioner, jacobian_rows=k.jacobian_rows, damping_floor=k.damping_floor,
-                  min_step_fraction=k.min_step_fraction,
+                  min_step_fraction=k.min_step_fraction, late_max_step=k.late_max_step, late_after=k.late_after,
                   max_relative_change=k.max_relative_change, metric=k.metric,
                   metric_shrinkage=k.metric_shrinkage, metric_power=k.metric_power, use_ema=k.use_ema,
                   ema_momentum=k.ema_momentum, ema_warmup=k.ema_warmup)

@@ -314,6 +314,11 @@ class KFACConfig:
     min_step_fraction: Optional[float] = param(
         0.25, "gauss_newton: when the exact line model takes less than this fraction of the damped step, lambda is "
         "raised by this fraction / the step's for the next step (null: never)", gt=0.0, le=1.0)
+    late_max_step: Optional[float] = param(
+        None, "gauss_newton: eta_max from step late_after on, the cap on the damped step once the first steps "
+        "have taken the loss near its floor (null: 0.3 for gauss_newton; max_step or more: no cap; kronecker "
+        "takes none)", gt=0.0)
+    late_after: int = param(10, "gauss_newton: steps at max_step before late_max_step applies", units="steps", ge=0)
     max_relative_change: Optional[float] = param(
         None, "gauss_newton: cap on each block's weight change per step, as a fraction of its norm (null: none)",
         gt=0.0)
@@ -380,6 +385,9 @@ class KFACConfig:
             raise ConfigError(f"{key}.damping", self.damping, "> 0 for levenberg_marquardt damping")
         if mode == "shrinkage" and self.damping is not None and self.damping > 1.0:
             raise ConfigError(f"{key}.damping", self.damping, "<= 1.0 for shrinkage damping")
+        if self.late_max_step is not None and self.preconditioner != "gauss_newton":
+            raise ConfigError(f"{key}.late_max_step", self.late_max_step, "null unless preconditioner is "
+                              "gauss_newton (the kronecker rule's trust region decays instead)")
         if self.metric not in (None, "identity") and self.preconditioner != "gauss_newton":
             raise ConfigError(f"{key}.metric", self.metric, "null or identity unless preconditioner is gauss_newton")
         if self.momentum and self.step_model == "subspace":

@@ -500,6 +500,12 @@ def test_configuration_errors_name_what_is_allowed():
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError, match=rf"min_step_fraction must be in \(0, 1\] or None; got {bad}"):
             DHKFAC(preconditioner="gauss_newton", min_step_fraction=bad)
+    with pytest.raises(ValueError, match="late_max_step caps the Gauss-Newton step; it needs preconditioner"):
+        DHKFAC(preconditioner="kronecker", late_max_step=0.3)
+    with pytest.raises(ValueError, match="late_max_step must be > 0 or None; got 0.0"):
+        DHKFAC(preconditioner="gauss_newton", late_max_step=0.0)
+    with pytest.raises(ValueError, match=r"late_after must be an integer >= 0 \(steps\); got -1"):
+        DHKFAC(preconditioner="gauss_newton", late_after=-1)
     from pathlib import Path
 
     from deephedge_tf.config import load_config
@@ -508,6 +514,11 @@ def test_configuration_errors_name_what_is_allowed():
     quickstart = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
     with pytest.raises(ConfigError, match="training.kfac.min_step_fraction"):
         load_config(quickstart, overrides=["training.kfac.min_step_fraction=0"])
+    with pytest.raises(ConfigError, match="training.kfac.late_max_step.*null unless preconditioner is gauss_newton"):
+        load_config(quickstart, overrides=["training.kfac.preconditioner=kronecker",
+                                           "training.kfac.late_max_step=0.3"])
+    assert DHKFAC(preconditioner="kronecker").late_max_step is None
+    assert DHKFAC().late_max_step == 0.3 and DHKFAC().late_after == 10  # the defaults (BENCHMARKS.md)
 
 
 def test_rows_of_an_unknown_block_or_shape_are_refused_by_name():
@@ -541,6 +552,31 @@ def test_max_relative_change_caps_every_blocks_step():
     assert max(changes) == pytest.approx(0.01, rel=1e-4), changes
     with pytest.raises(ValueError, match="max_relative_change"):
         DHKFAC(preconditioner="gauss_newton", max_relative_change=0.0)
+
+
+@pytest.mark.parametrize("learning_rate, late, want", [(1.0, 0.3, [1.0, 1.0, 0.3, 0.3]),
+                                                     (0.5, 0.3, [0.5, 0.5, 0.3, 0.3]),
+                                                     (0.5, 2.0, [0.5, 0.5, 0.5, 0.5])])
+def test_steps_from_late_after_on_are_capped_at_late_max_step(learning_rate, late, want):
+    """eta = min(line model's fraction, eta_max), eta_max = learning_rate for the first late_after steps and
+    min(learning_rate, late_max_step) after them.  The line model sees no curvature along the step, so its
+    fraction g.d / (lambda d^T d) = d^T (C + lambda I) d / (lambda d^T d) >= 1 and eta is the cap itself."""
+    net = tiny_net()
+    opt = DHKFAC(learning_rate=learning_rate, preconditioner="gauss_newton", metric="identity",
+                 min_step_fraction=None, late_max_step=late, late_after=2)
+    opt.build(net.trainable_variables)
+    rng = np.random.default_rng(6)
+    rows = {b.name: tf.constant(rng.normal(size=(4, b.dim_a, b.d_out))) for b in opt.kronecker_blocks}
+    grads = [tf.constant(rng.normal(size=v.shape)) for v in net.trainable_variables]
+    sizes = []
+    for _ in want:
+        opt.lm_damping.assign(0.1)
+        opt.set_jacobian_rows(rows)
+        directions, _ = opt.step_directions(grads)
+        opt.set_step_model(0.0, float(sum(tf.reduce_sum(g * d) for g, d in zip(grads, directions))))
+        opt.apply_gradients(zip(grads, net.trainable_variables))
+        sizes.append(float(opt.step_size))
+    assert sizes == pytest.approx(want, rel=1e-6)
 
 
 @pytest.mark.parametrize("curvature, cut", [(30.0, True), (1e5, True), (0.0, False)])

@@ -92,6 +92,15 @@ step is taken back out of it), which ``fit`` ends on and ``Hedger.fit`` validate
 minimum the last iterate moves by that batch's noise, the average much less; the window grows with the
 run, so the first, fast steps are not held back (BENCHMARKS.md, "Iterate averaging").
 
+Late steps: from step ``late_after`` (10) on the Gauss-Newton step is capped at ``late_max_step`` (0.3) of
+the damped step (``eta_max = min(learning_rate, late_max_step)``).  With fresh paths every step, once the
+first steps have taken the loss near its floor the full step fits each batch's noise (the in-sample
+reduction ratio stays near one while the validation loss stops falling); a shorter step averages the
+batches over several steps.  The damping cannot do this: a greedy oracle that chose lambda each step
+from held-out paths gained a quarter of the steps, where the cap gains about half on the Heston CVaR
+task (BENCHMARKS.md, "Shorter steps once the descent is over").  ``late_max_step >= learning_rate`` keeps
+``eta_max`` fixed.
+
 Variables outside any block (RMSNorm scales, trainable weights of an objective, ...) are *diagonal*: they take
 an Adam step (``diagonal_learning_rate``, ``diagonal_beta_1/2``, ``diagonal_epsilon``) of their own.
 No curvature estimate exists for them, so they neither enter ``q`` nor use ``eta``: the GGN-scaled
@@ -162,6 +171,10 @@ DAMPING_RANGE = (1e-10, 1e8)
 # Chosen on the 99% expected shortfall of buehler_heston (8,192 paths, seed 0), checked on the suite
 # (BENCHMARKS.md, "The line model's cut raises the damping").
 MIN_STEP_FRACTION = 0.25
+# Gauss-Newton: eta_max from step LATE_AFTER on (module doc, "Late steps").  Chosen on the suite's seeds 0-3
+# (BENCHMARKS.md, "Shorter steps once the descent is over"); seeds 4 and 5 held out.
+LATE_MAX_STEP = 0.3
+LATE_AFTER = 10
 # A predicted decrease and a loss change both below this many machine epsilons of the loss are within its
 # rounding: such a step is not judged (module doc).
 _LOSS_ROUNDING = 64.0
@@ -270,6 +283,9 @@ class DHKFAC(keras.optimizers.Optimizer):
       min_step_fraction: Gauss-Newton: when the line model takes less than this fraction of the damped step
         (``eta`` below it), ``lambda`` is raised by ``min_step_fraction / eta`` (at most 1e3) for the next
         step; ``None``: never (see the module doc).
+      late_max_step: Gauss-Newton: ``eta`` is at most this from step ``late_after`` on (``None``: 0.3 for
+        Gauss-Newton; the Kronecker rule takes none, its trust region decays instead).  See the module doc.
+      late_after: Gauss-Newton: the steps taken at ``learning_rate`` before ``late_max_step`` applies.
       max_relative_change: Gauss-Newton: ``eta`` is capped so that no block's weights change by more
         than this fraction of their norm in one step (``None``: no cap).  A quadratic model is only
         trusted near the weights it was taken at; an accepted long step can still leave ReLU layers
@@ -362,6 +378,8 @@ class DHKFAC(keras.optimizers.Optimizer):
         jacobian_rows=256,
         damping_floor=0.0,
         min_step_fraction=MIN_STEP_FRACTION,
+        late_max_step=None,
+        late_after=LATE_AFTER,
         max_relative_change=None,
         metric=None,
         metric_shrinkage=0.1,
@@ -410,6 +428,15 @@ class DHKFAC(keras.optimizers.Optimizer):
             raise ValueError(f"DHKFAC: min_step_fraction must be in (0, 1] or None; got {min_step_fraction}")
         if max_relative_change is not None and not float(max_relative_change) > 0.0:
             raise ValueError(f"DHKFAC: max_relative_change must be > 0 or None; got {max_relative_change}")
+        if late_max_step is not None and not gauss_newton:
+            raise ValueError(f"DHKFAC: late_max_step caps the Gauss-Newton step; it needs "
+                             f"preconditioner='gauss_newton' (got {preconditioner!r})")
+        if late_max_step is None and gauss_newton:
+            late_max_step = LATE_MAX_STEP
+        if late_max_step is not None and not float(late_max_step) > 0.0:
+            raise ValueError(f"DHKFAC: late_max_step must be > 0 or None; got {late_max_step}")
+        if int(late_after) != late_after or int(late_after) < 0:
+            raise ValueError(f"DHKFAC: late_after must be an integer >= 0 (steps); got {late_after}")
         if metric is None:  # the Gauss-Newton default; the Kronecker rule has no damping metric
             metric = "kronecker" if gauss_newton else "identity"
         if metric not in METRICS:
@@ -483,6 +510,8 @@ class DHKFAC(keras.optimizers.Optimizer):
         self.damping_floor = float(damping_floor)
         self.min_step_fraction = None if min_step_fraction is None else float(min_step_fraction)
         self.max_relative_change = None if max_relative_change is None else float(max_relative_change)
+        self.late_max_step = None if late_max_step is None else float(late_max_step)
+        self.late_after = int(late_after)
         self.metric = metric
         self.metric_shrinkage = float(metric_shrinkage)
         self.metric_power = float(metric_power)
@@ -1406,7 +1435,7 @@ class DHKFAC(keras.optimizers.Optimizer):
             ok = (slope > 0) & (denom > 0) & tf.math.is_finite(slope) & tf.math.is_finite(denom)
             # The line model's fraction of the damped step (min_step_fraction reads it), then capped at eta_max.
             fraction = tf.where(ok, slope / tf.where(ok, denom, tf.ones_like(denom)), tf.zeros_like(slope))
-            eta = tf.minimum(fraction, tf.cast(learning_rate, f64))
+            eta = tf.minimum(fraction, self._eta_max(learning_rate))
             quad = eta * eta * quad
             gain = eta * slope
             if self.max_relative_change is not None:
@@ -1434,6 +1463,15 @@ class DHKFAC(keras.optimizers.Optimizer):
         self._factor = None  # lambda changes after this step: the next one factorises again
         self.assign(self.model_valid, tf.zeros_like(self.model_valid))
         self.assign(self.step_size, tf.cast(eta, self._scalar_dtype))
+
+    def _eta_max(self, learning_rate):
+        """Gauss-Newton: the cap on this step's ``eta`` (float64): ``learning_rate``, and from step
+        ``late_after`` on (``iterations`` counts the steps before this one) at most ``late_max_step``."""
+        cap = tf.cast(learning_rate, tf.float64)
+        if self.late_max_step is None:
+            return cap
+        late = tf.minimum(cap, tf.constant(self.late_max_step, tf.float64))
+        return tf.where(self.iterations >= self.late_after, late, cap)
 
     def _cut_factor(self, fraction, ok):
         """``min_step_fraction / fraction`` within [1, 1e3] (1 where no step is taken), ``fraction`` the line
@@ -1539,6 +1577,8 @@ class DHKFAC(keras.optimizers.Optimizer):
             "damping_floor": self.damping_floor,
             "min_step_fraction": self.min_step_fraction,
             "max_relative_change": self.max_relative_change,
+            "late_max_step": self.late_max_step,
+            "late_after": self.late_after,
             "metric": self.metric,
             "metric_shrinkage": self.metric_shrinkage,
             "metric_power": self.metric_power,
