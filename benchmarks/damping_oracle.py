@@ -18,16 +18,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from pathlib import Path
 
 import numpy as np
 
-from kfac_to_target import suite_targets
+from kfac_to_target import add_task_arguments, load_task_runs
 from optimizer_bench import protocol as benchmark
-from optimizer_bench.suite import DEFAULT_MANIFEST, load_manifest
 from deephedge_tf.builders import build_optimizer
 from deephedge_tf.config import load_config
-from deephedge_tf.training import build_parts, datasets
+from deephedge_tf.training import datasets
 
 HELD_OUT_SEED_OFFSET = 7919  # the held-out stream's seed: seed + this (neither training nor validation paths)
 
@@ -78,26 +76,15 @@ def oracle_run(runner, cfg, parts, weights, steps, eval_every, valid, target, mu
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--task", required=True)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--targets", required=True, type=Path, help="a suite run's --out directory")
-    ap.add_argument("--steps", type=int, default=150, help="budget per run")
+    add_task_arguments(ap)
     ap.add_argument("--mults", type=float, nargs="+", default=[0.3, 1.0, 3.0, 10.0],
                     help="damping multipliers tried each step (one value: no oracle, the default rule)")
     ap.add_argument("--held-batches", type=int, default=16, help="held-out batches that score each candidate")
-    ap.add_argument("--suite", default=str(DEFAULT_MANIFEST))
     args = ap.parse_args(argv)
-    task = load_manifest(args.suite).tasks.get(args.task)
-    if task is None:
-        ap.error(f"--task: not in {args.suite}")
-    targets = suite_targets(args.targets, args.task)
-    base = load_config(task.config)
-    parts = build_parts(base)
-    warm = datasets(base, parts)[0][0]
-    inits = {s: benchmark._initial_weights(dataclasses.replace(base, seed=s), parts, warm) for s in args.seeds}
-    valids = {s: list(datasets(dataclasses.replace(base, seed=s), parts)[1]) for s in args.seeds}
+    runs = load_task_runs(ap, args)
+    task, targets, parts, inits, valids = runs.task, runs.targets, runs.parts, runs.inits, runs.valids
     cfg0 = load_config(task.config, overrides=benchmark._kfac_overrides(1.0, []))
-    runner = benchmark._Runner(cfg0, parts, build_optimizer(cfg0), None, warm, None)
+    runner = benchmark._Runner(cfg0, parts, build_optimizer(cfg0), None, runs.warm, None)
     for s in args.seeds:
         target, adam_steps = targets[s]
         steps, chosen = oracle_run(runner, dataclasses.replace(cfg0, seed=s), parts, inits[s], args.steps,

@@ -51,15 +51,32 @@ def suite_targets(results_dir: Path, task: str) -> dict:
     return {r["seed"]: (r["target"], r["adam_steps_to_target"]) for r in per_seed}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_task_arguments(ap: argparse.ArgumentParser) -> None:
+    """The arguments that pick a suite task, its seeds, the targets and the step budget."""
     ap.add_argument("--task", required=True)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--targets", required=True, type=Path, help="a suite run's --out directory")
     ap.add_argument("--steps", type=int, default=150, help="budget per run")
     ap.add_argument("--suite", default=str(DEFAULT_MANIFEST))
-    ap.add_argument("variants", nargs="+", help="NAME:KEY=VALUE,... (training.kfac keys)")
-    args = ap.parse_args(argv)
+
+
+@dataclasses.dataclass
+class TaskRuns:
+    """What every run on a suite task shares: the task, ``{seed: (target, Adam's steps)}``, its config
+    and parts, a warm-up batch, and per seed the suite's initial weights and validation batches."""
+
+    task: object
+    targets: dict
+    config: object
+    parts: object
+    warm: object
+    inits: dict
+    valids: dict
+
+
+def load_task_runs(ap: argparse.ArgumentParser, args) -> TaskRuns:
+    """:class:`TaskRuns` for ``args`` of :func:`add_task_arguments` (``ap.error`` on an unknown task or a
+    seed without a target)."""
     task = load_manifest(args.suite).tasks.get(args.task)
     if task is None:
         ap.error(f"--task: not in {args.suite}")
@@ -67,7 +84,6 @@ def main(argv=None) -> int:
     missing = [s for s in args.seeds if s not in targets]
     if missing:
         ap.error(f"--seeds: no target for {missing} in {args.targets}")
-    variants = [parse_variant(v) for v in args.variants]
     base = load_config(task.config)
     parts = build_parts(base)
     warm = datasets(base, parts)[0][0]
@@ -75,6 +91,17 @@ def main(argv=None) -> int:
     # step's calls makes its next call slow).
     inits = {s: benchmark._initial_weights(dataclasses.replace(base, seed=s), parts, warm) for s in args.seeds}
     valids = {s: list(datasets(dataclasses.replace(base, seed=s), parts)[1]) for s in args.seeds}
+    return TaskRuns(task, targets, base, parts, warm, inits, valids)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_task_arguments(ap)
+    ap.add_argument("variants", nargs="+", help="NAME:KEY=VALUE,... (training.kfac keys)")
+    args = ap.parse_args(argv)
+    runs = load_task_runs(ap, args)
+    task, targets, parts, warm, inits, valids = runs.task, runs.targets, runs.parts, runs.warm, runs.inits, runs.valids
+    variants = [parse_variant(v) for v in args.variants]
     for name, overrides in variants:
         cfg0 = load_config(task.config, overrides=benchmark._kfac_overrides(1.0, overrides))
         runner = benchmark._Runner(cfg0, parts, build_optimizer(cfg0), None, warm, None)
