@@ -52,12 +52,12 @@ def oracle_run(runner, cfg, parts, weights, steps, eval_every, valid, target, mu
     for k in range(steps):
         train.epoch = k // len(train)
         batch = train[k % len(train)]
-        scoring = []
-        for _ in range(held_batches):
-            held.epoch = drawn // len(held)
-            scoring.append(held[drawn % len(held)])
-            drawn += 1
-        if len(mults) > 1:
+        if len(mults) > 1:  # one multiplier: the default rule, nothing to score (no held-out paths drawn)
+            scoring = []
+            for _ in range(held_batches):
+                held.epoch = drawn // len(held)
+                scoring.append(held[drawn % len(held)])
+                drawn += 1
             before = _snapshot(runner)
             lam = float(runner.optimizer.lm_damping.numpy())
             scores = []

@@ -97,8 +97,8 @@ the damped step (``eta_max = min(learning_rate, late_max_step)``).  With fresh p
 first steps have taken the loss near its floor the full step fits each batch's noise (the in-sample
 reduction ratio stays near one while the validation loss stops falling); a shorter step averages the
 batches over several steps.  The damping cannot do this: a greedy oracle that chose lambda each step
-from held-out paths gained a quarter of the steps, where the cap gains about half on the Heston CVaR
-task (BENCHMARKS.md, "Shorter steps once the descent is over").  ``late_max_step >= learning_rate`` keeps
+from held-out paths saved a quarter of the steps to Adam's target, where the cap saves about 40% on the
+Heston CVaR task (BENCHMARKS.md, "Shorter steps once the descent is over").  ``late_max_step >= learning_rate`` keeps
 ``eta_max`` fixed.
 
 Variables outside any block (RMSNorm scales, trainable weights of an objective, ...) are *diagonal*: they take
