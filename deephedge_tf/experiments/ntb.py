@@ -38,7 +38,7 @@ that the band network attains the highest utility over a wide range of costs and
 not to hedge; the figures ``ntb_best_share`` (the share of rates where the band network's price is the
 lowest of the three hedgers up to two paired standard errors) and ``ntb_vs_no_hedge_top_cost`` (its price
 minus no hedge's at the highest rate, paired) measure the two claims; nothing is checked against a number.
-At the full scale (seed 0, docs/experiments.md) both claims hold: the band is best at all six rates and
+At the full scale (seeds 0 and 1, docs/experiments.md) both claims hold: the band is best at all six rates and
 does not trade at all from 3e-3 on.
 """
 
