@@ -554,6 +554,39 @@ def test_max_relative_change_caps_every_blocks_step():
         DHKFAC(preconditioner="gauss_newton", max_relative_change=0.0)
 
 
+@pytest.mark.parametrize("traced", [False, True])
+def test_non_finite_rows_are_replaced_by_zeros(traced):
+    """Rows with a NaN are dropped for the step (counted in skipped_curvature_updates): zero rows, with which
+    lambda is 1 and the identity-metric direction g itself; finite rows give the Woodbury direction."""
+    net = tiny_net()
+    opt = DHKFAC(preconditioner="gauss_newton", metric="identity")
+    opt.build(net.trainable_variables)
+    rng = np.random.default_rng(11)
+    rows = {b.name: rng.normal(size=(3, b.dim_a, b.d_out)) for b in opt.kronecker_blocks}
+    grads = [tf.constant(rng.normal(size=v.shape)) for v in net.trainable_variables]
+    bad = {k: r.copy() for k, r in rows.items()}
+    first = opt.kronecker_blocks[0].name
+    bad[first][1, 0, 0] = np.nan
+
+    def directions(r):
+        opt.lm_damping.assign(0.5)
+        opt.set_jacobian_rows({k: tf.convert_to_tensor(x) for k, x in r.items()})
+        return opt.step_directions(grads)[0]
+
+    run = tf.function(directions, autograph=False) if traced else directions
+    stacked = {b.name: stack(b, [grads[i] for i in b.indices]) for b in opt.kronecker_blocks}
+    want = gauss_newton_direction({k: tf.constant(r) for k, r in rows.items()}, stacked,
+                                  tf.constant(0.5, tf.float64))
+    got = run(rows)
+    for b in opt.kronecker_blocks:
+        np.testing.assert_allclose(stack(b, [got[i] for i in b.indices]), want[b.name], rtol=1e-9, atol=1e-12)
+    assert int(opt.skipped_curvature_updates) == 0
+    got = run(bad)
+    for d, g in zip(got, grads):  # zero rows: lambda is 1 (nothing to scale it by), d = g
+        np.testing.assert_allclose(d, g.numpy(), rtol=1e-12)
+    assert int(opt.skipped_curvature_updates) == 1
+
+
 @pytest.mark.parametrize("learning_rate, late, want", [(1.0, 0.3, [1.0, 1.0, 0.3, 0.3]),
                                                      (0.5, 0.3, [0.5, 0.5, 0.3, 0.3]),
                                                      (0.5, 2.0, [0.5, 0.5, 0.5, 0.5])])

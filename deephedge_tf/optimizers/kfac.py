@@ -232,6 +232,18 @@ def _mean(tensors):
     return tensors[0] if len(tensors) == 1 else tf.add_n(tensors) / float(len(tensors))
 
 
+def _zeros_unless(ok, tensors: dict) -> dict:
+    """``tensors`` where the scalar ``ok`` holds, else zeros of their shapes.  A branch, not ``tf.where``:
+    the rows are ``[n, dim_a, d_out]`` per block (~1 MB at n = 256), and an elementwise select would
+    read them and write a copy every step to guard against a case that almost never happens."""
+    if not tensors:
+        return {}
+    keys = list(tensors)
+    kept = tf.cond(ok, lambda: [tf.identity(tensors[k]) for k in keys],
+                   lambda: [tf.zeros_like(tensors[k]) for k in keys])
+    return dict(zip(keys, kept))
+
+
 def _dense(g):
     if isinstance(g, tf.IndexedSlices):
         return g.values
@@ -1106,12 +1118,12 @@ class DHKFAC(keras.optimizers.Optimizer):
         self._fed_blocks.update(rows)
         finite = steps.all_finite(list(prepared.values()))
         self.assign_add(self.skipped_curvature_updates, tf.cast(~finite, tf.int64))
-        self._rows = {k: tf.where(finite, r, tf.zeros_like(r)) for k, r in prepared.items()}
+        self._rows = _zeros_unless(finite, prepared)
         turned, self._turned_rows, self._basis_rows = self._turned_rows, None, None
         if self.metric == "kronecker" and turned is not None and set(turned[0]) == set(prepared) and all(
                 turned[0][k] is r for k, r in prepared.items()):
             # The tensors update_curvature turned into the eigenbases (after any basis update): reused.
-            self._basis_rows = {k: tf.where(finite, b, tf.zeros_like(b)) for k, b in turned[1].items()}
+            self._basis_rows = _zeros_unless(finite, turned[1])
         self._factor = None
 
     def _gauss_newton_directions(self, grad_by_index):
